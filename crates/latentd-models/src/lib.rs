@@ -4,5 +4,7 @@
 //! from its own worker threads.
 
 pub mod error;
+pub mod rng;
 
 pub use error::{Error, Result};
+pub use rng::TorchRng;
