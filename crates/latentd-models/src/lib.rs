@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod rng;
+pub mod schedulers;
 
 pub use error::{Error, Result};
 pub use rng::TorchRng;

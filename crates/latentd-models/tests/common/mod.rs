@@ -7,9 +7,14 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 
+/// `tests/fixtures` of the repository.
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
 /// `tests/fixtures/refs` of the repository.
 pub fn refs_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/refs")
+    fixtures_dir().join("refs")
 }
 
 /// Reads `refs/{name}` as JSON.
