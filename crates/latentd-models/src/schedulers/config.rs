@@ -30,37 +30,67 @@ pub enum PredictionType {
 pub struct SchedulerConfig {
     #[serde(rename = "_class_name")]
     class_name: Option<String>,
+    /// Length of the training noise schedule (1000).
     pub num_train_timesteps: Option<usize>,
+    /// First training beta (0.0001).
     pub beta_start: Option<f64>,
+    /// Last training beta (0.02).
     pub beta_end: Option<f64>,
+    /// `linear`, `scaled_linear` or `squaredcos_cap_v2` (`linear`).
     pub beta_schedule: Option<String>,
+    /// Explicit training betas, overriding the schedule.
     pub trained_betas: Option<Vec<f64>>,
+    /// What the model predicts (epsilon).
     pub prediction_type: Option<PredictionType>,
+    /// `linspace`, `leading` or `trailing` (class default).
     pub timestep_spacing: Option<String>,
+    /// Added to `leading` timesteps (0; SD 1.x uses 1).
     pub steps_offset: Option<usize>,
+    /// DDIM / PNDM: the final step's "previous" alpha is 1 (else `alphas_cumprod[0]`).
     pub set_alpha_to_one: Option<bool>,
+    /// DDIM: clip the predicted x0 (true).
     pub clip_sample: Option<bool>,
+    /// DDIM: clip range (1.0).
     pub clip_sample_range: Option<f64>,
+    /// PNDM: no Runge-Kutta warm-up (false).
     pub skip_prk_steps: Option<bool>,
+    /// Dynamic thresholding (unsupported when true).
     pub thresholding: Option<bool>,
+    /// Rescale betas to zero terminal SNR (false).
     pub rescale_betas_zero_snr: Option<bool>,
+    /// Euler: `linear` or `log_linear` sigma interpolation.
     pub interpolation_type: Option<String>,
+    /// Euler: `discrete` or `continuous` (with v-prediction: timesteps 0.25 ln sigma).
     pub timestep_type: Option<String>,
+    /// Euler / DPM-Solver: Karras sigma grid.
     pub use_karras_sigmas: Option<bool>,
+    /// Euler / DPM-Solver: exponential sigma grid.
     pub use_exponential_sigmas: Option<bool>,
+    /// Beta-distributed sigma grid (unsupported when true).
     pub use_beta_sigmas: Option<bool>,
+    /// DPM-Solver: Lu lambda grid (unsupported when true).
     pub use_lu_lambdas: Option<bool>,
+    /// DPM-Solver: flow-matching sigmas (unsupported when true).
     pub use_flow_sigmas: Option<bool>,
-    pub use_dynamic_shifting: Option<bool>,
+    /// Smallest sigma of a Karras / exponential grid (the schedule's).
     pub sigma_min: Option<f64>,
+    /// Largest sigma of a Karras / exponential grid (the schedule's).
     pub sigma_max: Option<f64>,
+    /// `zero` or `sigma_min`: the sigma after the last step.
     pub final_sigmas_type: Option<String>,
+    /// DPM-Solver: lower orders for the last steps below 15 steps (true).
     pub lower_order_final: Option<bool>,
+    /// DPM-Solver: first order for the last step (false).
     pub euler_at_final: Option<bool>,
+    /// DPM-Solver: order 1, 2 or 3 (2).
     pub solver_order: Option<usize>,
+    /// DPM-Solver: only `dpmsolver++` (and `deis`, mapped to it).
     pub algorithm_type: Option<String>,
+    /// DPM-Solver: `midpoint` or `heun` second-order rule.
     pub solver_type: Option<String>,
+    /// DPM-Solver: drop timesteps whose log-SNR is below this.
     pub lambda_min_clipped: Option<f64>,
+    /// DPM-Solver: learned variance (unsupported when set).
     pub variance_type: Option<String>,
     /// The file this config was read from (for error messages).
     #[serde(skip)]

@@ -24,22 +24,35 @@ pub struct Euler {
     cursor: StepCursor,
 }
 
-/// Timesteps spaced as configured (float32) and the training sigmas interpolated at
-/// them (float64): the schedule shared by both Euler schedulers.
-pub(crate) fn interpolated_schedule(
-    config: &SchedulerConfig,
-    steps: usize,
-    train_sigmas: &[f32],
-) -> Result<(Spacing, Vec<f32>, Vec<f64>)> {
-    let num_train = common::num_train_timesteps(config)?;
-    let spacing = Spacing::from_config(config, Spacing::Linspace)?;
-    let offset = config.steps_offset.unwrap_or(0);
-    let timesteps: Vec<f32> = descending_timesteps(spacing, steps, num_train, offset)
-        .into_iter()
-        .map(|t| t as f32)
-        .collect();
-    let at: Vec<f64> = timesteps.iter().map(|&t| f64::from(t)).collect();
-    Ok((spacing, timesteps, interp(&at, train_sigmas)))
+/// The schedule shared by both Euler schedulers before any sigma grid is applied.
+pub(crate) struct InterpolatedSchedule {
+    pub spacing: Spacing,
+    /// Timesteps spaced as configured, in float32.
+    pub timesteps: Vec<f32>,
+    /// The training sigmas interpolated at the timesteps, in float64.
+    pub sigmas: Vec<f64>,
+}
+
+impl InterpolatedSchedule {
+    pub(crate) fn new(
+        config: &SchedulerConfig,
+        steps: usize,
+        train_sigmas: &[f32],
+    ) -> Result<Self> {
+        let num_train = common::num_train_timesteps(config)?;
+        let spacing = Spacing::from_config(config, Spacing::Linspace)?;
+        let offset = config.steps_offset.unwrap_or(0);
+        let timesteps: Vec<f32> = descending_timesteps(spacing, steps, num_train, offset)
+            .into_iter()
+            .map(|t| t as f32)
+            .collect();
+        let at: Vec<f64> = timesteps.iter().map(|&t| f64::from(t)).collect();
+        Ok(Self {
+            spacing,
+            sigmas: interp(&at, train_sigmas),
+            timesteps,
+        })
+    }
 }
 
 /// The sigma sampling starts from: the largest one, or `sqrt(max^2 + 1)` for
@@ -58,8 +71,11 @@ impl Euler {
         let alphas_cumprod = common::train_alphas_cumprod(config, ZeroSnr::RescaleFloored)?;
         let train_sigmas = common::train_sigmas(&alphas_cumprod);
         let grid = SigmaGrid::from_config(config, false)?;
-        let (spacing, mut timesteps, interpolated) =
-            interpolated_schedule(config, steps, &train_sigmas)?;
+        let InterpolatedSchedule {
+            spacing,
+            mut timesteps,
+            sigmas: interpolated,
+        } = InterpolatedSchedule::new(config, steps, &train_sigmas)?;
 
         let mut sigmas = match config.interpolation_type.as_deref().unwrap_or("linear") {
             "linear" => interpolated,

@@ -5,7 +5,7 @@ use candle_core::Tensor;
 
 use super::common::{self, check_same_shape, check_step_index, div, mul, StepCursor, ZeroSnr};
 use super::config::{PredictionType, SchedulerConfig};
-use super::euler::{interpolated_schedule, predict_x0, start_sigma};
+use super::euler::{predict_x0, start_sigma, InterpolatedSchedule};
 use super::Scheduler;
 use crate::rng::TorchRng;
 use crate::Result;
@@ -33,7 +33,11 @@ impl EulerAncestral {
         }
         let alphas_cumprod = common::train_alphas_cumprod(config, ZeroSnr::RescaleFloored)?;
         let train_sigmas = common::train_sigmas(&alphas_cumprod);
-        let (spacing, timesteps, sigmas) = interpolated_schedule(config, steps, &train_sigmas)?;
+        let InterpolatedSchedule {
+            spacing,
+            timesteps,
+            sigmas,
+        } = InterpolatedSchedule::new(config, steps, &train_sigmas)?;
         let sigmas: Vec<f32> = sigmas
             .iter()
             .map(|&s| s as f32)
