@@ -4,5 +4,6 @@
 //! from its own worker threads.
 
 pub mod error;
+pub mod text;
 
 pub use error::{Error, Result};
