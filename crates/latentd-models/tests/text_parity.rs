@@ -139,9 +139,9 @@ fn text_refs(name: &str) -> TextRefs {
     }
 }
 
-fn check_tiny_tokenizer(name: &str, kind: ClipTokenizerKind, pad_id: u32) {
+fn check_tiny_tokenizer(name: &str, pad_id: u32) {
     let tokenizer = ClipTokenizer::from_dir(&fixtures().join(name).join("tokenizer")).unwrap();
-    assert_eq!(tokenizer.kind(), kind);
+    assert_eq!(tokenizer.kind(), ClipTokenizerKind::Fast);
     assert_eq!(tokenizer.max_length(), 77);
     assert_eq!(tokenizer.pad_id(), pad_id);
     let refs = text_refs(name);
@@ -160,12 +160,30 @@ fn check_tiny_tokenizer(name: &str, kind: ClipTokenizerKind, pad_id: u32) {
 
 #[test]
 fn sd1_tiny_tokenizer_matches_refs() {
-    check_tiny_tokenizer("sd1-tiny", ClipTokenizerKind::Slow, 1013);
+    check_tiny_tokenizer("sd1-tiny", 1013);
 }
 
 #[test]
 fn sd2_tiny_tokenizer_matches_refs() {
-    check_tiny_tokenizer("sd2-tiny", ClipTokenizerKind::Fast, 0);
+    check_tiny_tokenizer("sd2-tiny", 0);
+}
+
+fn load_text_encoder(name: &str, key_prefix: &str) -> ClipTextModel {
+    let dir = fixtures().join(name).join("text_encoder");
+    let cfg = ClipTextConfig::from_file(&dir.join("config.json")).unwrap();
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu);
+    let tensors = tensors
+        .unwrap()
+        .into_iter()
+        .map(|(key, tensor)| {
+            (
+                format!("{key_prefix}{key}"),
+                tensor.to_dtype(DType::F32).unwrap(),
+            )
+        })
+        .collect();
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    ClipTextModel::new(vb, &cfg).unwrap()
 }
 
 /// Runs the fixture's text encoder on the reference ids; returns the max abs error.
@@ -181,10 +199,14 @@ fn text_encoder_error(name: &str) -> f32 {
     let got = model.forward(&input_ids).unwrap();
     assert_eq!(got.dims(), refs.embeddings.dims());
     assert_eq!(model.hidden_size(), refs.embeddings.dims()[2]);
-    let error = (got - &refs.embeddings).unwrap().abs().unwrap();
-    let error = error.max_all().unwrap().to_scalar::<f32>().unwrap();
+    let error = max_abs_diff(&got, &refs.embeddings);
     println!("{name}: text embeddings max abs error {error:e}");
     error
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let diff = (a - b).unwrap().abs().unwrap();
+    diff.max_all().unwrap().to_scalar::<f32>().unwrap()
 }
 
 #[test]
@@ -197,4 +219,21 @@ fn sd1_tiny_text_encoder_matches_refs() {
 fn sd2_tiny_text_encoder_matches_refs() {
     let error = text_encoder_error("sd2-tiny");
     assert!(error <= EMBEDDING_TOLERANCE, "{error}");
+}
+
+/// transformers 4 saved `text_model.`-prefixed keys (real SD checkpoints), transformers 5
+/// (the fixtures) does not: both layouts give the same model.
+#[test]
+fn text_encoder_loads_both_key_layouts() {
+    let input_ids = text_refs("sd1-tiny")
+        .input_ids
+        .to_dtype(DType::U32)
+        .unwrap();
+    let plain = load_text_encoder("sd1-tiny", "")
+        .forward(&input_ids)
+        .unwrap();
+    let prefixed = load_text_encoder("sd1-tiny", "text_model.")
+        .forward(&input_ids)
+        .unwrap();
+    assert_eq!(max_abs_diff(&plain, &prefixed), 0.0);
 }

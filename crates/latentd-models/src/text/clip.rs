@@ -21,12 +21,17 @@ pub struct ClipTextModel {
 
 impl ClipTextModel {
     /// `vb` is at the text encoder's root: weights `text_model.embeddings.*`,
-    /// `text_model.encoder.layers.{i}.*`, `text_model.final_layer_norm.*`.
+    /// `text_model.encoder.layers.{i}.*`, `text_model.final_layer_norm.*` as transformers 4
+    /// saves them, or the same names without `text_model.` as transformers 5 does.
     pub fn new(vb: VarBuilder, cfg: &ClipTextConfig) -> Result<Self> {
         cfg.validate().map_err(|(key, message)| {
             Error::InvalidArgument(format!("CLIP text config `{key}`: {message}"))
         })?;
-        let vb = vb.pp("text_model");
+        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
+            vb.pp("text_model")
+        } else {
+            vb
+        };
         let embeddings = vb.pp("embeddings");
         let token_embedding = embedding(
             cfg.vocab_size,
@@ -277,6 +282,12 @@ mod tests {
             let err = model.forward(&input).unwrap_err();
             assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
         }
+    }
+
+    #[test]
+    fn can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<ClipTextModel>();
     }
 
     #[test]

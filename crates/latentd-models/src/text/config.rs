@@ -100,7 +100,7 @@ impl ClipTextConfig {
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err((key, "must be positive".into()));
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if self.hidden_size.checked_rem(self.num_attention_heads) != Some(0) {
             return Err((
                 "num_attention_heads",
                 format!(

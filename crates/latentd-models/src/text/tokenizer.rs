@@ -11,17 +11,20 @@ use super::normalize::{byte_level, TextSplitter};
 use super::tokenizer_files::{tokenizer_error, Settings, TokenSpec, Vocabulary};
 use crate::{Error, Result};
 
-/// Which of transformers' CLIP tokenizers to reproduce. They differ only on unusual text
-/// (control and format characters such as zero-width spaces or the joiners inside emoji
-/// sequences, CJK ideographs, a final capital sigma, `<|endoftext|>` in other casing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which of transformers' CLIP tokenizers to reproduce. They differ only on unusual text:
+/// control and format characters (zero-width space, the joiners inside emoji sequences,
+/// U+FFFD, soft hyphen), CJK ideographs, a final capital sigma, `<|endoftext|>` written in
+/// another casing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ClipTokenizerKind {
-    /// The slow `CLIPTokenizer` of transformers 4 (without `ftfy`), which diffusers loads
-    /// when `model_index.json` says `CLIPTokenizer` (Stable Diffusion 1.x and 2.x).
-    Slow,
-    /// The `tokenizers` pipeline: `CLIPTokenizerFast`, and `CLIPTokenizer` since
-    /// transformers 5.
+    /// The `tokenizers` pipeline: what diffusers gets from transformers 5 for either class
+    /// name (`CLIPTokenizer` or `CLIPTokenizerFast`), and from transformers 4 for
+    /// `CLIPTokenizerFast`. The project's fixtures are made this way.
+    #[default]
     Fast,
+    /// The slow `CLIPTokenizer` of transformers 4 (without `ftfy`), which diffusers loaded
+    /// for Stable Diffusion checkpoints before transformers 5.
+    Slow,
 }
 
 /// CLIP's tokenizer, producing the `input_ids` diffusers feeds the text encoder.
@@ -42,35 +45,30 @@ pub struct ClipTokenizer {
 }
 
 impl ClipTokenizer {
-    /// Loads a tokenizer folder: the vocabulary from `vocab.json` + `merges.txt` (the files
-    /// the slow tokenizer reads) or, when they are absent, from `tokenizer.json`; special
+    /// Loads a tokenizer folder, as [`ClipTokenizerKind::Fast`]: the vocabulary from
+    /// `vocab.json` + `merges.txt` or, when they are absent, from `tokenizer.json`; special
     /// tokens and `model_max_length` (default 77) from `tokenizer_config.json` and
-    /// `special_tokens_map.json` when present. The kind follows `tokenizer_class`
-    /// (`CLIPTokenizerFast` gives [`ClipTokenizerKind::Fast`]); without it, a folder with
-    /// `vocab.json` is slow and one with only `tokenizer.json` is fast.
+    /// `special_tokens_map.json` when present.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let settings = Settings::read(dir)?;
         let vocab_path = dir.join("vocab.json");
         let merges_path = dir.join("merges.txt");
         let json_path = dir.join("tokenizer.json");
         let unk = settings.unk.content.as_str();
-        let (vocabulary, default_kind) = if vocab_path.is_file() && merges_path.is_file() {
-            let vocabulary = Vocabulary::from_vocab_merges(&vocab_path, &merges_path, unk)?;
-            (vocabulary, ClipTokenizerKind::Slow)
+        let vocabulary = if vocab_path.is_file() && merges_path.is_file() {
+            Vocabulary::from_vocab_merges(&vocab_path, &merges_path, unk)?
         } else if json_path.is_file() {
-            let vocabulary = Vocabulary::from_tokenizer_json(&json_path, unk)?;
-            (vocabulary, ClipTokenizerKind::Fast)
+            Vocabulary::from_tokenizer_json(&json_path, unk)?
         } else {
             return Err(tokenizer_error(
                 dir,
                 "no vocab.json + merges.txt and no tokenizer.json".into(),
             ));
         };
-        let kind = settings.kind.unwrap_or(default_kind);
-        Self::build(vocabulary, settings, kind)
+        Self::build(vocabulary, settings)
     }
 
-    /// Builds a [`ClipTokenizerKind::Slow`] tokenizer from `vocab.json` + `merges.txt` with
+    /// Builds a [`ClipTokenizerKind::Fast`] tokenizer from `vocab.json` + `merges.txt` with
     /// CLIP's bos/eos/unk tokens and the given pad token and context length.
     pub fn from_vocab_merges(
         vocab: &Path,
@@ -80,16 +78,16 @@ impl ClipTokenizer {
     ) -> Result<Self> {
         let settings = Settings::clip_defaults(pad_token, max_length);
         let vocabulary = Vocabulary::from_vocab_merges(vocab, merges, &settings.unk.content)?;
-        Self::build(vocabulary, settings, ClipTokenizerKind::Slow)
+        Self::build(vocabulary, settings)
     }
 
-    /// The same vocabulary and settings, reproducing the other tokenizer class.
+    /// The same vocabulary and settings, reproducing the given transformers tokenizer.
     pub fn with_kind(mut self, kind: ClipTokenizerKind) -> Self {
         self.kind = kind;
         self
     }
 
-    fn build(vocabulary: Vocabulary, settings: Settings, kind: ClipTokenizerKind) -> Result<Self> {
+    fn build(vocabulary: Vocabulary, settings: Settings) -> Result<Self> {
         let Vocabulary { bpe, added, source } = vocabulary;
         if settings.max_length < 2 {
             return Err(tokenizer_error(
@@ -144,7 +142,7 @@ impl ClipTokenizer {
             bpe,
             splitter,
             added,
-            kind,
+            kind: ClipTokenizerKind::default(),
             bos: bos_id,
             eos: eos_id,
             pad: pad_id,
@@ -249,5 +247,97 @@ impl fmt::Debug for ClipTokenizer {
             .field("eos", &self.eos)
             .field("pad", &self.pad)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("latentd-clip-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, text) in files {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        dir
+    }
+
+    const VOCAB: &str = r#"{"c": 0, "a": 1, "t": 2, "t</w>": 3, "at</w>": 4, "cat</w>": 5,
+        "!": 6, "!</w>": 7, "<|startoftext|>": 8, "<|endoftext|>": 9}"#;
+    const MERGES: &str = "#version: 0.2\na t</w>\nc at</w>\n";
+
+    #[test]
+    fn encodes_with_bos_eos_truncation_and_padding() {
+        let dir = folder("encode", &[("vocab.json", VOCAB), ("merges.txt", MERGES)]);
+        let tokenizer = ClipTokenizer::from_vocab_merges(
+            &dir.join("vocab.json"),
+            &dir.join("merges.txt"),
+            "!",
+            5,
+        )
+        .unwrap();
+        assert_eq!(tokenizer.encode("CAT").unwrap(), [8, 5, 9, 6, 6]);
+        assert_eq!(
+            tokenizer.encode("cat cat cat cat").unwrap(),
+            [8, 5, 5, 5, 9]
+        );
+        assert_eq!(tokenizer.count_tokens("cat cat cat cat").unwrap(), 4);
+        // The pad token is an added token: matched verbatim, never BPE'd as "!</w>".
+        assert_eq!(tokenizer.encode("cat!").unwrap(), [8, 5, 6, 9, 6]);
+        assert_eq!(tokenizer.encode("").unwrap(), [8, 9, 6, 6, 6]);
+    }
+
+    #[test]
+    fn kinds_differ_on_special_words_in_other_casing() {
+        let dir = folder("kinds", &[("vocab.json", VOCAB), ("merges.txt", MERGES)]);
+        let fast = ClipTokenizer::from_vocab_merges(
+            &dir.join("vocab.json"),
+            &dir.join("merges.txt"),
+            "<|endoftext|>",
+            77,
+        )
+        .unwrap();
+        assert_eq!(fast.kind(), ClipTokenizerKind::Fast);
+        // The fast pipeline BPEs "<|", "endoftext", "|>"; lower-cased, the slow tokenizer's
+        // word pattern finds `<|endoftext|>` again and maps it to its id.
+        assert!(fast.count_tokens("CAT<|ENDOFTEXT|>").unwrap() > 2);
+        let slow = fast.with_kind(ClipTokenizerKind::Slow);
+        assert_eq!(slow.encode("CAT<|ENDOFTEXT|>").unwrap()[..4], [8, 5, 9, 9]);
+    }
+
+    #[test]
+    fn can_be_shared_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<ClipTokenizer>();
+    }
+
+    #[test]
+    fn missing_files_and_tokens_are_errors() {
+        let empty = folder("none", &[]);
+        let err = ClipTokenizer::from_dir(&empty).unwrap_err();
+        assert!(
+            matches!(err, Error::Tokenizer { ref path, .. } if path == &empty),
+            "{err}"
+        );
+
+        let dir = folder(
+            "nopad",
+            &[
+                ("vocab.json", VOCAB),
+                ("merges.txt", MERGES),
+                ("special_tokens_map.json", r#"{"pad_token": "<pad>"}"#),
+            ],
+        );
+        let err = ClipTokenizer::from_dir(&dir).unwrap_err();
+        assert!(
+            err.to_string().contains("vocab.json") && err.to_string().contains("<pad>"),
+            "{err}"
+        );
+
+        let dir = folder("badjson", &[("vocab.json", "{"), ("merges.txt", MERGES)]);
+        let err = ClipTokenizer::from_dir(&dir).unwrap_err();
+        assert!(matches!(err, Error::Json { .. }), "{err}");
     }
 }

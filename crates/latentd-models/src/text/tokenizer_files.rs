@@ -8,7 +8,6 @@ use serde::{Deserialize, Deserializer};
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
 
 use super::added_tokens::AddedToken;
-use super::tokenizer::ClipTokenizerKind;
 use crate::{Error, Result};
 
 /// How many merges the slow tokenizer reads from `merges.txt` (`49152 - 256 - 2`).
@@ -49,8 +48,6 @@ pub(crate) struct Settings {
     /// Added tokens with the id they were saved with (`added_tokens_decoder`).
     pub(crate) added: Vec<AddedToken>,
     pub(crate) max_length: usize,
-    /// `tokenizer_class`, when given.
-    pub(crate) kind: Option<ClipTokenizerKind>,
 }
 
 impl Settings {
@@ -64,7 +61,6 @@ impl Settings {
             additional: Vec::new(),
             added: Vec::new(),
             max_length,
-            kind: None,
         }
     }
 
@@ -155,18 +151,15 @@ impl Settings {
                 )
             })?;
         }
-        settings.kind = match config.tokenizer_class.as_deref() {
-            None => None,
-            Some("CLIPTokenizer") => Some(ClipTokenizerKind::Slow),
-            Some("CLIPTokenizerFast") => Some(ClipTokenizerKind::Fast),
-            Some(other) => {
+        if let Some(class) = config.tokenizer_class.as_deref() {
+            if !matches!(class, "CLIPTokenizer" | "CLIPTokenizerFast") {
                 return Err(unsupported(
                     &config_path,
                     "tokenizer_class",
-                    &format!("{other:?} (supported: CLIPTokenizer, CLIPTokenizerFast)"),
-                ))
+                    &format!("{class:?} (supported: CLIPTokenizer, CLIPTokenizerFast)"),
+                ));
             }
-        };
+        }
         Ok(settings)
     }
 }
@@ -218,13 +211,13 @@ impl Vocabulary {
     /// Reads the BPE model and the added tokens of a `tokenizer.json`; the model must be
     /// CLIP's (byte-level BPE with the `</w>` suffix).
     pub(crate) fn from_tokenizer_json(path: &Path, unk: &str) -> Result<Self> {
+        // Parsed from the text itself: the BPE deserializer borrows its strings.
         let file: TokenizerJson =
             serde_json::from_str(&read_text(path)?).map_err(|source| Error::Json {
                 path: path.to_owned(),
                 source,
             })?;
-        let mut bpe = BPE::deserialize(file.model)
-            .map_err(|e| tokenizer_error(path, format!("`model` is not a BPE model: {e}")))?;
+        let mut bpe = file.model;
         let clip_like = bpe.end_of_word_suffix.as_deref() == Some(END_OF_WORD)
             && bpe
                 .continuing_subword_prefix
@@ -396,7 +389,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<TokenSpecFil
 /// The parts of `tokenizer.json` read here.
 #[derive(Debug, Deserialize)]
 struct TokenizerJson {
-    model: serde_json::Value,
+    model: BPE,
     #[serde(default)]
     added_tokens: Vec<TokenizerJsonAddedToken>,
 }
@@ -411,4 +404,118 @@ struct TokenizerJsonAddedToken {
     rstrip: bool,
     #[serde(default)]
     single_word: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh folder holding the given files.
+    fn folder(name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("latentd-tok-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, text) in files {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        dir
+    }
+
+    fn key_of(err: &Error) -> &str {
+        match err {
+            Error::UnsupportedConfig { key, .. } => key,
+            other => panic!("not an UnsupportedConfig error: {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_without_files() {
+        let settings = Settings::read(&folder("empty", &[])).unwrap();
+        assert_eq!(settings.pad.content, "<|endoftext|>");
+        assert_eq!(settings.bos.content, "<|startoftext|>");
+        assert_eq!(settings.max_length, 77);
+    }
+
+    #[test]
+    fn special_tokens_map_wins_over_tokenizer_config() {
+        let dir = folder(
+            "precedence",
+            &[
+                (
+                    "tokenizer_config.json",
+                    r#"{"pad_token": "<|endoftext|>", "model_max_length": 16,
+                        "bos_token": {"__type": "AddedToken", "content": "<s>", "rstrip": true},
+                        "added_tokens_decoder": {"7": {"content": "<x>", "lstrip": true}}}"#,
+                ),
+                ("special_tokens_map.json", r#"{"pad_token": "!"}"#),
+            ],
+        );
+        let settings = Settings::read(&dir).unwrap();
+        assert_eq!(settings.pad, TokenSpec::plain("!"));
+        assert_eq!(settings.bos.content, "<s>");
+        assert!(settings.bos.rstrip && !settings.bos.lstrip);
+        assert_eq!(settings.max_length, 16);
+        assert_eq!(settings.added.len(), 1);
+        assert_eq!((settings.added[0].id, settings.added[0].lstrip), (7, true));
+    }
+
+    #[test]
+    fn bad_settings_name_their_key() {
+        let cases = [
+            (r#"{"pad_token": null}"#, "pad_token"),
+            (
+                r#"{"model_max_length": 1000000000000000019884624838656}"#,
+                "model_max_length",
+            ),
+            (r#"{"model_max_length": 1}"#, "model_max_length"),
+            (r#"{"tokenizer_class": "T5Tokenizer"}"#, "tokenizer_class"),
+            (
+                r#"{"eos_token": {"content": "</s>", "single_word": true}}"#,
+                "eos_token",
+            ),
+            (
+                r#"{"added_tokens_decoder": {"x": {"content": "<x>"}}}"#,
+                "added_tokens_decoder",
+            ),
+        ];
+        for (i, (config, key)) in cases.into_iter().enumerate() {
+            let dir = folder(&format!("bad{i}"), &[("tokenizer_config.json", config)]);
+            let err = Settings::read(&dir).unwrap_err();
+            assert_eq!(key_of(&err), key, "{config}");
+            assert!(err.to_string().contains("tokenizer_config.json"), "{err}");
+        }
+    }
+
+    #[test]
+    fn malformed_merges_name_the_file_and_line() {
+        let dir = folder(
+            "merges",
+            &[
+                ("vocab.json", r#"{"a": 0, "b</w>": 1, "ab</w>": 2}"#),
+                ("merges.txt", "#version: 0.2\na b</w>\na b c\n"),
+            ],
+        );
+        let err =
+            Vocabulary::from_vocab_merges(&dir.join("vocab.json"), &dir.join("merges.txt"), "a")
+                .err()
+                .unwrap();
+        let message = err.to_string();
+        assert!(
+            message.contains("merges.txt") && message.contains("line 3"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn merges_header_is_skipped_and_count_is_capped() {
+        let mut text = String::from("#version: 0.2\n");
+        for _ in 0..MAX_MERGES + 5 {
+            text.push_str("a b\n");
+        }
+        assert_eq!(parse_merges(&text).unwrap().len(), MAX_MERGES);
+        assert_eq!(
+            parse_merges("a b\nc d\n").unwrap(),
+            [("c".into(), "d".into())]
+        );
+    }
 }
