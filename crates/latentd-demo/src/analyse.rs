@@ -20,7 +20,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::caption::SceneSpec;
-use crate::error::Result;
 use crate::image::RgbImage;
 use crate::judge::Verdict;
 use crate::scene::{Background, Colour, Region, Shape, Size};
@@ -113,8 +112,8 @@ pub fn analyse_image(img: &RgbImage, cfg: &AnalyserConfig) -> Analysis {
 }
 
 /// Measures `img` with the default configuration and judges it against `spec`.
-pub fn analyse(img: &RgbImage, spec: &SceneSpec) -> Result<Verdict> {
-    Ok(analyse_image(img, &AnalyserConfig::default()).judge(spec))
+pub fn analyse(img: &RgbImage, spec: &SceneSpec) -> Verdict {
+    analyse_image(img, &AnalyserConfig::default()).judge(spec)
 }
 
 fn nearest_background(p: [u8; 3]) -> Background {

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analyse::{Analysis, Detected};
 use crate::caption::{Arrangement, ObjectSpec, SceneSpec};
+use crate::scene::Relation;
 
 /// Smallest centroid offset, as a fraction of the image side, for a relation to hold.
 pub const RELATION_MARGIN: f64 = 0.05;
@@ -61,8 +62,8 @@ impl Analysis {
     /// Named objects are matched to detected ones by the assignment that
     /// satisfies the most colour, shape and size statements (ties go to the
     /// assignment that satisfies the position or relation, then to the
-    /// larger detection); a named object left without
-    /// a detection fails all its attributes.
+    /// larger detection); a named object left without a detection fails all
+    /// its attributes.
     pub fn judge(&self, spec: &SceneSpec) -> Verdict {
         let wanted = spec.objects();
         let assigned = self.assign(spec);
@@ -155,7 +156,100 @@ impl Analysis {
     }
 }
 
-fn relation_holds(relation: crate::scene::Relation, a: &Detected, b: &Detected) -> bool {
+/// Whether `a` is in `relation` to `b`, judged on their centroids.
+fn relation_holds(relation: Relation, a: &Detected, b: &Detected) -> bool {
     let (dx, dy) = (b.centroid.0 - a.centroid.0, b.centroid.1 - a.centroid.1);
     relation.holds(dx, dy, RELATION_MARGIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caption::parse;
+    use crate::scene::{Background, Colour, Region, Shape, Size};
+
+    fn detected(colour: Colour, shape: Shape, size: Size, centroid: (f64, f64)) -> Detected {
+        Detected {
+            colour,
+            shape,
+            shape_score: 1.0,
+            size,
+            side: f64::from(size.milli()) / 1000.0,
+            area: 100.0,
+            centroid,
+            region: Region::of_point(centroid.0, centroid.1),
+        }
+    }
+
+    fn analysis(objects: Vec<Detected>) -> Analysis {
+        Analysis {
+            background: Background::White,
+            background_rgb: Background::White.rgb(),
+            objects,
+        }
+    }
+
+    #[test]
+    fn matches_objects_by_description_not_by_order() {
+        // The red circle (right) is listed before the blue square (left).
+        let a = analysis(vec![
+            detected(Colour::Red, Shape::Circle, Size::Large, (0.75, 0.5)),
+            detected(Colour::Blue, Shape::Square, Size::Small, (0.25, 0.5)),
+        ]);
+        let v = a.judge(&parse("a small blue square left of a large red circle").unwrap());
+        assert!(v.matches_all(), "{v:?}");
+        let v = a.judge(&parse("a small blue square right of a large red circle").unwrap());
+        assert_eq!(v.relation, Some(false));
+        assert_eq!(
+            (v.colour, v.shape, v.size),
+            (Some(true), Some(true), Some(true))
+        );
+    }
+
+    #[test]
+    fn reports_only_what_the_caption_states() {
+        let a = analysis(vec![detected(
+            Colour::Green,
+            Shape::Triangle,
+            Size::Medium,
+            (0.2, 0.8),
+        )]);
+        let v = a.judge(&parse("a green triangle").unwrap());
+        assert_eq!(
+            v.attributes().iter().filter(|(_, v)| v.is_some()).count(),
+            3
+        );
+        assert!(v.matches_all());
+        let v = a.judge(
+            &parse("a large green triangle at the bottom left on a black background").unwrap(),
+        );
+        assert_eq!(
+            (v.size, v.position, v.background),
+            (Some(false), Some(true), Some(false))
+        );
+    }
+
+    #[test]
+    fn a_missing_object_fails_and_an_extra_one_fails_the_count() {
+        let one = analysis(vec![detected(
+            Colour::Red,
+            Shape::Circle,
+            Size::Large,
+            (0.5, 0.5),
+        )]);
+        let v = one.judge(&parse("a red circle above a blue square").unwrap());
+        assert_eq!(
+            (v.count, v.colour, v.relation),
+            (Some(false), Some(false), Some(false))
+        );
+        let two = analysis(vec![
+            detected(Colour::Red, Shape::Circle, Size::Large, (0.5, 0.3)),
+            detected(Colour::Cyan, Shape::Square, Size::Large, (0.5, 0.7)),
+        ]);
+        let v = two.judge(&parse("a red circle").unwrap());
+        assert_eq!(
+            (v.count, v.colour, v.shape),
+            (Some(false), Some(true), Some(true))
+        );
+    }
 }

@@ -12,7 +12,7 @@
 //! let scene = sample_scene(&mut Rng::new(42), &SamplerConfig::default());
 //! let text = caption(&scene);
 //! let image = render(&scene, 32)?;
-//! let verdict = analyse(&image, &parse(&text)?)?;
+//! let verdict = analyse(&image, &parse(&text)?);
 //! assert!(verdict.matches_all(), "{text}: {verdict:?}");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

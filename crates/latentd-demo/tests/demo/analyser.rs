@@ -53,6 +53,12 @@ fn clean_renders_match_their_captions_at_64() {
 }
 
 #[test]
+fn clean_renders_match_their_captions_at_16_and_128() {
+    assert!(match_rate(300, 16, clean) >= 0.99);
+    assert!(match_rate(100, 128, clean) >= 0.99);
+}
+
+#[test]
 fn mildly_blurred_noisy_renders_still_match() {
     assert!(match_rate(1000, 32, mild) >= 0.95);
 }
