@@ -6,10 +6,10 @@ use candle_core::Device;
 use latentd_models::TorchRng;
 use serde::Deserialize;
 
-use common::{max_abs_diff, read_json, Refs};
+use common::{get, max_abs_diff, read_json, refs};
 
 /// Required agreement with torch, per value.
-const TOLERANCE: f64 = 1e-6;
+const TOLERANCE: f32 = 1e-6;
 
 #[derive(Deserialize)]
 struct RngFixture {
@@ -26,15 +26,15 @@ struct RngCase {
 #[test]
 fn successive_draws_match_torch() {
     let fixture: RngFixture = read_json("rng.json");
-    let refs = Refs::load("rng.safetensors");
+    let refs = refs("rng");
     assert!(!fixture.cases.is_empty(), "rng.json has no cases");
-    let mut worst = 0f64;
+    let mut worst = 0f32;
     for case in &fixture.cases {
         let seed: u64 = case.seed.parse().unwrap();
         let mut rng = TorchRng::new(seed);
         for (j, shape) in case.shapes.iter().enumerate() {
             let actual = rng.randn_tensor(shape, &Device::Cpu).unwrap();
-            let expected = refs.get(&format!("{}.draw{j}", case.id));
+            let expected = get(&refs, &format!("{}.draw{j}", case.id));
             let diff = max_abs_diff(&actual, expected);
             assert!(
                 diff <= TOLERANCE,

@@ -9,7 +9,10 @@ use latentd_models::schedulers::{build_scheduler, SchedulerConfig, SchedulerKind
 use latentd_models::TorchRng;
 use serde::Deserialize;
 
-use common::{fixtures_dir, max_abs_diff, read_json, Refs};
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+use common::{fixtures, get, max_abs_diff, read_json, refs, values_f64};
 
 /// Required agreement of timesteps and `init_noise_sigma`.
 const SCALAR_TOLERANCE: f64 = 1e-6;
@@ -40,9 +43,9 @@ struct CaseReport {
     prev: f64,
 }
 
-fn run_case(case: &SchedulerCase, refs: &Refs) -> Result<CaseReport, String> {
+fn run_case(case: &SchedulerCase, refs: &HashMap<String, Tensor>) -> Result<CaseReport, String> {
     let id = &case.id;
-    let path = fixtures_dir()
+    let path = fixtures()
         .join(&case.config)
         .join("scheduler/scheduler_config.json");
     let config = SchedulerConfig::from_file(&path).map_err(|e| e.to_string())?;
@@ -51,7 +54,7 @@ fn run_case(case: &SchedulerCase, refs: &Refs) -> Result<CaseReport, String> {
         build_scheduler(kind, &config, case.steps, case.eta).map_err(|e| e.to_string())?;
     let mut report = CaseReport::default();
 
-    let expected_timesteps = refs.values_f64(&format!("{id}.timesteps"));
+    let expected_timesteps = values_f64(get(refs, &format!("{id}.timesteps")));
     let timesteps = scheduler.timesteps();
     if timesteps.len() != expected_timesteps.len() {
         return Err(format!(
@@ -78,21 +81,21 @@ fn run_case(case: &SchedulerCase, refs: &Refs) -> Result<CaseReport, String> {
     }
 
     let mut rng = TorchRng::new(case.seed);
-    let mut sample = refs.get(&format!("{id}.sample")).clone();
+    let mut sample = get(refs, &format!("{id}.sample")).clone();
     for k in 0..expected_timesteps.len() {
         let scaled = scheduler
             .scale_model_input(&sample, k)
             .map_err(|e| format!("scale_model_input {k}: {e}"))?;
         report.scaled = report
             .scaled
-            .max(max_abs_diff(&scaled, refs.get(&format!("{id}.scaled.{k}"))));
-        let model_output = refs.get(&format!("{id}.model_output.{k}"));
+            .max(max_abs_diff(&scaled, get(refs, &format!("{id}.scaled.{k}"))).into());
+        let model_output = get(refs, &format!("{id}.model_output.{k}"));
         sample = scheduler
             .step(model_output, k, &sample, &mut rng)
             .map_err(|e| format!("step {k}: {e}"))?;
         report.prev = report
             .prev
-            .max(max_abs_diff(&sample, refs.get(&format!("{id}.prev.{k}"))));
+            .max(max_abs_diff(&sample, get(refs, &format!("{id}.prev.{k}"))).into());
     }
     if report.scaled > TENSOR_TOLERANCE || report.prev > TENSOR_TOLERANCE {
         return Err(format!(
@@ -106,7 +109,7 @@ fn run_case(case: &SchedulerCase, refs: &Refs) -> Result<CaseReport, String> {
 #[test]
 fn schedulers_match_diffusers() {
     let fixture: SchedulerFixture = read_json("schedulers.json");
-    let refs = Refs::load("schedulers.safetensors");
+    let refs = refs("schedulers");
     assert!(!fixture.cases.is_empty(), "schedulers.json has no cases");
     let mut failures = Vec::new();
     let mut worst = CaseReport::default();

@@ -1,0 +1,131 @@
+//! Layers shared by the UNet and the autoencoders, named and shaped like
+//! their diffusers counterparts so that diffusers weights load unchanged.
+
+pub mod attention;
+pub mod embeddings;
+pub mod resnet;
+pub mod sampling;
+
+use candle_core::Tensor;
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+
+use crate::Result;
+
+/// A `torch.nn.Conv2d` with a bias and a square kernel.
+pub(crate) fn conv2d(
+    vb: VarBuilder,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    Ok(candle_nn::conv2d(
+        in_channels,
+        out_channels,
+        kernel,
+        cfg,
+        vb,
+    )?)
+}
+
+/// A `torch.nn.GroupNorm` with affine parameters.
+pub(crate) fn group_norm(
+    vb: VarBuilder,
+    groups: usize,
+    channels: usize,
+    eps: f64,
+) -> Result<GroupNorm> {
+    let weight = vb.get(channels, "weight")?;
+    let bias = vb.get(channels, "bias")?;
+    Ok(GroupNorm::new(weight, bias, channels, groups, eps)?)
+}
+
+/// A projection over channels stored either as a `Linear` (`[out, in]`) or as a
+/// 1x1 `Conv2d` (`[out, in, 1, 1]`); both compute the same map.
+#[derive(Debug, Clone)]
+pub(crate) struct Pointwise {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Pointwise {
+    /// Loads `weight` (either layout) and `bias` from `vb`.
+    pub(crate) fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = match vb.get((out_dim, in_dim), "weight") {
+            Ok(w) => w,
+            Err(_) => vb
+                .get((out_dim, in_dim, 1, 1), "weight")?
+                .reshape((out_dim, in_dim))?,
+        };
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Builds a projection from tensors already in memory.
+    pub(crate) fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// The weight, `[out, in]`.
+    pub(crate) fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias, `[out]`.
+    pub(crate) fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// `[B, N, in]` (contiguous) -> `[B, N, out]`: a plain linear layer.
+    pub(crate) fn tokens(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, n, _) = xs.dims3()?;
+        let ys = xs
+            .contiguous()?
+            .reshape((b * n, ()))?
+            .matmul(&self.weight.t()?)?
+            .reshape((b, n, ()))?;
+        self.add_bias(ys, 2)
+    }
+
+    /// `[B, in, N]` (channels first) -> `[B, N, out]` (tokens), reading the input
+    /// through a transposed view instead of copying it.
+    pub(crate) fn channels_to_tokens(&self, xs: &Tensor) -> Result<Tensor> {
+        let w_t = self.weight.t()?;
+        // One rank-2 product per row: a batched product against a broadcast
+        // right-hand side would fold the batch into the rows, which is only
+        // valid for row-major left-hand sides.
+        let rows = (0..xs.dim(0)?)
+            .map(|i| xs.get(i)?.t()?.matmul(&w_t))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        self.add_bias(Tensor::stack(&rows, 0)?, 2)
+    }
+
+    /// `[B, N, in]` (tokens) -> `[B, out, N]` (channels first), without a transpose copy.
+    pub(crate) fn tokens_to_channels(&self, xs: &Tensor) -> Result<Tensor> {
+        let b = xs.dim(0)?;
+        let ys = self
+            .weight
+            .broadcast_left(b)?
+            .matmul(&xs.transpose(1, 2)?)?;
+        self.add_bias(ys, 1)
+    }
+
+    /// Adds the bias along `dim` of a rank-3 tensor.
+    fn add_bias(&self, ys: Tensor, dim: usize) -> Result<Tensor> {
+        match &self.bias {
+            Some(bias) if dim == 1 => Ok(ys.broadcast_add(&bias.unsqueeze(1)?)?),
+            Some(bias) => Ok(ys.broadcast_add(bias)?),
+            None => Ok(ys),
+        }
+    }
+}
