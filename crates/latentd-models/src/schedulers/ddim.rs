@@ -13,7 +13,7 @@ use crate::{Error, Result};
 
 /// DDIM sampler; `eta` = 0 is deterministic, `eta` = 1 adds DDPM-like noise.
 #[derive(Debug)]
-pub struct Ddim {
+pub(crate) struct Ddim {
     alphas_cumprod: Vec<f32>,
     /// `alphas_cumprod` "before" the first training step (1 with `set_alpha_to_one`).
     final_alpha_cumprod: f32,
@@ -29,7 +29,7 @@ pub struct Ddim {
 
 impl Ddim {
     /// `DDIMScheduler.from_config(config)` followed by `set_timesteps(steps)`.
-    pub fn new(config: &SchedulerConfig, steps: usize, eta: f64) -> Result<Self> {
+    pub(crate) fn new(config: &SchedulerConfig, steps: usize, eta: f64) -> Result<Self> {
         if config.thresholding.unwrap_or(false) {
             return Err(config.unsupported("thresholding", "dynamic thresholding is not supported"));
         }

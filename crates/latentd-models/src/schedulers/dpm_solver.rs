@@ -25,7 +25,7 @@ enum SolverType {
 
 /// DPM-Solver++ (2M for `solver_order = 2`); deterministic.
 #[derive(Debug)]
-pub struct DpmSolver {
+pub(crate) struct DpmSolver {
     timesteps: Vec<f64>,
     /// One sigma per timestep plus the final one.
     sigmas: Vec<f32>,
@@ -64,7 +64,7 @@ impl Level {
 impl DpmSolver {
     /// `DPMSolverMultistepScheduler.from_config(config[, use_karras_sigmas=True])`
     /// followed by `set_timesteps(steps)`.
-    pub fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self> {
+    pub(crate) fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self> {
         validate(config)?;
         let solver_type = match config.solver_type.as_deref().unwrap_or("midpoint") {
             // diffusers maps the solver types of DEIS / UniPC configs to midpoint.

@@ -15,7 +15,7 @@ use crate::Result;
 
 /// Euler sampler; deterministic (diffusers' default `s_churn = 0` draws no noise).
 #[derive(Debug)]
-pub struct Euler {
+pub(crate) struct Euler {
     timesteps: Vec<f64>,
     /// One sigma per timestep plus the final one.
     sigmas: Vec<f32>,
@@ -67,7 +67,7 @@ pub(crate) fn start_sigma(spacing: Spacing, sigmas: &[f32]) -> f32 {
 
 impl Euler {
     /// `EulerDiscreteScheduler.from_config(config)` followed by `set_timesteps(steps)`.
-    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
+    pub(crate) fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
         let alphas_cumprod = common::train_alphas_cumprod(config, ZeroSnr::RescaleFloored)?;
         let train_sigmas = common::train_sigmas(&alphas_cumprod);
         let grid = SigmaGrid::from_config(config, false)?;

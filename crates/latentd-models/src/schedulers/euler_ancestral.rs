@@ -12,7 +12,7 @@ use crate::Result;
 
 /// Euler ancestral sampler; draws `randn(sample shape)` at every step.
 #[derive(Debug)]
-pub struct EulerAncestral {
+pub(crate) struct EulerAncestral {
     timesteps: Vec<f64>,
     /// One sigma per timestep plus the final 0.
     sigmas: Vec<f32>,
@@ -23,7 +23,7 @@ pub struct EulerAncestral {
 
 impl EulerAncestral {
     /// `EulerAncestralDiscreteScheduler.from_config(config)` followed by `set_timesteps(steps)`.
-    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
+    pub(crate) fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
         let prediction_type = config.prediction_type();
         if prediction_type == PredictionType::Sample {
             return Err(config.unsupported(

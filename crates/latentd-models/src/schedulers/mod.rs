@@ -20,11 +20,12 @@ use std::str::FromStr;
 use candle_core::Tensor;
 
 pub use config::{PredictionType, SchedulerConfig};
-pub use ddim::Ddim;
-pub use dpm_solver::DpmSolver;
-pub use euler::Euler;
-pub use euler_ancestral::EulerAncestral;
-pub use pndm::Pndm;
+
+use ddim::Ddim;
+use dpm_solver::DpmSolver;
+use euler::Euler;
+use euler_ancestral::EulerAncestral;
+use pndm::Pndm;
 
 use crate::rng::TorchRng;
 use crate::{Error, Result};

@@ -17,7 +17,7 @@ const PNDM_ORDER: usize = 4;
 
 /// PNDM sampler; deterministic (never draws noise).
 #[derive(Debug)]
-pub struct Pndm {
+pub(crate) struct Pndm {
     alphas_cumprod: Vec<f32>,
     final_alpha_cumprod: f32,
     /// Warm-up timesteps followed by the PLMS timesteps.
@@ -39,7 +39,7 @@ pub struct Pndm {
 
 impl Pndm {
     /// `PNDMScheduler.from_config(config)` followed by `set_timesteps(steps)`.
-    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
+    pub(crate) fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
         let v_prediction = match config.prediction_type() {
             PredictionType::Epsilon => false,
             PredictionType::VPrediction => true,
