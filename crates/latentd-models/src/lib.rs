@@ -6,6 +6,7 @@
 pub mod diffusers_config;
 pub mod error;
 pub mod nn;
+pub mod pipeline;
 pub mod rng;
 pub mod schedulers;
 pub mod text;

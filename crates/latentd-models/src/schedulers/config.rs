@@ -25,6 +25,23 @@ pub enum PredictionType {
     Sample,
 }
 
+impl PredictionType {
+    /// The name diffusers uses in `prediction_type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PredictionType::Epsilon => "epsilon",
+            PredictionType::VPrediction => "v_prediction",
+            PredictionType::Sample => "sample",
+        }
+    }
+}
+
+impl std::fmt::Display for PredictionType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A diffusers scheduler configuration; unknown keys are ignored.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct SchedulerConfig {
