@@ -160,6 +160,14 @@ async fn models_health_metrics_and_docs() {
 
     let spec: serde_json::Value = s.get("/openapi.json").await.json().await.unwrap();
     assert!(spec["paths"]["/v1/generate"].is_object());
+    let page = s.get("/").await;
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.text().await.unwrap().contains("latentd playground"));
+
     let docs = s.get("/docs/").await;
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().contains("swagger"));

@@ -8,4 +8,5 @@ mod errors;
 mod generate;
 mod jobs;
 mod lifecycle;
+mod load;
 mod openai;

@@ -112,6 +112,7 @@ pub fn router(state: AppState) -> Router {
             auth::require_api_key,
         ));
     let open = Router::new()
+        .route("/", get(playground))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(metrics::render));
@@ -125,6 +126,11 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .layer(TraceLayer::new_for_http())
+}
+
+/// A small page to try the API from a browser: prompt, live progress, result.
+async fn playground() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("assets/playground.html"))
 }
 
 async fn not_found(uri: Uri) -> ApiError {
