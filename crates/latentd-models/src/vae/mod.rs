@@ -4,12 +4,12 @@ mod blocks;
 mod coder;
 pub mod config;
 
-use candle_core::{DType, Module, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
 
 pub use config::AutoencoderKLConfig;
 
-use crate::nn::conv2d;
+use crate::nn::{conv2d, Conv2d};
 use crate::{Error, Result};
 use coder::{Decoder, Encoder};
 
