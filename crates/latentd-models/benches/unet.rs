@@ -6,11 +6,16 @@
 //! cargo bench -p latentd-models --bench unet
 //! ```
 //!
-//! Environment: `LATENTD_BENCH_WEIGHTS` (default
-//! `/tmp/latentd-sd15-unet-random.safetensors`), `LATENTD_BENCH_SIZES` (latent
-//! sides, default `32,64`), `LATENTD_BENCH_ITERS` (timed runs after one warm-up,
-//! default 2), `LATENTD_BENCH_ONLY` (`latentd` or `candle-transformers` to run
-//! one side, e.g. under a profiler). Batch 2, context `[2, 77, 768]`, timestep 500 for both rows.
+//! Environment:
+//! - `LATENTD_BENCH_WEIGHTS`: the weight file (default
+//!   `/tmp/latentd-sd15-unet-random.safetensors`);
+//! - `LATENTD_BENCH_SIZES`: latent sides (default `32,64`);
+//! - `LATENTD_BENCH_ITERS`: timed runs of each model after one warm-up,
+//!   alternating between the two (default 2);
+//! - `LATENTD_BENCH_ONLY`: `latentd` or `candle-transformers` to run one side,
+//!   e.g. under a profiler.
+//!
+//! Batch 2, context `[2, 77, 768]`, timestep 500 for both rows.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -67,20 +72,8 @@ fn candle_transformers_config(
     })
 }
 
-/// Runs `f` once to warm up, then `iters` times; returns the output and the times.
-fn time<F: FnMut() -> anyhow::Result<Tensor>>(
-    iters: usize,
-    mut f: F,
-) -> anyhow::Result<(Tensor, Vec<Duration>)> {
-    let out = f()?;
-    let mut times = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let start = Instant::now();
-        f()?;
-        times.push(start.elapsed());
-    }
-    Ok((out, times))
-}
+/// One UNet forward: `(sample, context) -> prediction`.
+type Forward = Box<dyn Fn(&Tensor, &Tensor) -> anyhow::Result<Tensor>>;
 
 fn summary(times: &[Duration]) -> (f64, f64) {
     let secs: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
@@ -132,22 +125,17 @@ fn main() -> anyhow::Result<()> {
 
     let only = std::env::var("LATENTD_BENCH_ONLY").ok();
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
-    let mut ours = Vec::new();
+    // Both models stay loaded and runs alternate, so load from other processes
+    // affects both sides alike.
+    let mut sides: Vec<(&str, Forward)> = Vec::new();
     if run("latentd") {
         let unet = UNet2DConditionModel::new(vb()?, &cfg)?;
         let timesteps = Tensor::new(&[TIMESTEP as f32; BATCH], &dev)?;
-        for (s, sample, context) in &inputs {
-            ours.push(time(iters, || {
-                Ok(unet.forward(sample, &timesteps, context)?)
-            })?);
-            println!(
-                "latentd             {s}x{s}: min {:.3}s mean {:.3}s",
-                summary(&ours.last().context("run")?.1).0,
-                summary(&ours.last().context("run")?.1).1
-            );
-        }
+        sides.push((
+            "latentd",
+            Box::new(move |x, c| Ok(unet.forward(x, &timesteps, c)?)),
+        ));
     }
-    let mut theirs = Vec::new();
     if run("candle-transformers") {
         let unet = ct::UNet2DConditionModel::new(
             vb()?,
@@ -156,29 +144,45 @@ fn main() -> anyhow::Result<()> {
             false,
             candle_transformers_config(&cfg)?,
         )?;
-        for (s, sample, context) in &inputs {
-            theirs.push(time(
-                iters,
-                || Ok(unet.forward(sample, TIMESTEP, context)?),
-            )?);
-            println!(
-                "candle-transformers {s}x{s}: min {:.3}s mean {:.3}s",
-                summary(&theirs.last().context("run")?.1).0,
-                summary(&theirs.last().context("run")?.1).1
-            );
-        }
+        sides.push((
+            "candle-transformers",
+            Box::new(move |x, c| Ok(unet.forward(x, TIMESTEP, c)?)),
+        ));
     }
 
-    println!("\n| latent | latentd min / mean (s) | candle-transformers min / mean (s) | speed-up (min) | max abs diff |");
-    println!("|---|---|---|---|---|");
-    for (((s, _, _), (a, ta)), (b, tb)) in inputs.iter().zip(&ours).zip(&theirs) {
-        let (amin, amean) = summary(ta);
-        let (bmin, bmean) = summary(tb);
-        let diff = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        println!(
-            "| {s}x{s} | {amin:.3} / {amean:.3} | {bmin:.3} / {bmean:.3} | {:.2}x | {diff:.2e} |",
-            bmin / amin
-        );
+    let mut table = Vec::new();
+    for (s, sample, context) in &inputs {
+        let outputs = sides
+            .iter()
+            .map(|(_, forward)| forward(sample, context))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut times = vec![Vec::with_capacity(iters); sides.len()];
+        for _ in 0..iters {
+            for ((_, forward), times) in sides.iter().zip(times.iter_mut()) {
+                let start = Instant::now();
+                forward(sample, context)?;
+                times.push(start.elapsed());
+            }
+        }
+        for ((name, _), times) in sides.iter().zip(&times) {
+            let (min, mean) = summary(times);
+            println!("{name:<20} {s}x{s}: min {min:.3}s mean {mean:.3}s");
+        }
+        if let ([a, b], [ta, tb]) = (outputs.as_slice(), times.as_slice()) {
+            let diff = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let ((amin, amean), (bmin, bmean)) = (summary(ta), summary(tb));
+            table.push(format!(
+                "| {s}x{s} | {amin:.3} / {amean:.3} | {bmin:.3} / {bmean:.3} | {:.2}x | {diff:.2e} |",
+                bmin / amin
+            ));
+        }
+    }
+    if !table.is_empty() {
+        println!("\n| latent | latentd min / mean (s) | candle-transformers min / mean (s) | speed-up (min) | max abs diff |");
+        println!("|---|---|---|---|---|");
+        for row in table {
+            println!("{row}");
+        }
     }
     Ok(())
 }
