@@ -325,7 +325,8 @@ pub struct Transformer2DConfig {
     /// Groups of the input group norm (eps 1e-6).
     pub norm_groups: usize,
     /// `proj_in` / `proj_out` are `Linear` (SD 2.x) rather than 1x1 convolutions.
-    /// Both compute the same map; the flag only selects the weight layout.
+    /// Both compute the same map; the flag only selects the weight layout tried
+    /// first (the other is accepted too).
     pub use_linear_projection: bool,
 }
 
