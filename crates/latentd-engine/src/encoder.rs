@@ -57,7 +57,14 @@ pub(crate) fn publish(task: EncodeTask) {
     metrics::counter!("latentd_images_generated_total").increment(task.images.len() as u64);
     metrics::counter!("latentd_jobs_total", "outcome" => "succeeded").increment(1);
     metrics::histogram!("latentd_job_seconds").record((queue_ms + inference_ms) as f64 / 1000.0);
-    tracing::info!(job = %job.id(), queue_ms, inference_ms, images = task.images.len(), "job done");
+    job.span().in_scope(|| {
+        tracing::info!(
+            queue_ms,
+            inference_ms,
+            images = task.images.len(),
+            "job done"
+        )
+    });
     job.push(Event::Done {
         queue_ms,
         inference_ms,

@@ -139,7 +139,8 @@ impl Engine {
         }
         self.inner.store.insert(job.clone());
         self.inner.shared.wake.notify_all();
-        tracing::info!(job = %job.id(), seed = job.request().params.seed, "job queued");
+        job.span()
+            .in_scope(|| tracing::info!(seed = job.request().params.seed, "job queued"));
         Ok(job)
     }
 

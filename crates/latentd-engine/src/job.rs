@@ -118,6 +118,7 @@ static NEXT_SEQ: AtomicU64 = AtomicU64::new(0);
 pub struct Job {
     id: String,
     seq: u64,
+    span: tracing::Span,
     request: ValidRequest,
     created: Instant,
     cancelled: AtomicBool,
@@ -134,10 +135,13 @@ impl std::fmt::Debug for Job {
 }
 
 impl Job {
-    /// A new queued job.
+    /// A new queued job. Its span is a child of the current one (the HTTP request's),
+    /// so the worker's log lines about it stay attached to the request.
     pub fn new(id: String, request: ValidRequest) -> Arc<Self> {
         let n = request.params.n;
+        let span = tracing::info_span!("job", id = %id);
         Arc::new(Self {
+            span,
             id,
             seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
             request,
@@ -160,6 +164,11 @@ impl Job {
     /// The job id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The job's tracing span.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 
     /// A process-unique number, increasing in creation order.

@@ -279,7 +279,14 @@ impl Worker {
                     let (rows, group) = job_shape(&job, factor);
                     job.set_total(denoiser.total_steps());
                     job.push(Event::Started);
-                    tracing::info!(job = %job.id(), worker = self.index, rows, queue_ms = job.queue_time().as_millis() as u64, "job started");
+                    job.span().in_scope(|| {
+                        tracing::info!(
+                            worker = self.index,
+                            rows,
+                            queue_ms = job.queue_time().as_millis() as u64,
+                            "job started"
+                        )
+                    });
                     self.active.push(Active {
                         job,
                         denoiser,
@@ -478,7 +485,8 @@ fn fail(job: &Job, code: &str, message: &str) {
         "failed"
     };
     metrics::counter!("latentd_jobs_total", "outcome" => outcome).increment(1);
-    tracing::info!(job = %job.id(), code, message, "job ended without images");
+    job.span()
+        .in_scope(|| tracing::info!(code, message, "job ended without images"));
     job.push(Event::Error {
         code: code.to_string(),
         message: message.to_string(),
