@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod embeddings;
+pub mod ops;
 pub mod resnet;
 pub mod sampling;
 
