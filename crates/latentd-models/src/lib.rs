@@ -6,10 +6,14 @@
 pub mod diffusers_config;
 pub mod error;
 pub mod nn;
+pub mod pipeline;
+pub mod rng;
+pub mod schedulers;
 pub mod text;
 pub mod unet;
 pub mod vae;
 
 pub use error::{Error, Result};
+pub use rng::TorchRng;
 pub use unet::{UNet2DConditionConfig, UNet2DConditionModel};
 pub use vae::{AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian};

@@ -55,3 +55,20 @@ pub fn get<'a>(refs: &'a HashMap<String, Tensor>, key: &str) -> &'a Tensor {
     refs.get(key)
         .unwrap_or_else(|| panic!("reference {key} missing"))
 }
+
+/// `refs/{name}` parsed as JSON.
+pub fn read_json<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let path = fixtures().join("refs").join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("malformed {}: {e}", path.display()))
+}
+
+/// The values of a tensor of any float dtype, flattened, as f64.
+pub fn values_f64(tensor: &Tensor) -> Vec<f64> {
+    tensor
+        .to_dtype(DType::F64)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f64>())
+        .unwrap()
+}

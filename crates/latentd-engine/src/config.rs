@@ -1,0 +1,48 @@
+//! Limits and sizes of the engine; all of them are server configuration.
+
+use std::time::Duration;
+
+/// Engine limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Jobs waiting to start before new ones are refused.
+    pub max_queue: usize,
+    /// Most UNet rows in flight at once (a guided job of n images takes 2n rows).
+    pub max_batch_rows: usize,
+    /// Largest width accepted, in pixels.
+    pub max_width: usize,
+    /// Largest height accepted, in pixels.
+    pub max_height: usize,
+    /// Most denoising steps accepted.
+    pub max_steps: usize,
+    /// Most images per job.
+    pub max_n: usize,
+    /// Largest guidance scale accepted.
+    pub max_guidance: f64,
+    /// Default steps when a request gives none.
+    pub default_steps: usize,
+    /// Default guidance when a request gives none.
+    pub default_guidance: f64,
+    /// How long finished jobs stay retrievable.
+    pub finished_ttl: Duration,
+    /// How many finished jobs are kept at most.
+    pub finished_max: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_queue: 64,
+            max_batch_rows: 8,
+            max_width: 1024,
+            max_height: 1024,
+            max_steps: 150,
+            max_n: 8,
+            max_guidance: 50.0,
+            default_steps: 20,
+            default_guidance: 7.5,
+            finished_ttl: Duration::from_secs(600),
+            finished_max: 1000,
+        }
+    }
+}

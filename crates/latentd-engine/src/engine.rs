@@ -1,0 +1,270 @@
+//! The engine handle: submit, look up, cancel, and shut down.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use latentd_models::pipeline::{ModelInfo, StableDiffusion};
+use latentd_models::schedulers::build_scheduler;
+
+use crate::config::EngineConfig;
+use crate::error::{EngineError, ValidationError};
+use crate::job::{Event, Job, JobSnapshot};
+use crate::request::{validate, GenerateRequest, ValidRequest};
+use crate::seed::random_seed;
+use crate::store::JobStore;
+use crate::worker::{self, job_shape, EngineStats, QueueState, Shared, Stats};
+
+/// The serving core. Cheap to clone; all clones drive the same workers.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    store: JobStore,
+    info: ModelInfo,
+    pipe: Arc<StableDiffusion>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Starts one worker thread per pipeline (one pipeline per device, all the same
+    /// model) and the PNG encoder thread.
+    pub fn start(
+        pipes: Vec<Arc<StableDiffusion>>,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let first = pipes.first().cloned().ok_or_else(|| {
+            EngineError::Internal("the engine needs at least one model instance".into())
+        })?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(QueueState {
+                waiting: VecDeque::new(),
+                accepting: true,
+                stop: false,
+                active_rows: vec![0; pipes.len()],
+                active_row_steps: vec![0; pipes.len()],
+            }),
+            wake: Condvar::new(),
+            stats: Mutex::new(Stats {
+                ms_per_row_step: 100.0,
+                totals: EngineStats::default(),
+            }),
+            config: config.clone(),
+        });
+        let (encoder, encoder_thread) =
+            crate::encoder::spawn().map_err(|e| EngineError::Internal(e.to_string()))?;
+        let mut threads = vec![encoder_thread];
+        for (index, pipe) in pipes.into_iter().enumerate() {
+            let shared = shared.clone();
+            let encoder = encoder.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("latentd-worker-{index}"))
+                .spawn(move || worker::run(index, pipe, shared, encoder))
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            threads.push(handle);
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                store: JobStore::new(config.finished_ttl, config.finished_max),
+                info: first.info().clone(),
+                pipe: first,
+                threads: Mutex::new(threads),
+            }),
+        })
+    }
+
+    /// The served model.
+    pub fn model(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    /// The engine's limits.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.shared.config
+    }
+
+    /// Validates a request without submitting it, including what its scheduler
+    /// accepts (e.g. no more steps than the model was trained with).
+    pub fn validate(&self, req: &GenerateRequest) -> Result<ValidRequest, EngineError> {
+        let tokenizer = self.inner.pipe.tokenizer();
+        let valid = validate(req, &self.inner.info, self.config(), |text| {
+            tokenizer.count_tokens(text).ok()
+        })?;
+        let p = &valid.params;
+        build_scheduler(
+            p.scheduler,
+            self.inner.pipe.scheduler_config(),
+            p.steps,
+            p.eta,
+        )
+        .map_err(|e| {
+            let message = match e {
+                latentd_models::Error::InvalidArgument(m) => m,
+                other => other.to_string(),
+            };
+            ValidationError::Other(format!("{}: {message}", p.scheduler))
+        })?;
+        Ok(valid)
+    }
+
+    /// Validates and queues a request. Fails with `QueueFull` (nothing queued is
+    /// disturbed) or `ShuttingDown`.
+    pub fn submit(&self, req: &GenerateRequest) -> Result<Arc<Job>, EngineError> {
+        let valid = self.validate(req)?;
+        let id = format!("job_{:016x}{:08x}", random_seed(), random_seed() as u32);
+        let job = Job::new(id, valid);
+        {
+            let mut queue = self.inner.shared.lock_queue();
+            if !queue.accepting {
+                return Err(EngineError::ShuttingDown);
+            }
+            if queue.waiting.len() >= self.config().max_queue {
+                let retry_after_secs = self.eta_secs(&queue);
+                metrics::counter!("latentd_rejected_total", "reason" => "queue_full").increment(1);
+                return Err(EngineError::QueueFull {
+                    queued: queue.waiting.len(),
+                    retry_after_secs,
+                });
+            }
+            job.push(Event::Queued {
+                position: queue.waiting.len(),
+            });
+            queue.waiting.push_back(job.clone());
+            metrics::gauge!("latentd_queue_depth").set(queue.waiting.len() as f64);
+        }
+        self.inner.store.insert(job.clone());
+        self.inner.shared.wake.notify_all();
+        tracing::info!(job = %job.id(), seed = job.request().params.seed, "job queued");
+        Ok(job)
+    }
+
+    /// Looks a job up.
+    pub fn job(&self, id: &str) -> Result<Arc<Job>, EngineError> {
+        self.inner
+            .store
+            .get(id)
+            .ok_or_else(|| EngineError::JobNotFound(id.to_string()))
+    }
+
+    /// Position of a queued job (0 = next), `None` when it is not queued.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        let queue = self.inner.shared.lock_queue();
+        queue.waiting.iter().position(|j| j.id() == id)
+    }
+
+    /// Cancels a queued or running job; it stops at the next step boundary.
+    pub fn cancel(&self, id: &str) -> Result<JobSnapshot, EngineError> {
+        let job = self.job(id)?;
+        job.cancel();
+        {
+            // A queued job is removed at once, so it frees its queue slot now.
+            let mut queue = self.inner.shared.lock_queue();
+            if let Some(pos) = queue.waiting.iter().position(|j| j.id() == id) {
+                queue.waiting.remove(pos);
+                job.push(Event::Error {
+                    code: "cancelled".into(),
+                    message: "the job was cancelled".into(),
+                });
+                metrics::counter!("latentd_jobs_total", "outcome" => "cancelled").increment(1);
+            }
+        }
+        self.inner.shared.wake.notify_all();
+        Ok(job.snapshot())
+    }
+
+    /// Jobs waiting to start.
+    pub fn queue_len(&self) -> usize {
+        self.inner.shared.lock_queue().waiting.len()
+    }
+
+    /// Rows in flight over all workers.
+    pub fn active_rows(&self) -> usize {
+        self.inner.shared.lock_queue().active_rows.iter().sum()
+    }
+
+    /// Work done since start.
+    pub fn stats(&self) -> EngineStats {
+        self.inner
+            .shared
+            .stats
+            .lock()
+            .map(|s| s.totals)
+            .unwrap_or_default()
+    }
+
+    /// Ready to take work: accepting and the queue is not full.
+    pub fn is_ready(&self) -> bool {
+        let queue = self.inner.shared.lock_queue();
+        queue.accepting && queue.waiting.len() < self.config().max_queue
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        !self.inner.shared.lock_queue().accepting
+    }
+
+    /// Estimated seconds until the current queue has drained.
+    pub fn retry_after_secs(&self) -> u64 {
+        let queue = self.inner.shared.lock_queue();
+        self.eta_secs(&queue)
+    }
+
+    fn eta_secs(&self, queue: &QueueState) -> u64 {
+        let factor = self.inner.info.vae_scale_factor;
+        let queued: usize = queue
+            .waiting
+            .iter()
+            .map(|j| job_shape(j, factor).0 * j.request().params.steps)
+            .sum();
+        let row_steps = queued + queue.active_row_steps.iter().sum::<usize>();
+        let ms = self
+            .inner
+            .shared
+            .stats
+            .lock()
+            .map(|s| s.ms_per_row_step)
+            .unwrap_or(100.0);
+        ((row_steps as f64 * ms) / 1000.0).ceil().max(1.0) as u64
+    }
+
+    /// Stops accepting work, lets queued and running jobs finish for up to `grace`,
+    /// then fails what is left and joins the threads. Blocks; call it off async threads.
+    pub fn shutdown(&self, grace: Duration) {
+        {
+            let mut queue = self.inner.shared.lock_queue();
+            queue.accepting = false;
+        }
+        self.inner.shared.wake.notify_all();
+        let deadline = Instant::now() + grace;
+        let workers_done = || {
+            let threads = self.inner.threads.lock().unwrap_or_else(|e| e.into_inner());
+            threads.iter().skip(1).all(|t| t.is_finished())
+        };
+        while Instant::now() < deadline && !workers_done() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        {
+            let mut queue = self.inner.shared.lock_queue();
+            queue.stop = true;
+        }
+        self.inner.shared.wake.notify_all();
+        let threads: Vec<JoinHandle<()>> = {
+            let mut guard = self.inner.threads.lock().unwrap_or_else(|e| e.into_inner());
+            guard.drain(..).collect()
+        };
+        // Workers first (index 1..); the encoder ends once their senders are gone.
+        let mut iter = threads.into_iter();
+        let encoder = iter.next();
+        for t in iter {
+            let _ = t.join();
+        }
+        if let Some(encoder) = encoder {
+            let _ = encoder.join();
+        }
+    }
+}

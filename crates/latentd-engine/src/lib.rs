@@ -1,0 +1,24 @@
+//! The latentd serving core: validation, a bounded queue, a pure batch planner,
+//! step-level batching workers on dedicated threads, job lifecycle and events.
+//!
+//! No HTTP here: the server crate maps these types onto routes.
+
+pub mod config;
+mod encoder;
+pub mod engine;
+pub mod error;
+pub mod job;
+pub mod planner;
+pub mod png_meta;
+pub mod request;
+pub mod seed;
+pub mod store;
+mod worker;
+
+pub use worker::EngineStats;
+
+pub use config::EngineConfig;
+pub use engine::Engine;
+pub use error::{EngineError, ValidationError};
+pub use job::{Event, EventStream, Job, JobSnapshot, JobState};
+pub use request::{GenerateRequest, ValidRequest};

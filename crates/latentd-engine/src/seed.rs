@@ -1,0 +1,33 @@
+//! Picking a seed when the user gives none.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A fresh seed from the clock and the process id, mixed with SplitMix64 so that
+/// seeds picked close together differ in every bit.
+pub fn random_seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let counter = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    splitmix64(nanos ^ ((std::process::id() as u64) << 32) ^ counter.wrapping_mul(0x9E37_79B9))
+}
+
+static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn successive_seeds_differ() {
+        let a = super::random_seed();
+        let b = super::random_seed();
+        assert_ne!(a, b);
+    }
+}

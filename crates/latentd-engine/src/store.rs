@@ -1,0 +1,153 @@
+//! Jobs by id, with finished jobs kept for a while for late readers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::job::Job;
+
+/// The job registry. Unfinished jobs are always kept; finished ones are dropped
+/// after `ttl` or when more than `max_finished` are kept.
+pub struct JobStore {
+    inner: Mutex<StoreInner>,
+    ttl: Duration,
+    max_finished: usize,
+}
+
+struct StoreInner {
+    jobs: HashMap<String, Arc<Job>>,
+    /// Ids in insertion order, to find the oldest candidates for eviction.
+    order: VecDeque<String>,
+}
+
+impl JobStore {
+    /// An empty store.
+    pub fn new(ttl: Duration, max_finished: usize) -> Self {
+        Self {
+            inner: Mutex::new(StoreInner {
+                jobs: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+            ttl,
+            max_finished,
+        }
+    }
+
+    /// Adds a job.
+    pub fn insert(&self, job: Arc<Job>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.order.push_back(job.id().to_string());
+        inner.jobs.insert(job.id().to_string(), job);
+        self.evict(&mut inner, Instant::now());
+    }
+
+    /// Looks a job up by id.
+    pub fn get(&self, id: &str) -> Option<Arc<Job>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.evict(&mut inner, Instant::now());
+        inner.jobs.get(id).cloned()
+    }
+
+    /// Number of jobs held.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .jobs
+            .len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn evict(&self, inner: &mut StoreInner, now: Instant) {
+        let finished: Vec<(String, Instant)> = inner
+            .order
+            .iter()
+            .filter_map(|id| {
+                let job = inner.jobs.get(id)?;
+                job.finished_at().map(|t| (id.clone(), t))
+            })
+            .collect();
+        let excess = finished.len().saturating_sub(self.max_finished);
+        let mut drop: Vec<String> = Vec::new();
+        for (i, (id, at)) in finished.into_iter().enumerate() {
+            if i < excess || now.duration_since(at) > self.ttl {
+                drop.push(id);
+            }
+        }
+        if drop.is_empty() {
+            return;
+        }
+        for id in &drop {
+            inner.jobs.remove(id);
+        }
+        inner.order.retain(|id| !drop.contains(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Event;
+    use crate::request::ValidRequest;
+    use latentd_models::pipeline::GenerationParams;
+    use latentd_models::schedulers::SchedulerKind;
+
+    fn job(id: &str) -> Arc<Job> {
+        Job::new(
+            id.into(),
+            ValidRequest {
+                model: "m".into(),
+                params: GenerationParams {
+                    prompt: "p".into(),
+                    negative_prompt: None,
+                    width: 8,
+                    height: 8,
+                    steps: 1,
+                    guidance_scale: 1.0,
+                    scheduler: SchedulerKind::Ddim,
+                    seed: 0,
+                    n: 1,
+                    eta: 0.0,
+                },
+            },
+        )
+    }
+
+    fn finish(j: &Job) {
+        j.push(Event::Done {
+            queue_ms: 0,
+            inference_ms: 0,
+        });
+    }
+
+    #[test]
+    fn keeps_running_jobs_and_evicts_oldest_finished_beyond_the_cap() {
+        let store = JobStore::new(Duration::from_secs(60), 2);
+        let jobs: Vec<_> = (0..4).map(|i| job(&format!("j{i}"))).collect();
+        for j in &jobs {
+            store.insert(j.clone());
+        }
+        finish(&jobs[0]);
+        finish(&jobs[1]);
+        finish(&jobs[2]);
+        assert!(store.get("j0").is_none(), "oldest finished job is evicted");
+        assert!(store.get("j1").is_some() && store.get("j2").is_some());
+        assert!(store.get("j3").is_some(), "unfinished jobs are kept");
+        assert_eq!(store.len(), 3);
+    }
+
+    #[test]
+    fn finished_jobs_expire_after_the_ttl() {
+        let store = JobStore::new(Duration::from_millis(0), 10);
+        let j = job("a");
+        store.insert(j.clone());
+        assert!(store.get("a").is_some());
+        finish(&j);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(store.get("a").is_none());
+    }
+}

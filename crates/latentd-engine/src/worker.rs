@@ -1,0 +1,513 @@
+//! The denoising worker: one dedicated OS thread per device, running engine ticks.
+//!
+//! Each tick: drop cancelled jobs, plan (admit from the shared queue, pick the rows
+//! to run), encode the newcomers' prompts in one call, run ONE UNet call over the
+//! chosen rows (per-row timesteps), let each job apply its own guidance and scheduler
+//! update, publish progress, and retire finished jobs (batched VAE decode; PNG
+//! encoding is handed to the encoder thread).
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use latentd_models::pipeline::{Denoiser, StableDiffusion};
+
+use crate::config::EngineConfig;
+use crate::encoder::EncodeTask;
+use crate::job::{Event, Job};
+use crate::planner::{self, ActiveJob, GroupKey, WaitingJob};
+
+/// State shared by the engine handle and its workers.
+pub(crate) struct Shared {
+    pub config: EngineConfig,
+    pub queue: Mutex<QueueState>,
+    pub wake: Condvar,
+    pub stats: Mutex<Stats>,
+}
+
+/// The waiting queue and the engine's lifecycle flags.
+pub(crate) struct QueueState {
+    pub waiting: VecDeque<Arc<Job>>,
+    /// False once shutdown began: no new jobs.
+    pub accepting: bool,
+    /// True once the shutdown grace period is over: cancel everything and exit.
+    pub stop: bool,
+    /// Rows in flight on each worker.
+    pub active_rows: Vec<usize>,
+    /// Model calls still to run for the jobs in flight, times their rows.
+    pub active_row_steps: Vec<usize>,
+}
+
+/// Measurements used for queue time estimates.
+pub(crate) struct Stats {
+    /// Smoothed milliseconds per row per model call.
+    pub ms_per_row_step: f64,
+    /// Totals since start.
+    pub totals: EngineStats,
+}
+
+/// Counters of the work done since the engine started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// UNet calls made.
+    pub unet_calls: u64,
+    /// Rows run over all calls.
+    pub rows_run: u64,
+    /// Most rows in a single call.
+    pub max_rows_in_call: usize,
+}
+
+impl Shared {
+    pub fn lock_queue(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record_tick(&self, rows: usize, elapsed: Duration) {
+        if rows == 0 {
+            return;
+        }
+        let per_row = elapsed.as_secs_f64() * 1000.0 / rows as f64;
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.ms_per_row_step = 0.8 * stats.ms_per_row_step + 0.2 * per_row;
+        stats.totals.unet_calls += 1;
+        stats.totals.rows_run += rows as u64;
+        stats.totals.max_rows_in_call = stats.totals.max_rows_in_call.max(rows);
+    }
+}
+
+/// Rows a job adds to a model call and the latent shape group it belongs to.
+pub(crate) fn job_shape(job: &Job, vae_scale_factor: usize) -> (usize, GroupKey) {
+    let p = &job.request().params;
+    let rows = if p.uses_guidance() { 2 * p.n } else { p.n };
+    let f = vae_scale_factor.max(1);
+    (rows, (p.height / f, p.width / f))
+}
+
+struct Active {
+    job: Arc<Job>,
+    denoiser: Denoiser,
+    rows: usize,
+    group: GroupKey,
+    last_ran: u64,
+    started: Instant,
+}
+
+/// The worker loop. Returns when the engine shuts down.
+pub(crate) fn run(
+    index: usize,
+    pipe: Arc<StableDiffusion>,
+    shared: Arc<Shared>,
+    encoder: Sender<EncodeTask>,
+) {
+    let mut worker = Worker {
+        index,
+        pipe,
+        shared,
+        encoder,
+        active: Vec::new(),
+        tick: 0,
+    };
+    tracing::info!(worker = index, "worker started");
+    while worker.tick_once() {}
+    tracing::info!(worker = index, "worker stopped");
+}
+
+struct Worker {
+    index: usize,
+    pipe: Arc<StableDiffusion>,
+    shared: Arc<Shared>,
+    encoder: Sender<EncodeTask>,
+    active: Vec<Active>,
+    tick: u64,
+}
+
+impl Worker {
+    /// One engine tick; false when the worker should exit.
+    fn tick_once(&mut self) -> bool {
+        self.tick += 1;
+        self.drop_cancelled();
+        self.publish_load();
+        let Some((admitted, run)) = self.plan() else {
+            return false;
+        };
+        self.admit(admitted);
+        let run: Vec<usize> = run
+            .iter()
+            .filter_map(|seq| self.active.iter().position(|a| a.job.seq() == *seq))
+            .collect();
+        if !run.is_empty() {
+            self.step(&run);
+        }
+        self.retire();
+        self.publish_load();
+        true
+    }
+
+    fn drop_cancelled(&mut self) {
+        self.active.retain(|a| {
+            if a.job.is_cancelled() {
+                fail(&a.job, "cancelled", "the job was cancelled");
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Plans the tick under the queue lock and takes the admitted jobs off the queue.
+    /// Waits while idle; `None` means exit.
+    fn plan(&mut self) -> Option<(Vec<Arc<Job>>, Vec<u64>)> {
+        let factor = self.pipe.info().vae_scale_factor;
+        let mut queue = self.shared.lock_queue();
+        loop {
+            queue.waiting.retain(|job| {
+                if job.is_cancelled() {
+                    fail(job, "cancelled", "the job was cancelled");
+                    false
+                } else {
+                    true
+                }
+            });
+            if queue.stop {
+                for job in queue.waiting.drain(..) {
+                    fail(
+                        &job,
+                        "shutting_down",
+                        "the server shut down before the job ran",
+                    );
+                }
+                for a in self.active.drain(..) {
+                    fail(
+                        &a.job,
+                        "shutting_down",
+                        "the server shut down before the job finished",
+                    );
+                }
+                return None;
+            }
+            if !self.active.is_empty() || !queue.waiting.is_empty() {
+                break;
+            }
+            if !queue.accepting {
+                return None;
+            }
+            queue = self
+                .shared
+                .wake
+                .wait_timeout(queue, Duration::from_millis(200))
+                .map(|(q, _)| q)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        let active: Vec<ActiveJob> = self
+            .active
+            .iter()
+            .map(|a| ActiveJob {
+                key: a.job.seq(),
+                rows: a.rows,
+                group: a.group,
+                last_ran: a.last_ran,
+            })
+            .collect();
+        let waiting: Vec<WaitingJob> = queue
+            .waiting
+            .iter()
+            .map(|job| {
+                let (rows, group) = job_shape(job, factor);
+                WaitingJob {
+                    key: job.seq(),
+                    rows,
+                    group,
+                }
+            })
+            .collect();
+        let plan = planner::plan(
+            &active,
+            &waiting,
+            self.shared.config.max_batch_rows,
+            self.tick,
+        );
+        let admitted: Vec<Arc<Job>> = queue.waiting.drain(..plan.admit.len()).collect();
+        metrics::gauge!("latentd_queue_depth").set(queue.waiting.len() as f64);
+        tracing::trace!(?plan, "planned tick");
+        Some((admitted, plan.run))
+    }
+
+    /// Encodes the newcomers' prompts in one batch and builds their samplers.
+    fn admit(&mut self, jobs: Vec<Arc<Job>>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let factor = self.pipe.info().vae_scale_factor;
+        let mut prompts: Vec<&str> = Vec::new();
+        for job in &jobs {
+            let p = &job.request().params;
+            prompts.push(&p.prompt);
+            if p.uses_guidance() {
+                prompts.push(p.negative_prompt.as_deref().unwrap_or(""));
+            }
+        }
+        let encoded = guarded(|| self.pipe.encode_prompts(&prompts));
+        let embeddings = match encoded {
+            Ok(e) => e,
+            Err(message) => {
+                for job in &jobs {
+                    fail(job, "internal", &format!("text encoding failed: {message}"));
+                }
+                return;
+            }
+        };
+        let mut row = 0;
+        for job in jobs {
+            let p = &job.request().params;
+            let cond = embeddings.narrow(0, row, 1);
+            let uncond = if p.uses_guidance() {
+                Some(embeddings.narrow(0, row + 1, 1))
+            } else {
+                None
+            };
+            row += if p.uses_guidance() { 2 } else { 1 };
+            let built = guarded(|| {
+                let cond = cond?;
+                let uncond = uncond.transpose()?;
+                Denoiser::new(&self.pipe, p, &cond, uncond.as_ref())
+            });
+            match built {
+                Ok(denoiser) => {
+                    let (rows, group) = job_shape(&job, factor);
+                    job.set_total(denoiser.total_steps());
+                    job.push(Event::Started);
+                    tracing::info!(job = %job.id(), worker = self.index, rows, queue_ms = job.queue_time().as_millis() as u64, "job started");
+                    self.active.push(Active {
+                        job,
+                        denoiser,
+                        rows,
+                        group,
+                        last_ran: self.tick,
+                        started: Instant::now(),
+                    });
+                }
+                Err(message) => fail(&job, "invalid_request", &message),
+            }
+        }
+    }
+
+    /// Runs one UNet call over the given active jobs and advances each of them.
+    fn step(&mut self, run: &[usize]) {
+        let started = Instant::now();
+        let outputs = self.predict_batch(run);
+        let rows: usize = run.iter().map(|&i| self.active[i].rows).sum();
+        let elapsed = started.elapsed();
+        self.shared.record_tick(rows, elapsed);
+        metrics::histogram!("latentd_batch_rows").record(rows as f64);
+        metrics::histogram!("latentd_step_seconds").record(elapsed.as_secs_f64());
+
+        for (&i, output) in run.iter().zip(outputs) {
+            let tick = self.tick;
+            let a = &mut self.active[i];
+            a.last_ran = tick;
+            let result = output.and_then(|out| {
+                guarded(|| {
+                    a.denoiser.advance(&out)?;
+                    check_finite(a.denoiser.latents())
+                })
+            });
+            match result {
+                Ok(()) => {
+                    let done = a.denoiser.steps_done();
+                    let total = a.denoiser.total_steps();
+                    let per_step = a.started.elapsed().as_secs_f64() * 1000.0 / done.max(1) as f64;
+                    a.job.push(Event::Progress {
+                        step: done,
+                        total,
+                        eta_ms: (per_step * (total - done.min(total)) as f64) as u64,
+                    });
+                }
+                Err(message) => {
+                    // Mark it; `retire` removes it with the rest of the finished jobs.
+                    fail(&a.job, "generation_failed", &message);
+                }
+            }
+        }
+    }
+
+    /// One batched model call; when it fails, each job is retried alone so that a
+    /// failure stays with the job that caused it.
+    fn predict_batch(&self, run: &[usize]) -> Vec<Result<Tensor, String>> {
+        let batch = guarded(|| {
+            let mut latents = Vec::with_capacity(run.len());
+            let mut contexts = Vec::with_capacity(run.len());
+            let mut timesteps = Vec::new();
+            for &i in run {
+                let d = &self.active[i].denoiser;
+                let input = d.model_input()?;
+                latents.push(input.latents);
+                contexts.push(d.context().clone());
+                timesteps.extend(input.timesteps);
+            }
+            let latents = Tensor::cat(&latents, 0)?;
+            let contexts = Tensor::cat(&contexts, 0)?;
+            let out = self.pipe.predict(&latents, &timesteps, &contexts)?;
+            let mut offset = 0;
+            let mut split = Vec::with_capacity(run.len());
+            for &i in run {
+                let rows = self.active[i].rows;
+                split.push(out.narrow(0, offset, rows)?);
+                offset += rows;
+            }
+            Ok(split)
+        });
+        match batch {
+            Ok(split) => split.into_iter().map(Ok).collect(),
+            Err(message) if run.len() == 1 => vec![Err(message)],
+            Err(message) => {
+                tracing::warn!(%message, "batched model call failed; retrying each job alone");
+                run.iter()
+                    .map(|&i| {
+                        let d = &self.active[i].denoiser;
+                        guarded(|| {
+                            let input = d.model_input()?;
+                            self.pipe
+                                .predict(&input.latents, &input.timesteps, d.context())
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Removes finished and failed jobs; decodes the finished ones batched per shape.
+    fn retire(&mut self) {
+        let mut finished: Vec<Active> = Vec::new();
+        let mut i = 0;
+        while i < self.active.len() {
+            let a = &self.active[i];
+            if a.job.state().is_terminal() {
+                self.active.swap_remove(i);
+            } else if a.denoiser.is_finished() {
+                finished.push(self.active.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        // Keep admission order stable after swap_remove.
+        self.active.sort_by_key(|a| a.job.seq());
+        while let Some(first) = finished.first() {
+            let group = first.group;
+            let (same, rest): (Vec<Active>, Vec<Active>) =
+                finished.into_iter().partition(|a| a.group == group);
+            finished = rest;
+            self.decode_group(same);
+        }
+    }
+
+    fn decode_group(&self, jobs: Vec<Active>) {
+        let decoded = guarded(|| {
+            let latents: Vec<&Tensor> = jobs.iter().map(|a| a.denoiser.latents()).collect();
+            let images = self.pipe.decode(&Tensor::cat(&latents, 0)?)?;
+            Ok(images)
+        });
+        match decoded {
+            Ok(mut images) => {
+                for a in jobs {
+                    let rest = images
+                        .split_off(a.denoiser.latents().dim(0).unwrap_or(0).min(images.len()));
+                    let mine = std::mem::replace(&mut images, rest);
+                    self.hand_to_encoder(a.job, mine);
+                }
+            }
+            Err(message) if jobs.len() == 1 => {
+                for a in jobs {
+                    fail(
+                        &a.job,
+                        "generation_failed",
+                        &format!("decoding failed: {message}"),
+                    );
+                }
+            }
+            Err(_) => {
+                for a in jobs {
+                    self.decode_group(vec![a]);
+                }
+            }
+        }
+    }
+
+    fn hand_to_encoder(&self, job: Arc<Job>, images: Vec<latentd_models::pipeline::RgbImage>) {
+        let task = EncodeTask { job, images };
+        if let Err(std::sync::mpsc::SendError(task)) = self.encoder.send(task) {
+            // The encoder thread is gone; encode here rather than lose the result.
+            crate::encoder::publish(task);
+        }
+    }
+
+    fn publish_load(&self) {
+        let rows: usize = self.active.iter().map(|a| a.rows).sum();
+        let row_steps: usize = self
+            .active
+            .iter()
+            .map(|a| {
+                a.rows
+                    * (a.denoiser.total_steps()
+                        - a.denoiser.steps_done().min(a.denoiser.total_steps()))
+            })
+            .sum();
+        let mut queue = self.shared.lock_queue();
+        if let Some(slot) = queue.active_rows.get_mut(self.index) {
+            *slot = rows;
+        }
+        if let Some(slot) = queue.active_row_steps.get_mut(self.index) {
+            *slot = row_steps;
+        }
+        let total: usize = queue.active_rows.iter().sum();
+        drop(queue);
+        metrics::gauge!("latentd_active_rows").set(total as f64);
+    }
+}
+
+/// Fails a job with an error event (no-op if it already ended).
+fn fail(job: &Job, code: &str, message: &str) {
+    if job.state().is_terminal() {
+        return;
+    }
+    let outcome = if code == "cancelled" {
+        "cancelled"
+    } else {
+        "failed"
+    };
+    metrics::counter!("latentd_jobs_total", "outcome" => outcome).increment(1);
+    tracing::info!(job = %job.id(), code, message, "job ended without images");
+    job.push(Event::Error {
+        code: code.to_string(),
+        message: message.to_string(),
+    });
+}
+
+/// Runs model code, turning both errors and panics into a message, so that one
+/// job's failure never takes the worker down.
+fn guarded<T>(f: impl FnOnce() -> latentd_models::Result<T>) -> Result<T, String> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .map(|s| format!("internal panic: {s}"))
+            .unwrap_or_else(|| "internal panic".to_string())),
+    }
+}
+
+/// Errors when the latents hold NaN or infinity (e.g. a guidance scale that overflows).
+fn check_finite(latents: &Tensor) -> latentd_models::Result<()> {
+    let values = latents.flatten_all()?.to_vec1::<f32>()?;
+    if values.iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(latentd_models::Error::InvalidArgument(
+            "the sampler produced non-finite values (NaN or infinity)".into(),
+        ))
+    }
+}

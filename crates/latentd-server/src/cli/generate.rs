@@ -1,0 +1,174 @@
+//! `latentd generate`: one generation from the command line.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use latentd_models::pipeline::{GenerationParams, StableDiffusion};
+use latentd_models::schedulers::SchedulerKind;
+
+use super::{parse_size, EXIT_USAGE};
+use latentd_engine::png_meta::{encode_png, ImageMetadata};
+
+/// Arguments of `latentd generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// A diffusers-layout pipeline folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// What to steer away from (default: the empty prompt).
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// Width in pixels, a multiple of 8 (default: the model's native size).
+    #[arg(long, value_parser = parse_size)]
+    pub width: Option<usize>,
+    /// Height in pixels, a multiple of 8 (default: the model's native size).
+    #[arg(long, value_parser = parse_size)]
+    pub height: Option<usize>,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub steps: u16,
+    /// Classifier-free guidance scale (<= 1 disables guidance).
+    #[arg(long, default_value_t = 7.5)]
+    pub guidance: f64,
+    /// Scheduler: ddim, pndm, euler, euler-a, dpmpp-2m, dpmpp-2m-karras
+    /// (default: the one the model folder ships with).
+    #[arg(long)]
+    pub scheduler: Option<SchedulerKind>,
+    /// Seed (default: a random one, printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Number of images (FILE-0.png, FILE-1.png, ... when more than one).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub n: u16,
+    /// DDIM eta (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    /// Output PNG file.
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+/// Runs the command; returns the exit code.
+pub fn run(args: GenerateArgs) -> i32 {
+    let started = Instant::now();
+    let pipe = match StableDiffusion::load(&args.model, &Device::Cpu) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: cannot load model {}: {e}", args.model.display());
+            return 1;
+        }
+    };
+    let info = pipe.info().clone();
+    let params = GenerationParams {
+        prompt: args.prompt,
+        negative_prompt: args.negative_prompt,
+        width: args.width.unwrap_or(info.native_width),
+        height: args.height.unwrap_or(info.native_height),
+        steps: args.steps as usize,
+        guidance_scale: args.guidance,
+        scheduler: args.scheduler.unwrap_or(info.default_scheduler),
+        seed: args.seed.unwrap_or_else(latentd_engine::seed::random_seed),
+        n: args.n as usize,
+        eta: args.eta,
+    };
+    if let Err(e) = params.check(info.vae_scale_factor) {
+        eprintln!("error: {e}");
+        return EXIT_USAGE;
+    }
+    tracing::info!(
+        load_ms = started.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} step {pos}/{len} [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let sampling = Instant::now();
+    let result = pipe.generate(&params, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let images = match result {
+        Ok(images) => images,
+        Err(latentd_models::Error::InvalidArgument(msg)) => {
+            eprintln!("error: {msg}");
+            return EXIT_USAGE;
+        }
+        Err(e) => {
+            eprintln!("error: generation failed: {e}");
+            return 1;
+        }
+    };
+    let elapsed = sampling.elapsed();
+    for (i, image) in images.iter().enumerate() {
+        let path = output_path(&args.output, i, images.len());
+        let meta = ImageMetadata::new(&info.name, &params, i);
+        let written = encode_png(image, &meta)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| std::fs::write(&path, bytes).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return 1;
+        }
+        println!("{}", path.display());
+    }
+    eprintln!(
+        "seed {} | {} image(s) {}x{} | {} steps with {} in {:.2}s",
+        params.seed,
+        images.len(),
+        params.width,
+        params.height,
+        params.steps,
+        params.scheduler,
+        elapsed.as_secs_f64()
+    );
+    0
+}
+
+/// `out.png` for a single image; `out-0.png`, `out-1.png`, ... for several.
+fn output_path(output: &Path, index: usize, count: usize) -> PathBuf {
+    if count == 1 {
+        return output.to_path_buf();
+    }
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    let ext = output
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
+    output.with_file_name(format!("{stem}-{index}.{ext}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_outputs_only_for_several_images() {
+        assert_eq!(
+            output_path(Path::new("a/out.png"), 0, 1),
+            PathBuf::from("a/out.png")
+        );
+        assert_eq!(
+            output_path(Path::new("a/out.png"), 1, 2),
+            PathBuf::from("a/out-1.png")
+        );
+        assert_eq!(
+            output_path(Path::new("out"), 0, 3),
+            PathBuf::from("out-0.png")
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! Command-line interface of the `latentd` binary.
+
+mod generate;
+pub mod serve;
+
+use clap::{Parser, Subcommand};
+
+pub use generate::GenerateArgs;
+pub use serve::ServeArgs;
+
+/// latentd: an inference server for latent diffusion models.
+#[derive(Debug, Parser)]
+#[command(name = "latentd", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
+    /// Generate images from a prompt and write them as PNG files.
+    Generate(GenerateArgs),
+    /// Print the OpenAPI document (the committed openapi/openapi.json).
+    Openapi,
+}
+
+/// Exit code for invalid arguments (the same as clap's usage errors).
+pub const EXIT_USAGE: i32 = 2;
+
+/// Runs the parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Openapi => {
+            print!("{}", crate::http::openapi::json());
+            0
+        }
+        Command::Serve(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return 1;
+                }
+            };
+            match runtime.block_on(serve::run(args)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
+    }
+}
+
+/// Parses a size in pixels: a positive multiple of 8.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let v: usize = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number"))?;
+    if v == 0 || !v.is_multiple_of(8) {
+        return Err(format!("{v} is not a positive multiple of 8"));
+    }
+    Ok(v)
+}

@@ -1,0 +1,176 @@
+//! `latentd serve`: load the model, start the engine and the HTTP server.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::Device;
+use clap::Args;
+use latentd_engine::{Engine, EngineConfig};
+use latentd_models::pipeline::StableDiffusion;
+
+use crate::http::{AppState, RunningServer};
+
+/// Arguments of `latentd serve`; every flag can also be set from the environment.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// A diffusers-layout pipeline folder to serve.
+    #[arg(long, env = "LATENTD_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Model id reported by /v1/models and accepted as `model` (default: folder name).
+    #[arg(long, env = "LATENTD_MODEL_NAME")]
+    pub model_name: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "LATENTD_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on; 0 picks a free port (logged).
+    #[arg(long, env = "LATENTD_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Devices to run on, one worker each: `cpu`, or `cuda:0,cuda:1` in a CUDA build.
+    #[arg(
+        long,
+        env = "LATENTD_DEVICES",
+        default_value = "cpu",
+        value_delimiter = ','
+    )]
+    pub devices: Vec<String>,
+    /// Jobs waiting before new ones are refused with 429.
+    #[arg(long, env = "LATENTD_MAX_QUEUE", default_value_t = 64)]
+    pub max_queue: usize,
+    /// UNet rows in flight per worker (a guided image takes 2 rows).
+    #[arg(long, env = "LATENTD_MAX_BATCH_ROWS", default_value_t = 8)]
+    pub max_batch_rows: usize,
+    /// Require this key (`Authorization: Bearer KEY` or `x-api-key`) on /v1/*.
+    #[arg(long, env = "LATENTD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "LATENTD_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest width in pixels.
+    #[arg(long, env = "LATENTD_MAX_WIDTH", default_value_t = 1024)]
+    pub max_width: usize,
+    /// Largest height in pixels.
+    #[arg(long, env = "LATENTD_MAX_HEIGHT", default_value_t = 1024)]
+    pub max_height: usize,
+    /// Most denoising steps per request.
+    #[arg(long, env = "LATENTD_MAX_STEPS", default_value_t = 150)]
+    pub max_steps: usize,
+    /// Most images per request.
+    #[arg(long, env = "LATENTD_MAX_N", default_value_t = 8)]
+    pub max_n: usize,
+    /// Largest guidance scale.
+    #[arg(long, env = "LATENTD_MAX_GUIDANCE", default_value_t = 50.0)]
+    pub max_guidance: f64,
+    /// Default steps when a request gives none.
+    #[arg(long, env = "LATENTD_DEFAULT_STEPS", default_value_t = 20)]
+    pub default_steps: usize,
+    /// Seconds finished async jobs stay retrievable.
+    #[arg(long, env = "LATENTD_JOB_TTL_SECS", default_value_t = 600)]
+    pub job_ttl_secs: u64,
+    /// Finished jobs kept at most.
+    #[arg(long, env = "LATENTD_MAX_FINISHED_JOBS", default_value_t = 1000)]
+    pub max_finished_jobs: usize,
+    /// Seconds running jobs get to finish on SIGTERM/SIGINT.
+    #[arg(long, env = "LATENTD_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl ServeArgs {
+    /// The engine limits these flags describe.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            max_queue: self.max_queue,
+            max_batch_rows: self.max_batch_rows,
+            max_width: self.max_width,
+            max_height: self.max_height,
+            max_steps: self.max_steps,
+            max_n: self.max_n,
+            max_guidance: self.max_guidance,
+            default_steps: self.default_steps,
+            finished_ttl: Duration::from_secs(self.job_ttl_secs),
+            finished_max: self.max_finished_jobs,
+            ..EngineConfig::default()
+        }
+    }
+}
+
+/// Parses `cpu` or `cuda:N`.
+pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
+    let spec = spec.trim();
+    if spec == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    if let Some(index) =
+        spec.strip_prefix("cuda:")
+            .or(if spec == "cuda" { Some("0") } else { None })
+    {
+        let index: usize = index
+            .parse()
+            .map_err(|_| anyhow::anyhow!("bad device `{spec}`: expected cuda:N"))?;
+        return Device::new_cuda(index)
+            .map_err(|e| anyhow::anyhow!("cannot open {spec}: {e} (is this a CUDA build?)"));
+    }
+    anyhow::bail!("unknown device `{spec}`: expected cpu or cuda:N")
+}
+
+/// Loads one model instance per device and starts the engine.
+pub fn start_engine(args: &ServeArgs) -> anyhow::Result<Engine> {
+    let Some(dir) = &args.model else {
+        anyhow::bail!(
+            "no --model given (or LATENTD_MODEL): point it at a diffusers pipeline folder"
+        );
+    };
+    let mut pipes = Vec::new();
+    for spec in &args.devices {
+        let device = parse_device(spec)?;
+        let started = std::time::Instant::now();
+        let pipe = match &args.model_name {
+            Some(name) => StableDiffusion::load_named(dir, name, &device),
+            None => StableDiffusion::load(dir, &device),
+        }
+        .map_err(|e| anyhow::anyhow!("cannot load model {}: {e}", dir.display()))?;
+        tracing::info!(device = %spec, load_ms = started.elapsed().as_millis() as u64, model = %pipe.info().name, "model loaded");
+        pipes.push(Arc::new(pipe));
+    }
+    Engine::start(pipes, args.engine_config()).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let engine = {
+        let args = args.clone();
+        tokio::task::spawn_blocking(move || start_engine(&args)).await??
+    };
+    let state = AppState::new(engine, args.api_key.clone(), args.max_body_bytes);
+    let addr = SocketAddr::new(args.host, args.port);
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
+    let mut server = RunningServer::start(state, addr, grace).await?;
+    tracing::info!(addr = %server.addr, "listening");
+    println!("latentd listening on http://{}", server.addr);
+    shutdown_signal().await;
+    server.begin_shutdown();
+    server.wait().await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

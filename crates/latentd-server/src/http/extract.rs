@@ -1,0 +1,73 @@
+//! A JSON body extractor whose failures use the API's error shape:
+//! 400 for malformed JSON, 422 for a wrong or missing field, 413 for a body over the limit.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::AppState;
+
+/// `Json<T>` with our error mapping. The content type is not required.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::BodyTooLarge(state.max_body_bytes)
+            } else {
+                ApiError::MalformedJson(rejection.body_text())
+            }
+        })?;
+        parse(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses a JSON body: a body that is not JSON is 400, JSON of the wrong shape 422.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    serde_json::from_value(value).map_err(|e| ApiError::InvalidField(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::types::GenerateBody;
+
+    #[test]
+    fn syntax_is_400_and_schema_is_422() {
+        assert!(matches!(
+            parse::<GenerateBody>(b"{\"prompt\":"),
+            Err(ApiError::MalformedJson(_))
+        ));
+        assert!(matches!(
+            parse::<GenerateBody>(b"not json"),
+            Err(ApiError::MalformedJson(_))
+        ));
+        assert!(matches!(
+            parse::<GenerateBody>(b"[1,2"),
+            Err(ApiError::MalformedJson(_))
+        ));
+        assert!(matches!(
+            parse::<GenerateBody>(b"[1,2]"),
+            Err(ApiError::InvalidField(_))
+        ));
+        assert!(matches!(
+            parse::<GenerateBody>(b"{}"),
+            Err(ApiError::InvalidField(_))
+        ));
+        assert!(matches!(
+            parse::<GenerateBody>(b"{\"prompt\":\"x\",\"width\":-8}"),
+            Err(ApiError::InvalidField(_))
+        ));
+        let err = parse::<GenerateBody>(b"{\"prompt\":\"x\",\"guidance\":3}")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("guidance"), "{err}");
+        assert!(parse::<GenerateBody>(b"{\"prompt\":\"x\",\"seed\":18446744073709551615}").is_ok());
+    }
+}

@@ -1,0 +1,45 @@
+//! `GET /health` (liveness) and `GET /ready` (readiness).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::types::HealthBody;
+use super::AppState;
+
+/// Liveness: the process is up and serving HTTP.
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "Alive", body = HealthBody)))]
+pub async fn health(State(state): State<AppState>) -> Json<HealthBody> {
+    Json(body(&state, "ok"))
+}
+
+/// Readiness: the model is loaded, the queue has room and the server is not
+/// shutting down. Load balancers stop sending work while it answers 503.
+#[utoipa::path(get, path = "/ready", tag = "health",
+    responses((status = 200, description = "Ready", body = HealthBody),
+              (status = 503, description = "Saturated or shutting down", body = HealthBody)))]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthBody>) {
+    let engine = &state.engine;
+    if engine.is_shutting_down() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(body(&state, "shutting_down")),
+        )
+    } else if !engine.is_ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(body(&state, "saturated")),
+        )
+    } else {
+        (StatusCode::OK, Json(body(&state, "ready")))
+    }
+}
+
+fn body(state: &AppState, status: &str) -> HealthBody {
+    HealthBody {
+        status: status.into(),
+        queue_depth: state.engine.queue_len(),
+        active_rows: state.engine.active_rows(),
+    }
+}

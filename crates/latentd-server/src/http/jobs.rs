@@ -1,0 +1,149 @@
+//! Asynchronous jobs: create, poll, stream events, fetch images, cancel.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use latentd_engine::EngineError;
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::ApiJson;
+use super::types::{GenerateBody, JobCreated, JobStatus};
+use super::AppState;
+
+/// Queue a job and return at once.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    request_body = GenerateBody,
+    responses(
+        (status = 202, description = "Queued", body = JobCreated),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 422, description = "Invalid field", body = ErrorBody),
+        (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Shutting down", body = ErrorBody),
+    )
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<GenerateBody>,
+) -> Result<Response, ApiError> {
+    let job = state.engine.submit(&body.to_request())?;
+    let status_url = format!("/v1/jobs/{}", job.id());
+    let created = JobCreated {
+        id: job.id().to_string(),
+        events_url: format!("{status_url}/events"),
+        status_url: status_url.clone(),
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, status_url)],
+        Json(created),
+    )
+        .into_response())
+}
+
+/// A job's state, progress, timings and ready images.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobStatus),
+        (status = 404, description = "Unknown or expired job", body = ErrorBody),
+    )
+)]
+pub async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
+    let job = state.engine.job(&id)?;
+    let ready: Vec<bool> = (0..job.request().params.n)
+        .map(|i| job.image(i).is_some())
+        .collect();
+    Ok(Json(JobStatus::new(
+        job.snapshot(),
+        state.engine.position(&id),
+        &ready,
+    )))
+}
+
+/// A job's events as server-sent events, from the start (a late subscriber first
+/// gets everything so far) or after `Last-Event-ID`. Disconnecting does not cancel.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/events",
+    tag = "jobs",
+    params(
+        ("id" = String, Path, description = "Job id"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id"),
+    ),
+    responses(
+        (status = 200, description = "Event stream", content_type = "text/event-stream"),
+        (status = 404, description = "Unknown or expired job", body = ErrorBody),
+    )
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job = state.engine.job(&id)?;
+    let from = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map(|last| last + 1)
+        .unwrap_or(0);
+    Ok(super::sse::respond(job.subscribe(from), None))
+}
+
+/// One image of a job, as PNG.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/images/{index}",
+    tag = "jobs",
+    params(
+        ("id" = String, Path, description = "Job id"),
+        ("index" = usize, Path, description = "Image index"),
+    ),
+    responses(
+        (status = 200, description = "The PNG", content_type = "image/png"),
+        (status = 404, description = "Unknown job, or no such image (yet)", body = ErrorBody),
+    )
+)]
+pub async fn image(
+    State(state): State<AppState>,
+    Path((id, index)): Path<(String, usize)>,
+) -> Result<Response, ApiError> {
+    let job = state.engine.job(&id)?;
+    let png = job
+        .image(index)
+        .ok_or(EngineError::ImageNotFound { id, index })?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+/// Cancel a queued or running job; a running job stops at its next step.
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Cancellation requested; the job's state", body = JobStatus),
+        (status = 404, description = "Unknown or expired job", body = ErrorBody),
+    )
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
+    let snapshot = state.engine.cancel(&id)?;
+    let job = state.engine.job(&id)?;
+    let ready: Vec<bool> = (0..job.request().params.n)
+        .map(|i| job.image(i).is_some())
+        .collect();
+    Ok(Json(JobStatus::new(snapshot, None, &ready)))
+}

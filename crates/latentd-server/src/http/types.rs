@@ -1,0 +1,292 @@
+//! Request and response bodies of the HTTP API (the OpenAPI schemas).
+
+use latentd_engine::{GenerateRequest, JobSnapshot, JobState};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::ErrorDetail;
+
+/// Body of `POST /v1/generate` and `POST /v1/jobs`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateBody {
+    /// Model id (default: the served model).
+    pub model: Option<String>,
+    /// What to draw.
+    #[schema(example = "a red circle above a blue square")]
+    pub prompt: String,
+    /// What to steer away from.
+    pub negative_prompt: Option<String>,
+    /// Width in pixels, a multiple of 8 (default: the model's native width).
+    pub width: Option<u32>,
+    /// Height in pixels, a multiple of 8 (default: the model's native height).
+    pub height: Option<u32>,
+    /// Denoising steps (default 20).
+    pub steps: Option<u32>,
+    /// Classifier-free guidance scale; <= 1 disables guidance (default 7.5).
+    pub guidance_scale: Option<f64>,
+    /// One of ddim, pndm, euler, euler-a, dpmpp-2m, dpmpp-2m-karras (default: the model's).
+    pub scheduler: Option<String>,
+    /// Seed; the same seed and parameters give the same images (default: random, returned).
+    pub seed: Option<u64>,
+    /// Number of images (default 1).
+    pub n: Option<u32>,
+    /// DDIM eta between 0 and 1 (default 0).
+    pub eta: Option<f64>,
+}
+
+impl GenerateBody {
+    /// The engine's view of the request.
+    pub fn to_request(&self) -> GenerateRequest {
+        GenerateRequest {
+            model: self.model.clone(),
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            width: self.width.map(|v| v as usize),
+            height: self.height.map(|v| v as usize),
+            steps: self.steps.map(|v| v as usize),
+            guidance_scale: self.guidance_scale,
+            scheduler: self.scheduler.clone(),
+            seed: self.seed,
+            n: self.n.map(|v| v as usize),
+            eta: self.eta,
+        }
+    }
+}
+
+/// One generated image.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImageData {
+    /// Index within the job.
+    pub index: usize,
+    /// The job's seed (image `index` of the `(n, C, h, w)` draw).
+    pub seed: u64,
+    /// PNG bytes, base64. The PNG's text chunks carry the generation parameters.
+    pub png_base64: String,
+}
+
+/// Time spent by a job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Timings {
+    /// Milliseconds queued.
+    pub queue_ms: u64,
+    /// Milliseconds running (None while queued).
+    pub inference_ms: Option<u64>,
+}
+
+/// JSON response of `POST /v1/generate`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GenerateResponse {
+    /// The job id.
+    pub id: String,
+    /// The model that made the images.
+    pub model: String,
+    /// The seed used.
+    pub seed: u64,
+    /// The images.
+    pub images: Vec<ImageData>,
+    /// Time spent.
+    pub timings: Timings,
+}
+
+/// Response of `POST /v1/jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobCreated {
+    /// The job id.
+    pub id: String,
+    /// Where to poll its status.
+    pub status_url: String,
+    /// Where to stream its events.
+    pub events_url: String,
+}
+
+/// Lifecycle state of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStateBody {
+    /// Waiting in the queue.
+    Queued,
+    /// Denoising.
+    Running,
+    /// All images ready.
+    Succeeded,
+    /// Failed.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl From<JobState> for JobStateBody {
+    fn from(s: JobState) -> Self {
+        match s {
+            JobState::Queued => Self::Queued,
+            JobState::Running => Self::Running,
+            JobState::Succeeded => Self::Succeeded,
+            JobState::Failed => Self::Failed,
+            JobState::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// Response of `GET /v1/jobs/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobStatus {
+    /// The job id.
+    pub id: String,
+    /// Lifecycle state.
+    pub state: JobStateBody,
+    /// Jobs ahead of it in the queue (while queued).
+    pub position: Option<usize>,
+    /// Model calls done.
+    pub step: usize,
+    /// Model calls in total (0 until started).
+    pub total: usize,
+    /// Images the job makes.
+    pub n: usize,
+    /// The seed used.
+    pub seed: u64,
+    /// URLs of the images that are ready.
+    pub images: Vec<String>,
+    /// Time spent.
+    pub timings: Timings,
+    /// Why it failed or was cancelled.
+    pub error: Option<ErrorDetail>,
+}
+
+impl JobStatus {
+    /// Status body from an engine snapshot.
+    pub fn new(snapshot: JobSnapshot, position: Option<usize>, ready: &[bool]) -> Self {
+        let images = ready
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| **r)
+            .map(|(i, _)| format!("/v1/jobs/{}/images/{i}", snapshot.id))
+            .collect();
+        Self {
+            state: snapshot.state.into(),
+            position,
+            step: snapshot.step,
+            total: snapshot.total,
+            n: snapshot.n,
+            seed: snapshot.seed,
+            images,
+            timings: Timings {
+                queue_ms: snapshot.queue_ms,
+                inference_ms: snapshot.inference_ms,
+            },
+            error: snapshot
+                .error
+                .map(|(code, message)| ErrorDetail { code, message }),
+            id: snapshot.id,
+        }
+    }
+}
+
+/// One entry of `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelCard {
+    /// Model id, usable as `model` in requests.
+    pub id: String,
+    /// Always `model`.
+    pub object: String,
+    /// Unix time the model was loaded.
+    pub created: u64,
+    /// Always `latentd`.
+    pub owned_by: String,
+    /// Model family, e.g. `stable-diffusion-1`.
+    pub family: String,
+    /// What the model can do, e.g. `text-to-image`.
+    pub capabilities: Vec<String>,
+    /// Native width in pixels.
+    pub native_width: usize,
+    /// Native height in pixels.
+    pub native_height: usize,
+    /// Width and height must be multiples of this.
+    pub size_multiple: usize,
+    /// Largest width and height accepted.
+    pub max_width: usize,
+    /// Largest height accepted.
+    pub max_height: usize,
+    /// Tokens of a prompt the model reads.
+    pub max_prompt_tokens: usize,
+    /// The scheduler used when a request names none.
+    pub default_scheduler: String,
+    /// Every scheduler a request may name.
+    pub schedulers: Vec<String>,
+    /// `epsilon` or `v_prediction`.
+    pub prediction_type: String,
+}
+
+/// Response of `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: String,
+    /// The served models.
+    pub data: Vec<ModelCard>,
+}
+
+/// Body of `POST /v1/images/generations` (OpenAI Images API, plus native extensions).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct OpenAiImageRequest {
+    /// The prompt.
+    pub prompt: String,
+    /// Model id (default: the served model).
+    pub model: Option<String>,
+    /// Number of images (default 1).
+    pub n: Option<u32>,
+    /// `WIDTHxHEIGHT`, any size the model allows (default: native).
+    #[schema(example = "512x512")]
+    pub size: Option<String>,
+    /// `url` (default, a job image URL) or `b64_json`.
+    pub response_format: Option<String>,
+    /// Accepted and ignored (OpenAI field).
+    pub quality: Option<String>,
+    /// Accepted and ignored (OpenAI field).
+    pub style: Option<String>,
+    /// Accepted and ignored (OpenAI field).
+    pub user: Option<String>,
+    /// Extension: negative prompt.
+    pub negative_prompt: Option<String>,
+    /// Extension: denoising steps.
+    pub steps: Option<u32>,
+    /// Extension: guidance scale.
+    pub guidance_scale: Option<f64>,
+    /// Extension: scheduler name.
+    pub scheduler: Option<String>,
+    /// Extension: seed.
+    pub seed: Option<u64>,
+}
+
+/// One image of an OpenAI-style response.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OpenAiImage {
+    /// Base64 PNG (`response_format` = `b64_json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub b64_json: Option<String>,
+    /// URL of the PNG (`response_format` = `url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The prompt as used.
+    pub revised_prompt: Option<String>,
+}
+
+/// Response of `POST /v1/images/generations`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OpenAiImageResponse {
+    /// Unix time of creation.
+    pub created: u64,
+    /// The images.
+    pub data: Vec<OpenAiImage>,
+}
+
+/// Response of `GET /health` and `GET /ready`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthBody {
+    /// `ok`, `ready`, `saturated` or `shutting_down`.
+    pub status: String,
+    /// Jobs waiting.
+    pub queue_depth: usize,
+    /// UNet rows in flight.
+    pub active_rows: usize,
+}

@@ -1,0 +1,4 @@
+//! The `latentd` binary's library: command line and HTTP server.
+
+pub mod cli;
+pub mod http;
