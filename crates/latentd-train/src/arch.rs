@@ -117,7 +117,13 @@ impl Architecture {
         let down: Vec<&str> = self
             .unet_attention
             .iter()
-            .map(|&a| if a { "CrossAttnDownBlock2D" } else { "DownBlock2D" })
+            .map(|&a| {
+                if a {
+                    "CrossAttnDownBlock2D"
+                } else {
+                    "DownBlock2D"
+                }
+            })
             .collect();
         let up: Vec<&str> = self
             .unet_attention

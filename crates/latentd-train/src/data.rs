@@ -68,7 +68,10 @@ mod tests {
         assert_ne!(a.captions, c.captions);
         let flat: Vec<f32> = a.images.flatten_all().unwrap().to_vec1().unwrap();
         assert!(flat.iter().all(|v| (-1.0..=1.0).contains(v)));
-        assert!(a.captions.iter().all(|c| latentd_demo::split_of(c) == Split::Train));
+        assert!(a
+            .captions
+            .iter()
+            .all(|c| latentd_demo::split_of(c) == Split::Train));
     }
 
     #[test]

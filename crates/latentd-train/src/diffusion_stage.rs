@@ -14,8 +14,8 @@ use crate::config::TrainConfig;
 use crate::data::{batch, normal};
 use crate::progress::{Log, Smoothed};
 use crate::report::StageReport;
-use crate::schedule::{timestep_tensor, NoiseSchedule};
 use crate::save::write_json;
+use crate::schedule::{timestep_tensor, NoiseSchedule};
 use crate::vae_stage::{adamw, count_parameters, frozen, parse};
 use crate::{Error, Result};
 
@@ -156,8 +156,14 @@ impl Checkpoints<'_> {
         for dir in [&unet_dir, &text_dir] {
             std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
         }
-        write_json(&unet_dir.join("config.json"), &cfg.arch.unet_config(cfg.latent_size()))?;
-        write_json(&text_dir.join("config.json"), &cfg.arch.text_config(vocab_size))?;
+        write_json(
+            &unet_dir.join("config.json"),
+            &cfg.arch.unet_config(cfg.latent_size()),
+        )?;
+        write_json(
+            &text_dir.join("config.json"),
+            &cfg.arch.text_config(vocab_size),
+        )?;
         unet.save(&unet_dir.join("diffusion_pytorch_model.safetensors"))?;
         text.save(&text_dir.join("model.safetensors"))
     }
@@ -272,7 +278,10 @@ pub(crate) fn train_diffusion(
         }
         if checkpoints.every > 0 && (step + 1) % checkpoints.every == 0 && step + 1 < stage.steps {
             checkpoints.save(cfg, vocab_size, &unet_ema, &text_ema)?;
-            log.line(&format!("diffusion: checkpoint of the averaged weights at step {}", step + 1));
+            log.line(&format!(
+                "diffusion: checkpoint of the averaged weights at step {}",
+                step + 1
+            ));
         }
     }
     log.progress().finish();

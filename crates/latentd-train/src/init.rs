@@ -18,9 +18,10 @@ const EMBEDDING_STD: f64 = 0.02;
 /// rank-1 `weight`s (norms) to one, biases to zero, embeddings normal with
 /// standard deviation 0.02, other weights uniform in `±1/sqrt(fan_in)`.
 pub fn initialise(varmap: &VarMap, seed: u64) -> Result<()> {
-    let data = varmap.data().lock().map_err(|_| {
-        crate::Error::Config("the variable map's lock is poisoned".into())
-    })?;
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| crate::Error::Config("the variable map's lock is poisoned".into()))?;
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     for name in names {
@@ -74,7 +75,12 @@ mod tests {
 
     fn values(varmap: &VarMap, name: &str) -> Vec<f32> {
         let data = varmap.data().lock().unwrap();
-        data[name].as_tensor().flatten_all().unwrap().to_vec1().unwrap()
+        data[name]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub mod config;
 pub mod data;
 mod diffusion_stage;
 pub mod error;
+pub mod eval;
+pub mod generate;
+pub mod grid;
 pub mod init;
 pub mod progress;
 pub mod report;
@@ -31,6 +34,7 @@ use latentd_models::text::ClipTokenizer;
 pub use arch::Architecture;
 pub use config::{StageConfig, TrainConfig};
 pub use error::{Error, Result};
+pub use eval::{evaluate, evaluate_pipeline, reconstruction_psnr, AttributeScore, EvalReport};
 pub use progress::{Bars, Progress, Silent};
 pub use report::{StageReport, TrainReport};
 
@@ -118,7 +122,11 @@ pub fn train(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<T
         source,
     })?;
     save::write_json(&report_path, &value)?;
-    log.line(&format!("done in {:.0} s; model in {}", report.seconds, out.display()));
+    log.line(&format!(
+        "done in {:.0} s; model in {}",
+        report.seconds,
+        out.display()
+    ));
     Ok(report)
 }
 
@@ -126,7 +134,13 @@ pub fn train(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<T
 fn learn_vocabulary(cfg: &TrainConfig) -> Result<BpeVocabulary> {
     let mut rng = Rng::new(cfg.seed ^ TOKENIZER_STREAM);
     let captions = (0..cfg.tokenizer_captions)
-        .map(|_| Ok(caption(&sample_split(&mut rng, &cfg.sampler, Split::Train)?)))
+        .map(|_| {
+            Ok(caption(&sample_split(
+                &mut rng,
+                &cfg.sampler,
+                Split::Train,
+            )?))
+        })
         .collect::<Result<Vec<_>>>()?;
     let words = word_counts(
         captions

@@ -73,5 +73,8 @@ pub fn save_pipeline_files(out: &Path) -> Result<()> {
     write_json(&out.join("model_index.json"), &model_index())?;
     let scheduler = out.join("scheduler");
     std::fs::create_dir_all(&scheduler).map_err(io(&scheduler))?;
-    write_json(&scheduler.join("scheduler_config.json"), &scheduler_config())
+    write_json(
+        &scheduler.join("scheduler_config.json"),
+        &scheduler_config(),
+    )
 }

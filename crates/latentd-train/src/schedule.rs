@@ -102,8 +102,16 @@ mod tests {
         let s = NoiseSchedule::default();
         assert_eq!(s.len(), 1000);
         assert!((s.alpha_bar(0) - 0.99915).abs() < 1e-9);
-        assert!((s.alpha_bar(499) - 0.277_669_4).abs() < 1e-6, "{}", s.alpha_bar(499));
-        assert!((s.alpha_bar(999) - 0.004_660_1).abs() < 1e-6, "{}", s.alpha_bar(999));
+        assert!(
+            (s.alpha_bar(499) - 0.277_669_4).abs() < 1e-6,
+            "{}",
+            s.alpha_bar(499)
+        );
+        assert!(
+            (s.alpha_bar(999) - 0.004_660_1).abs() < 1e-6,
+            "{}",
+            s.alpha_bar(999)
+        );
     }
 
     #[test]
@@ -112,7 +120,11 @@ mod tests {
         let s = NoiseSchedule::default();
         let x0 = Tensor::ones((2, 3), candle_core::DType::F32, &dev).unwrap();
         let noise = Tensor::zeros((2, 3), candle_core::DType::F32, &dev).unwrap();
-        let xt = s.add_noise(&x0, &noise, &[0, 999]).unwrap().to_vec2::<f32>().unwrap();
+        let xt = s
+            .add_noise(&x0, &noise, &[0, 999])
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert!((f64::from(xt[0][0]) - s.alpha_bar(0).sqrt()).abs() < 1e-6);
         assert!((f64::from(xt[1][2]) - s.alpha_bar(999).sqrt()).abs() < 1e-6);
     }

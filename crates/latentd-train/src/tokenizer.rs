@@ -81,9 +81,7 @@ impl BpeVocabulary {
         }
         let path = dir.join("merges.txt");
         std::fs::write(&path, merges).map_err(io(&path))?;
-        let special = |content: &str| {
-            json!({"content": content, "lstrip": false, "normalized": true, "rstrip": false, "single_word": false})
-        };
+        let special = |content: &str| json!({"content": content, "lstrip": false, "normalized": true, "rstrip": false, "single_word": false});
         crate::save::write_json(
             &dir.join("special_tokens_map.json"),
             &json!({
@@ -167,7 +165,9 @@ fn most_frequent_pair(words: &[(Vec<String>, u64)]) -> Option<(String, String)> 
             *counts.entry((&pair[0], &pair[1])).or_default() += count;
         }
     }
-    let best = counts.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))?;
+    let best = counts
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))?;
     Some((best.0 .0.to_owned(), best.0 .1.to_owned()))
 }
 
@@ -264,7 +264,14 @@ mod tests {
         let id = |t: &str| vocab.tokens.iter().position(|x| x == t).unwrap() as u32;
         assert_eq!(
             &ids[..6],
-            &[id(BOS), id("a</w>"), id("red</w>"), id("circle</w>"), id(".</w>"), id(EOS)]
+            &[
+                id(BOS),
+                id("a</w>"),
+                id("red</w>"),
+                id("circle</w>"),
+                id(".</w>"),
+                id(EOS)
+            ]
         );
         assert_eq!(ids[6..], [id(EOS); 10]);
         // An unseen word still encodes, from smaller pieces.

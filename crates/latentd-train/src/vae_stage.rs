@@ -16,8 +16,6 @@ use crate::{Error, Result};
 const DATA_STREAM: u64 = 0x5641_4501;
 const NOISE_STREAM: u64 = 0x5641_4502;
 const SCALE_STREAM: u64 = 0x5641_4503;
-/// Images encoded to measure the latents' standard deviation.
-const SCALE_IMAGES: usize = 1024;
 
 /// The trained autoencoder.
 pub(crate) struct TrainedVae {
@@ -63,7 +61,10 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
     start_nearly_deterministic(&varmap, config.latent_channels)?;
     let parameters = count_parameters(&varmap);
     let stage = &cfg.vae;
-    let mut optimiser = AdamW::new(varmap.all_vars(), adamw(stage.learning_rate, stage.weight_decay))?;
+    let mut optimiser = AdamW::new(
+        varmap.all_vars(),
+        adamw(stage.learning_rate, stage.weight_decay),
+    )?;
     log.line(&format!(
         "vae: {parameters} parameters, {} steps of {} images",
         stage.steps, stage.batch_size
@@ -127,8 +128,8 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
     trained.scaling_factor = measure_scaling_factor(cfg, &trained.model()?)?;
     trained.config = parse(trained.config_json(cfg))?;
     log.line(&format!(
-        "vae: scaling factor {:.5} (1 / std of the latent means of {SCALE_IMAGES} images)",
-        trained.scaling_factor
+        "vae: scaling factor {:.5} (1 / std of the latent means of {} images)",
+        trained.scaling_factor, cfg.scale_images
     ));
     Ok(trained)
 }
@@ -157,7 +158,11 @@ fn start_nearly_deterministic(varmap: &VarMap, latent_channels: usize) -> Result
         .ok_or_else(|| Error::Config("the autoencoder has no quant_conv.bias".into()))?;
     let mut values = vec![0f32; latent_channels];
     values.extend(std::iter::repeat_n(INITIAL_LOGVAR, latent_channels));
-    bias.set(&Tensor::from_vec(values, 2 * latent_channels, bias.device())?)?;
+    bias.set(&Tensor::from_vec(
+        values,
+        2 * latent_channels,
+        bias.device(),
+    )?)?;
     Ok(())
 }
 
@@ -165,11 +170,11 @@ fn start_nearly_deterministic(varmap: &VarMap, latent_channels: usize) -> Result
 fn measure_scaling_factor(cfg: &TrainConfig, vae: &AutoencoderKL) -> Result<f64> {
     let chunk = 128;
     let mut latents = Vec::new();
-    for index in 0..SCALE_IMAGES.div_ceil(chunk) {
+    for index in 0..cfg.scale_images.div_ceil(chunk) {
         let data = batch(
             cfg.seed ^ SCALE_STREAM,
             index as u64,
-            chunk,
+            chunk.min(cfg.scale_images - index * chunk),
             &cfg.sampler,
             cfg.image_size,
             &Device::Cpu,
@@ -178,7 +183,11 @@ fn measure_scaling_factor(cfg: &TrainConfig, vae: &AutoencoderKL) -> Result<f64>
     }
     let all = Tensor::cat(&latents, 0)?.to_dtype(DType::F64)?;
     let mean = all.mean_all()?.to_scalar::<f64>()?;
-    let variance = all.affine(1.0, -mean)?.sqr()?.mean_all()?.to_scalar::<f64>()?;
+    let variance = all
+        .affine(1.0, -mean)?
+        .sqr()?
+        .mean_all()?
+        .to_scalar::<f64>()?;
     if !(variance.is_finite() && variance > 0.0) {
         return Err(Error::Config(format!(
             "the latents have variance {variance}; cannot scale them"

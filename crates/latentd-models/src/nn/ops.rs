@@ -113,7 +113,15 @@ mod tests {
         // Softmax gradients sum to zero along each row.
         let row_sums = grad.sum(D::Minus1).unwrap().abs().unwrap().max_all();
         assert!(row_sums.unwrap().to_scalar::<f32>().unwrap() < 1e-6);
-        assert!(grad.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 1e-3);
+        assert!(
+            grad.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 1e-3
+        );
     }
 
     #[test]
