@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use latentd_models::{AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian, Error};
+use latentd_models::{AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian, Error, TorchRng};
 
 use common::{config_path, get, max_abs_diff, refs, weights};
 
@@ -89,7 +89,8 @@ fn shapes_follow_the_downsampling_factor() {
     assert_eq!(dist.std.dims(), dist.mean.dims());
 }
 
-/// `sample_with` is `mean + std * noise` and checks the noise's shape.
+/// `sample_with` is `mean + std * noise` and checks the noise's shape; `sample`
+/// draws that noise from a `TorchRng`.
 #[test]
 fn gaussian_sample_with_noise() {
     let dev = Device::Cpu;
@@ -102,6 +103,12 @@ fn gaussian_sample_with_noise() {
     let x = dist.sample_with(&noise).unwrap().flatten_all().unwrap();
     let x = x.to_vec1::<f32>().unwrap();
     assert!((x[0] - 1.5).abs() < 1e-6 && (x[1] - (2.0 + (-15f32).exp())).abs() < 1e-6);
+    let drawn = dist.sample(&mut TorchRng::new(7)).unwrap();
+    let noise = TorchRng::new(7).randn_tensor(&[1, 2, 1, 1], &dev).unwrap();
+    assert_eq!(
+        max_abs_diff(&drawn, &dist.sample_with(&noise).unwrap()),
+        0.0
+    );
     let bad = Tensor::zeros((1, 3, 1, 1), DType::F32, &dev).unwrap();
     assert!(matches!(
         dist.sample_with(&bad),

@@ -8,10 +8,10 @@
 //! self-attention, `kv` for cross-attention) so each input is read once.
 
 use candle_core::{DType, Tensor, D};
-use candle_nn::{GroupNorm, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 
 use super::ops::{layer_norm, LayerNorm};
-use super::{group_norm, Pointwise};
+use super::{group_norm, GroupNorm, Pointwise};
 use crate::{Error, Result};
 
 /// Weight names of one attention layer.
@@ -170,25 +170,54 @@ fn concat(parts: &[&Pointwise]) -> Result<Pointwise> {
     Ok(Pointwise::from_parts(Tensor::cat(&weights, 0)?, bias))
 }
 
+/// Score elements computed at once (8 MiB of `f32`): queries are processed in
+/// chunks so the score matrix stays cache- and allocator-friendly.
+const MAX_SCORE_ELEMENTS: usize = 1 << 21;
+
 /// Softmax attention head by head. `q` `[B, N, heads * head_dim]` (already scaled),
 /// `k`, `v` `[B, T, heads * head_dim]`, with any uniform batch stride (views into
 /// fused projections are fine) -> `[B, N, heads * head_dim]`.
 ///
-/// Going one head at a time keeps the score matrix at `[B, N, T]` and needs no
-/// head-splitting copies.
+/// Going one head and one chunk of queries at a time keeps the score matrix
+/// small and needs no head-splitting copies; each softmax row is still complete.
 fn attend(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+    attend_chunked(q, k, v, heads, head_dim, MAX_SCORE_ELEMENTS)
+}
+
+/// [`attend`] with at most `max_scores` score elements at once.
+fn attend_chunked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    head_dim: usize,
+    max_scores: usize,
+) -> Result<Tensor> {
+    let (b, n, _) = q.dims3()?;
+    let t = k.dim(1)?;
+    let chunk = (max_scores / (b * t).max(1)).clamp(1, n.max(1));
     let dtype = v.dtype();
-    let outs = (0..heads)
-        .map(|h| {
-            let qh = q.narrow(2, h * head_dim, head_dim)?.to_dtype(DType::F32)?;
-            let kh = k.narrow(2, h * head_dim, head_dim)?.to_dtype(DType::F32)?;
-            let vh = v.narrow(2, h * head_dim, head_dim)?;
-            let scores = qh.matmul(&kh.t()?)?;
-            let probs = super::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-            probs.matmul(&vh)
-        })
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&outs, 2)?)
+    let mut rows = Vec::with_capacity(n.div_ceil(chunk));
+    for start in (0..n).step_by(chunk) {
+        let len = chunk.min(n - start);
+        let q = q.narrow(1, start, len)?;
+        let outs = (0..heads)
+            .map(|h| {
+                let qh = q.narrow(2, h * head_dim, head_dim)?.to_dtype(DType::F32)?;
+                let kh = k.narrow(2, h * head_dim, head_dim)?.to_dtype(DType::F32)?;
+                let vh = v.narrow(2, h * head_dim, head_dim)?;
+                let scores = qh.matmul(&kh.t()?)?;
+                let probs = super::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+                probs.matmul(&vh)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        rows.push(Tensor::cat(&outs, 2)?);
+    }
+    if rows.len() == 1 {
+        Ok(rows.remove(0))
+    } else {
+        Ok(Tensor::cat(&rows, 1)?)
+    }
 }
 
 /// `net.0` (GEGLU: a projection to twice the inner width, `a * gelu(b)`) then `net.2`.
@@ -297,7 +326,8 @@ pub struct Transformer2DConfig {
     /// Groups of the input group norm (eps 1e-6).
     pub norm_groups: usize,
     /// `proj_in` / `proj_out` are `Linear` (SD 2.x) rather than 1x1 convolutions.
-    /// Both compute the same map; the flag only selects the weight layout.
+    /// Both compute the same map; the flag only selects the weight layout tried
+    /// first (the other is accepted too).
     pub use_linear_projection: bool,
 }
 
@@ -322,15 +352,22 @@ impl Transformer2DModel {
             head_dim: cfg.head_dim,
             context_dim: cfg.context_dim,
         };
+        let projection = |vb, cin, cout| {
+            if cfg.use_linear_projection {
+                Pointwise::new(vb, cin, cout, true)
+            } else {
+                Pointwise::new_conv(vb, cin, cout, true)
+            }
+        };
         let vb_blocks = vb.pp("transformer_blocks");
         let blocks = (0..cfg.layers)
             .map(|i| BasicTransformerBlock::new(vb_blocks.pp(i), &block))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             norm: group_norm(vb.pp("norm"), cfg.norm_groups, cfg.in_channels, 1e-6)?,
-            proj_in: Pointwise::new(vb.pp("proj_in"), cfg.in_channels, inner, true)?,
+            proj_in: projection(vb.pp("proj_in"), cfg.in_channels, inner)?,
             blocks,
-            proj_out: Pointwise::new(vb.pp("proj_out"), inner, cfg.in_channels, true)?,
+            proj_out: projection(vb.pp("proj_out"), inner, cfg.in_channels)?,
             span: tracing::trace_span!("transformer-2d"),
         })
     }
@@ -399,5 +436,57 @@ impl SpatialSelfAttention {
         let hs = self.attention.forward(&tokens, None)?;
         let hs = hs.transpose(1, 2)?.reshape((b, c, h, w))?;
         Ok((hs + xs)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Plain multi-head attention with split heads, as a reference.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
+        let split = |x: &Tensor| {
+            let (b, n, i) = x.dims3().unwrap();
+            x.reshape((b, n, heads, i / heads))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let (q, k, v) = (split(q), split(k), split(v));
+        let scores = q.matmul(&k.t().unwrap()).unwrap();
+        let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+        let out = probs.matmul(&v).unwrap().transpose(1, 2).unwrap();
+        let (b, n, h, d) = out.dims4().unwrap();
+        out.reshape((b, n, h * d)).unwrap()
+    }
+
+    #[test]
+    fn chunked_attention_matches_reference() {
+        let dev = Device::Cpu;
+        let (b, n, t, heads, d) = (2, 13, 7, 3, 4);
+        // Views into fused projections, as the layers pass them.
+        let qkv = Tensor::randn(0f32, 1., (b, n, 3 * heads * d), &dev).unwrap();
+        let q = qkv.narrow(2, 0, heads * d).unwrap();
+        let kv = Tensor::randn(0f32, 1., (b, t, 2 * heads * d), &dev).unwrap();
+        let (k, v) = (
+            kv.narrow(2, 0, heads * d).unwrap(),
+            kv.narrow(2, heads * d, heads * d).unwrap(),
+        );
+        let want = reference(&q, &k, &v, heads);
+        for max_scores in [1, 2 * 7 * 5, usize::MAX] {
+            let got = attend_chunked(&q, &k, &v, heads, d, max_scores).unwrap();
+            let err = (got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(err < 1e-5, "max_scores {max_scores}: {err}");
+        }
     }
 }

@@ -2,13 +2,19 @@
 //! their diffusers counterparts so that diffusers weights load unchanged.
 
 pub mod attention;
+pub mod conv;
+mod cpu_kernels;
 pub mod embeddings;
+pub mod norm;
 pub mod ops;
 pub mod resnet;
 pub mod sampling;
 
 use candle_core::Tensor;
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
+
+pub use conv::Conv2d;
+pub use norm::GroupNorm;
 
 use crate::Result;
 
@@ -21,18 +27,7 @@ pub(crate) fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
-    };
-    Ok(candle_nn::conv2d(
-        in_channels,
-        out_channels,
-        kernel,
-        cfg,
-        vb,
-    )?)
+    Conv2d::new(vb, in_channels, out_channels, kernel, stride, padding)
 }
 
 /// A `torch.nn.GroupNorm` with affine parameters.
@@ -42,9 +37,7 @@ pub(crate) fn group_norm(
     channels: usize,
     eps: f64,
 ) -> Result<GroupNorm> {
-    let weight = vb.get(channels, "weight")?;
-    let bias = vb.get(channels, "bias")?;
-    Ok(GroupNorm::new(weight, bias, channels, groups, eps)?)
+    GroupNorm::new(vb, groups, channels, eps)
 }
 
 /// A projection over channels stored either as a `Linear` (`[out, in]`) or as a
@@ -56,20 +49,42 @@ pub(crate) struct Pointwise {
 }
 
 impl Pointwise {
-    /// Loads `weight` (either layout) and `bias` from `vb`.
+    /// Loads a `Linear` layer (`weight` `[out, in]`, or `[out, in, 1, 1]` as a fallback).
     pub(crate) fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
-        let weight = match vb.get((out_dim, in_dim), "weight") {
+        Self::load(vb, in_dim, out_dim, bias, false)
+    }
+
+    /// Loads a 1x1 `Conv2d` (`weight` `[out, in, 1, 1]`, or `[out, in]` as a fallback).
+    pub(crate) fn new_conv(
+        vb: VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        Self::load(vb, in_dim, out_dim, bias, true)
+    }
+
+    fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool, conv: bool) -> Result<Self> {
+        let linear: &[usize] = &[out_dim, in_dim];
+        let kernel: &[usize] = &[out_dim, in_dim, 1, 1];
+        let (preferred, other) = if conv {
+            (kernel, linear)
+        } else {
+            (linear, kernel)
+        };
+        let weight = match vb.get(preferred, "weight") {
             Ok(w) => w,
-            Err(_) => vb
-                .get((out_dim, in_dim, 1, 1), "weight")?
-                .reshape((out_dim, in_dim))?,
+            Err(first) => vb.get(other, "weight").map_err(|_| first)?,
         };
         let bias = if bias {
             Some(vb.get(out_dim, "bias")?)
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight: weight.reshape((out_dim, in_dim))?,
+            bias,
+        })
     }
 
     /// Builds a projection from tensors already in memory.

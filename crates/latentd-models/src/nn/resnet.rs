@@ -1,9 +1,9 @@
 //! diffusers' `ResnetBlock2D` with the "default" time-embedding norm and SiLU.
 
 use candle_core::Tensor;
-use candle_nn::{Conv2d, GroupNorm, Linear, Module, VarBuilder};
+use candle_nn::{Linear, Module, VarBuilder};
 
-use super::{conv2d, group_norm};
+use super::{conv2d, group_norm, Conv2d, GroupNorm};
 use crate::Result;
 
 /// Sizes and constants of one [`ResnetBlock2D`].
@@ -69,12 +69,12 @@ impl ResnetBlock2D {
     /// `temb` is ignored by blocks built without `temb_channels`.
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let mut hs = self.conv1.forward(&self.norm1.forward(xs)?.silu()?)?;
+        let mut hs = self.conv1.forward(&self.norm1.forward_silu(xs)?)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
             hs = hs.broadcast_add(&t)?;
         }
-        let hs = self.conv2.forward(&self.norm2.forward(&hs)?.silu()?)?;
+        let hs = self.conv2.forward(&self.norm2.forward_silu(&hs)?)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(xs)?,
             None => xs.clone(),

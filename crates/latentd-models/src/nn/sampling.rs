@@ -1,9 +1,9 @@
 //! diffusers' `Downsample2D` and `Upsample2D` (convolutional variants).
 
 use candle_core::Tensor;
-use candle_nn::{Conv2d, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::conv2d;
+use super::{conv2d, Conv2d};
 use crate::{Error, Result};
 
 /// A stride-2 3x3 convolution (`conv`). With `padding == 0` the input is first
@@ -47,9 +47,9 @@ impl Downsample2D {
         }
         if self.pad_bottom_right {
             let xs = xs.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?;
-            Ok(self.conv.forward(&xs)?)
+            self.conv.forward(&xs)
         } else {
-            Ok(self.conv.forward(xs)?)
+            self.conv.forward(xs)
         }
     }
 }
@@ -76,7 +76,7 @@ impl Upsample2D {
         let (_, _, h, w) = xs.dims4()?;
         let (out_h, out_w) = size.unwrap_or((2 * h, 2 * w));
         let xs = resize_nearest(xs, out_h, out_w)?;
-        Ok(self.conv.forward(&xs)?)
+        self.conv.forward(&xs)
     }
 }
 

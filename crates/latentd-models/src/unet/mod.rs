@@ -4,13 +4,13 @@
 mod blocks;
 pub mod config;
 
-use candle_core::{DType, Module, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
 
 pub use config::UNet2DConditionConfig;
 
 use crate::nn::embeddings::{TimestepEmbedding, Timesteps};
-use crate::nn::{conv2d, group_norm};
+use crate::nn::{conv2d, group_norm, Conv2d, GroupNorm};
 use crate::{Error, Result};
 use blocks::{DownBlock, MidBlock, Shared, UpBlock};
 
@@ -154,8 +154,8 @@ impl UNet2DConditionModel {
         for block in &self.up_blocks {
             xs = block.forward(&xs, &temb, context, &mut skips)?;
         }
-        let xs = self.conv_norm_out.forward(&xs)?.silu()?;
-        Ok(self.conv_out.forward(&xs)?)
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
+        self.conv_out.forward(&xs)
     }
 
     /// Rejects inputs whose shapes or dtypes do not fit the model.

@@ -1,11 +1,11 @@
 //! The KL autoencoder's `Encoder` and `Decoder`.
 
-use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
 
 use super::blocks::{DownEncoderBlock, MidBlock, UpDecoderBlock, EPS};
 use super::config::AutoencoderKLConfig;
-use crate::nn::{conv2d, group_norm};
+use crate::nn::{conv2d, group_norm, Conv2d, GroupNorm};
 use crate::Result;
 
 /// Images -> `2 * latent_channels` moments (mean and log-variance).
@@ -60,8 +60,8 @@ impl Encoder {
             xs = block.forward(&xs)?;
         }
         let xs = self.mid_block.forward(&xs)?;
-        let xs = self.conv_norm_out.forward(&xs)?.silu()?;
-        Ok(self.conv_out.forward(&xs)?)
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
+        self.conv_out.forward(&xs)
     }
 }
 
@@ -118,7 +118,7 @@ impl Decoder {
         for block in &self.up_blocks {
             xs = block.forward(&xs)?;
         }
-        let xs = self.conv_norm_out.forward(&xs)?.silu()?;
-        Ok(self.conv_out.forward(&xs)?)
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
+        self.conv_out.forward(&xs)
     }
 }

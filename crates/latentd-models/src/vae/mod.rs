@@ -4,13 +4,13 @@ mod blocks;
 mod coder;
 pub mod config;
 
-use candle_core::{DType, Module, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
 
 pub use config::AutoencoderKLConfig;
 
-use crate::nn::conv2d;
-use crate::{Error, Result};
+use crate::nn::{conv2d, Conv2d};
+use crate::{Error, Result, TorchRng};
 use coder::{Decoder, Encoder};
 
 /// The encoder's output distribution: a Gaussian with diagonal covariance per latent.
@@ -46,6 +46,13 @@ impl DiagonalGaussian {
             )));
         }
         Ok((&self.mean + (&self.std * noise.to_dtype(self.mean.dtype())?)?)?)
+    }
+
+    /// `mean + std * noise` with the noise drawn from `rng` in one call over the
+    /// whole shape, as diffusers' `latent_dist.sample(generator)` does on CPU.
+    pub fn sample(&self, rng: &mut TorchRng) -> Result<Tensor> {
+        let noise = rng.randn_tensor(self.mean.dims(), self.mean.device())?;
+        self.sample_with(&noise)
     }
 }
 

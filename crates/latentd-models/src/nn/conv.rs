@@ -1,0 +1,175 @@
+//! `torch.nn.Conv2d` with a bias and a square kernel. Stride-1 "same"
+//! convolutions on CPU in `f32` run as one im2col plus one matrix product with
+//! the weight used as stored; everything else goes through candle's `conv2d`.
+
+use candle_core::{DType, Module, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use super::cpu_kernels::Im2Col;
+use crate::Result;
+
+/// Upper bound on the unfolded input of one matrix product, in elements
+/// (256 MiB of `f32`); larger batches are split by rows.
+const MAX_COLS_ELEMENTS: usize = 64 << 20;
+
+/// A 2D convolution with bias.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    generic: candle_nn::Conv2d,
+    /// `[out, in * k * k]`, a view of the weight.
+    weight_2d: Tensor,
+    bias: Option<Tensor>,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    span: tracing::Span,
+}
+
+impl Conv2d {
+    /// Loads `weight` (`[out, in, k, k]`) and `bias` (`[out]`) from `vb`.
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let cfg = Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        };
+        let generic = candle_nn::conv2d(in_channels, out_channels, kernel, cfg, vb)?;
+        let weight_2d = generic.weight().reshape((out_channels, ()))?;
+        let bias = generic.bias().cloned();
+        Ok(Self {
+            generic,
+            weight_2d,
+            bias,
+            kernel,
+            stride,
+            padding,
+            span: tracing::trace_span!("conv2d"),
+        })
+    }
+
+    /// The fast kernel has no backward pass: it serves inference only, and training
+    /// (inputs or weights that track gradients) takes candle's differentiable path.
+    fn uses_im2col(&self, xs: &Tensor) -> bool {
+        !xs.track_op()
+            && !self.weight_2d.track_op()
+            && self.stride == 1
+            && 2 * self.padding + 1 == self.kernel
+            && xs.device().is_cpu()
+            && xs.dtype() == DType::F32
+            && self.weight_2d.dtype() == DType::F32
+    }
+
+    /// `[B, in, H, W]` -> `[B, out, H', W']`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        self.forward_limited(xs, MAX_COLS_ELEMENTS)
+    }
+
+    /// [`Self::forward`] with at most `max_cols` unfolded elements per product.
+    fn forward_limited(&self, xs: &Tensor, max_cols: usize) -> Result<Tensor> {
+        if !self.uses_im2col(xs) {
+            return Ok(self.generic.forward(xs)?);
+        }
+        let (b, c, h, w) = xs.dims4()?;
+        let expected = self.generic.weight().dim(1)?;
+        if c != expected {
+            // Let candle produce its usual shape error.
+            return Ok(self.generic.forward(xs)?);
+        }
+        let per_row = c * self.kernel * self.kernel * h * w;
+        let rows_per_chunk = (max_cols / per_row.max(1)).clamp(1, b.max(1));
+        let xs = xs.contiguous()?;
+        let mut outs = Vec::with_capacity(b.div_ceil(rows_per_chunk));
+        for start in (0..b).step_by(rows_per_chunk) {
+            let len = rows_per_chunk.min(b - start);
+            outs.push(self.im2col_rows(&xs.narrow(0, start, len)?)?);
+        }
+        if outs.len() == 1 {
+            Ok(outs.remove(0))
+        } else {
+            Ok(Tensor::cat(&outs, 0)?)
+        }
+    }
+
+    /// One im2col + matrix product over all rows of `xs`.
+    fn im2col_rows(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, _, h, w) = xs.dims4()?;
+        let op = Im2Col {
+            kernel: self.kernel,
+            padding: self.padding,
+        };
+        let cols = xs.contiguous()?.apply_op1_no_bwd(&op)?;
+        // [out, B * H * W] -> [B, out, H * W] (a strided view until the bias add).
+        let out_channels = self.weight_2d.dim(0)?;
+        let ys = self
+            .weight_2d
+            .matmul(&cols)?
+            .reshape((out_channels, b, h * w))?
+            .transpose(0, 1)?;
+        let ys = match &self.bias {
+            Some(bias) => ys.broadcast_add(&bias.reshape((1, out_channels, 1))?)?,
+            None => ys.contiguous()?,
+        };
+        Ok(ys.reshape((b, out_channels, h, w))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    #[test]
+    fn im2col_path_matches_candle_conv2d() {
+        let dev = Device::Cpu;
+        for (cin, cout, k, stride, pad, h, w) in [
+            (3, 5, 3, 1, 1, 7, 6),
+            (4, 2, 1, 1, 0, 3, 5),
+            (2, 3, 5, 1, 2, 4, 9),
+            (3, 4, 3, 2, 1, 7, 6),
+            (2, 2, 3, 1, 1, 1, 1),
+        ] {
+            let map = VarMap::new();
+            let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
+            let conv = Conv2d::new(vb, cin, cout, k, stride, pad).unwrap();
+            // Non-zero biases, so their placement is checked too; `set` writes in
+            // place, so the layer sees the new values.
+            for var in map.all_vars() {
+                var.set(&Tensor::randn(0f32, 1., var.shape(), &dev).unwrap())
+                    .unwrap();
+            }
+            let bias = conv
+                .bias
+                .as_ref()
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            assert!(bias.to_scalar::<f32>().unwrap() > 0.0);
+            let xs = Tensor::randn(0f32, 1., (3, cin, h, w), &dev).unwrap();
+            let want = conv.generic.forward(&xs).unwrap();
+            for max_cols in [1, usize::MAX] {
+                let got = conv.forward_limited(&xs, max_cols).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                let err = (got - &want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(err < 1e-5, "{cin}->{cout} k{k} s{stride}: {err}");
+            }
+        }
+    }
+}
