@@ -171,7 +171,7 @@ impl TrainConfig {
         self.vae.check("vae")?;
         self.diffusion.check("diffusion")?;
         let factor = self.arch.downsampling_factor();
-        if self.image_size as usize % factor != 0 {
+        if !(self.image_size as usize).is_multiple_of(factor) {
             return Err(Error::Config(format!(
                 "image_size {} is not a multiple of the autoencoder's factor {factor}",
                 self.image_size

@@ -81,6 +81,7 @@ impl BpeVocabulary {
         }
         let path = dir.join("merges.txt");
         std::fs::write(&path, merges).map_err(io(&path))?;
+        crate::save::write_json(&dir.join("tokenizer.json"), &self.tokenizer_json())?;
         let special = |content: &str| json!({"content": content, "lstrip": false, "normalized": true, "rstrip": false, "single_word": false});
         crate::save::write_json(
             &dir.join("special_tokens_map.json"),
@@ -108,6 +109,55 @@ impl BpeVocabulary {
         )
     }
 }
+
+impl BpeVocabulary {
+    /// The same vocabulary as a `tokenizers` `tokenizer.json`, with the
+    /// normaliser, pre-tokeniser, post-processor and decoder of CLIP's.
+    pub fn tokenizer_json(&self) -> serde_json::Value {
+        let vocab: serde_json::Map<String, serde_json::Value> = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(id, token)| (token.clone(), json!(id)))
+            .collect();
+        let merges: Vec<String> = self
+            .merges
+            .iter()
+            .map(|(a, b)| format!("{a} {b}"))
+            .collect();
+        let id = |token: &str| self.tokens.iter().position(|t| t == token);
+        let added = |token: &str| {
+            json!({"id": id(token), "content": token, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": true, "special": true})
+        };
+        json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": [added(BOS), added(EOS)],
+            "normalizer": {"type": "Sequence", "normalizers": [
+                {"type": "NFC"},
+                {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "},
+                {"type": "Lowercase"},
+            ]},
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": CLIP_SPLIT}, "behavior": "Removed", "invert": true},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+            ]},
+            "post_processor": {"type": "RobertaProcessing", "sep": [EOS, id(EOS)], "cls": [BOS, id(BOS)],
+                               "trim_offsets": false, "add_prefix_space": false},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": EOS, "continuing_subword_prefix": "",
+                      "end_of_word_suffix": END_OF_WORD, "fuse_unk": false, "byte_fallback": false,
+                      "ignore_merges": false, "vocab": vocab, "merges": merges},
+        })
+    }
+}
+
+/// CLIP's pre-tokenisation pattern (special tokens, contractions, letters,
+/// single digits, other symbols), as in its `tokenizer.json`.
+const CLIP_SPLIT: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// GPT-2's byte-to-character table in CLIP's vocabulary order: the printable
 /// bytes as themselves, then the others mapped to code points from 256 up.
@@ -276,6 +326,16 @@ mod tests {
         assert_eq!(ids[6..], [id(EOS); 10]);
         // An unseen word still encodes, from smaller pieces.
         assert!(tokenizer.count_tokens("crimson").unwrap() > 1);
+        // tokenizer.json alone gives the same ids.
+        std::fs::remove_file(dir.join("vocab.json")).unwrap();
+        std::fs::remove_file(dir.join("merges.txt")).unwrap();
+        let from_json = ClipTokenizer::from_dir(&dir).unwrap();
+        for text in ["a red circle.", "An ORANGE  triangle, at 12", "crimson"] {
+            assert_eq!(
+                from_json.encode(text).unwrap(),
+                tokenizer.encode(text).unwrap()
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
