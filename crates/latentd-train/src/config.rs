@@ -81,6 +81,9 @@ pub struct TrainConfig {
     /// Weight of the KL term (mean over latent elements) against the L1
     /// reconstruction loss (mean over pixels).
     pub kl_weight: f64,
+    /// Extra weight of object pixels in the reconstruction loss (background
+    /// pixels weigh 1, object pixels `1 + foreground_weight`).
+    pub foreground_weight: f64,
     /// Stage 2: the UNet and the text encoder.
     pub diffusion: StageConfig,
     /// Share of captions replaced by the empty prompt (for classifier-free guidance).
@@ -109,16 +112,17 @@ impl Default for TrainConfig {
             sampler: SamplerConfig::default(),
             arch: Architecture::default(),
             vae: StageConfig {
-                steps: 450,
-                batch_size: 16,
-                learning_rate: 1e-3,
+                steps: 1200,
+                batch_size: 8,
+                learning_rate: 2e-3,
                 warmup_steps: 50,
                 weight_decay: 0.0,
                 log_every: 25,
             },
             kl_weight: 1e-4,
+            foreground_weight: 10.0,
             diffusion: StageConfig {
-                steps: 2400,
+                steps: 2800,
                 batch_size: 32,
                 learning_rate: 1e-3,
                 warmup_steps: 150,

@@ -12,6 +12,9 @@ pub struct Batch {
     pub images: Tensor,
     /// One canonical caption per image.
     pub captions: Vec<String>,
+    /// `[B, 1, side, side]`: 1 where a pixel differs from the scene's background
+    /// colour (the objects and their anti-aliased edges), else 0.
+    pub foreground: Tensor,
 }
 
 /// Batch `index` of the training stream named by `seed`: `size` train-split
@@ -27,14 +30,23 @@ pub fn batch(
     let mut rng = Rng::for_item(seed, index);
     let mut pixels = Vec::with_capacity(size * 3 * (side * side) as usize);
     let mut captions = Vec::with_capacity(size);
+    let mut foreground = Vec::with_capacity(size * (side * side) as usize);
     for _ in 0..size {
         let scene = sample_split(&mut rng, sampler, Split::Train)?;
-        pixels.extend(to_planar(&render(&scene, side)?));
+        let image = render(&scene, side)?;
+        let background = scene.background.rgb();
+        foreground.extend(image.pixels().map(|p| f32::from(u8::from(p != background))));
+        pixels.extend(to_planar(&image));
         captions.push(caption(&scene));
     }
     let side = side as usize;
     let images = Tensor::from_vec(pixels, (size, 3, side, side), device)?;
-    Ok(Batch { images, captions })
+    let foreground = Tensor::from_vec(foreground, (size, 1, side, side), device)?;
+    Ok(Batch {
+        images,
+        captions,
+        foreground,
+    })
 }
 
 /// An RGB8 image as planar `f32` in `[-1, 1]` (channel, row, column).

@@ -88,7 +88,8 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
         let mut rng = Rng::for_item(cfg.seed ^ NOISE_STREAM, step as u64);
         let noise = normal(&mut rng, posterior.mean.dims(), &device)?;
         let recon = vae.decode(&posterior.sample_with(&noise)?)?;
-        let l1 = reconstruction_loss(&recon, &data.images)?;
+        let weights = data.foreground.affine(cfg.foreground_weight, 1.0)?;
+        let l1 = reconstruction_loss(&recon, &data.images, &weights)?;
         let kl = (posterior.mean.sqr()? + posterior.std.sqr()?)?
             .affine(1.0, -1.0)?
             .sub(&posterior.logvar)?
@@ -134,11 +135,14 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
     Ok(trained)
 }
 
-/// Mean absolute plus mean squared error: L1 keeps edges sharp, the squared
-/// term gives large errors (early training) strong gradients.
-fn reconstruction_loss(recon: &Tensor, target: &Tensor) -> Result<Tensor> {
+/// Absolute plus squared error, weighted per pixel by `weights` `[B, 1, H, W]`
+/// and normalised by the mean weight. L1 keeps edges sharp, the squared term
+/// gives large errors strong gradients, and the weights stop the background
+/// (most pixels) from drowning out the objects' colours.
+fn reconstruction_loss(recon: &Tensor, target: &Tensor, weights: &Tensor) -> Result<Tensor> {
     let diff = (recon - target)?;
-    Ok((diff.abs()?.mean_all()? + diff.sqr()?.mean_all()?)?)
+    let error = (diff.abs()? + diff.sqr()?)?.broadcast_mul(weights)?;
+    Ok((error.mean_all()? / weights.mean_all()?)?)
 }
 
 /// Initial log-variance of the posterior: `std = exp(-3) ~ 0.05`.
@@ -249,7 +253,8 @@ mod tests {
             let vae = AutoencoderKL::new(vb.clone(), &config).unwrap();
             let z = vae.encode(&data.images).unwrap().mean;
             let recon = vae.decode(&z).unwrap();
-            let loss = reconstruction_loss(&recon, &data.images).unwrap();
+            let ones = data.foreground.ones_like().unwrap();
+            let loss = reconstruction_loss(&recon, &data.images, &ones).unwrap();
             losses.push(loss.to_scalar::<f32>().unwrap());
             opt.backward_step(&loss).unwrap();
         }
