@@ -3,6 +3,7 @@
 
 use candle_core::Device;
 use latentd_models::pipeline::StableDiffusion;
+use latentd_train::eval::{evaluate_pipeline, held_out_captions, reconstruction_psnr};
 use latentd_train::generate::{generate, Job};
 use latentd_train::{train, Silent, TrainConfig};
 
@@ -66,5 +67,16 @@ fn quick_training_produces_a_loadable_pipeline() {
         worst <= 2,
         "batched and single generation differ by {worst} levels"
     );
+
+    // The evaluation runs on the folder and accounts for every image.
+    let captions = held_out_captions(3).unwrap();
+    let eval = evaluate_pipeline(&pipe, &captions, &[0, 1], 2.0).unwrap();
+    assert_eq!(eval.images, 6);
+    let colour = eval.attributes.iter().find(|a| a.name == "colour").unwrap();
+    assert_eq!(colour.checked, 6, "every caption states a colour");
+    assert!(eval.attributes.iter().all(|a| a.correct <= a.checked));
+    assert!((0.0..=1.0).contains(&eval.match_rate));
+    let psnr = reconstruction_psnr(&pipe, 2).unwrap();
+    assert!(psnr.is_finite() && psnr > 0.0, "{psnr}");
     std::fs::remove_dir_all(&out).unwrap();
 }
