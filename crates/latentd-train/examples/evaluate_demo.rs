@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use latentd_models::pipeline::StableDiffusion;
-use latentd_train::eval::{evaluate_pipeline, held_out_captions, reconstruction_psnr};
+use latentd_train::eval::{evaluate_pipeline, held_out_captions, reconstruction};
 use latentd_train::grid::write_grid;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,10 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         scales = vec![1.0, 4.0];
     }
     let pipe = StableDiffusion::load(&dir, &Device::Cpu)?;
-    println!(
-        "autoencoder PSNR: {:.2} dB",
-        reconstruction_psnr(&pipe, 64)?
-    );
+    println!("{}", serde_json::to_string(&reconstruction(&pipe, 200)?)?);
     let captions = held_out_captions(n)?;
     for &guidance in &scales {
         let report = evaluate_pipeline(&pipe, &captions, &[0, 1], guidance)?;

@@ -84,6 +84,8 @@ pub struct TrainConfig {
     /// Extra weight of object pixels in the reconstruction loss (background
     /// pixels weigh 1, object pixels `1 + foreground_weight`).
     pub foreground_weight: f64,
+    /// Stage 1b: the decoder fine-tuned on latent means with the encoder frozen.
+    pub decoder: StageConfig,
     /// Stage 2: the UNet and the text encoder.
     pub diffusion: StageConfig,
     /// Share of captions replaced by the empty prompt (for classifier-free guidance).
@@ -121,6 +123,14 @@ impl Default for TrainConfig {
             },
             kl_weight: 1e-4,
             foreground_weight: 10.0,
+            decoder: StageConfig {
+                steps: 600,
+                batch_size: 8,
+                learning_rate: 5e-4,
+                warmup_steps: 20,
+                weight_decay: 0.0,
+                log_every: 25,
+            },
             diffusion: StageConfig {
                 steps: 2800,
                 batch_size: 32,
@@ -153,6 +163,14 @@ impl TrainConfig {
                 weight_decay: 0.0,
                 log_every: 10,
             },
+            decoder: StageConfig {
+                steps: 10,
+                batch_size: 4,
+                learning_rate: 1e-3,
+                warmup_steps: 2,
+                weight_decay: 0.0,
+                log_every: 5,
+            },
             diffusion: StageConfig {
                 steps: 20,
                 batch_size: 8,
@@ -173,6 +191,7 @@ impl TrainConfig {
     /// Rejects settings that cannot train.
     pub fn check(&self) -> Result<()> {
         self.vae.check("vae")?;
+        self.decoder.check("decoder")?;
         self.diffusion.check("diffusion")?;
         let factor = self.arch.downsampling_factor();
         if !(self.image_size as usize).is_multiple_of(factor) {

@@ -48,6 +48,29 @@ pub struct EvalReport {
     pub seconds_per_image: f64,
 }
 
+/// One zeroed score per attribute the analyser reports.
+fn empty_scores() -> Vec<AttributeScore> {
+    latentd_demo::Verdict::default()
+        .attributes()
+        .iter()
+        .map(|(name, _)| AttributeScore {
+            name: (*name).to_owned(),
+            checked: 0,
+            correct: 0,
+        })
+        .collect()
+}
+
+/// Adds one verdict to the per-attribute scores.
+fn tally(scores: &mut [AttributeScore], verdict: &latentd_demo::Verdict) {
+    for (score, (_, outcome)) in scores.iter_mut().zip(verdict.attributes()) {
+        if let Some(ok) = outcome {
+            score.checked += 1;
+            score.correct += usize::from(ok);
+        }
+    }
+}
+
 /// `n` held-out captions (never seen in training), drawn with [`CAPTION_SEED`].
 pub fn held_out_captions(n: usize) -> Result<Vec<String>> {
     let mut rng = Rng::new(CAPTION_SEED);
@@ -92,27 +115,14 @@ pub fn evaluate_pipeline(
     let start = Instant::now();
     let images = generate(pipe, &jobs, guidance, CHUNK)?;
     let seconds = start.elapsed().as_secs_f64();
-    let mut attributes: Vec<AttributeScore> = latentd_demo::Verdict::default()
-        .attributes()
-        .iter()
-        .map(|(name, _)| AttributeScore {
-            name: (*name).to_owned(),
-            checked: 0,
-            correct: 0,
-        })
-        .collect();
+    let mut attributes = empty_scores();
     let mut matched = 0;
     let mut failures = Vec::new();
     for (job, image) in jobs.iter().zip(&images) {
         let spec =
             parse(&job.prompt).map_err(|e| Error::Config(format!("{:?}: {e}", job.prompt)))?;
         let verdict = analyse(&to_demo_image(image)?, &spec);
-        for (score, (_, outcome)) in attributes.iter_mut().zip(verdict.attributes()) {
-            if let Some(ok) = outcome {
-                score.checked += 1;
-                score.correct += usize::from(ok);
-            }
-        }
+        tally(&mut attributes, &verdict);
         if verdict.matches_all() {
             matched += 1;
         } else if failures.len() < 10 {
@@ -130,13 +140,28 @@ pub fn evaluate_pipeline(
     })
 }
 
-/// Mean PSNR (dB, 8-bit pixels) of the autoencoder's reconstructions of `n`
-/// held-out scenes: encode to the latent mean, decode, quantise.
-pub fn reconstruction_psnr(pipe: &StableDiffusion, n: usize) -> Result<f64> {
+/// How well the autoencoder alone preserves the scenes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconstructionReport {
+    /// Scenes encoded and decoded.
+    pub images: usize,
+    /// Mean PSNR in dB over 8-bit pixels.
+    pub psnr: f64,
+    /// Share of reconstructions that still match every attribute of their
+    /// caption: an upper bound on what generation through this autoencoder can reach.
+    pub match_rate: f64,
+    /// Per-attribute accuracy of the reconstructions.
+    pub attributes: Vec<AttributeScore>,
+}
+
+/// Encodes `n` held-out scenes to their latent means, decodes and quantises
+/// them, and compares with the originals.
+pub fn reconstruction(pipe: &StableDiffusion, n: usize) -> Result<ReconstructionReport> {
     let mut rng = Rng::new(CAPTION_SEED ^ 1);
     let cfg = SamplerConfig::default();
     let side = pipe.info().native_width as u32;
-    let mut total = 0.0;
+    let (mut total, mut matched) = (0.0, 0);
+    let mut attributes = empty_scores();
     for _ in 0..n {
         let scene = sample_split(&mut rng, &cfg, Split::HeldOut)?;
         let original = render(&scene, side)?;
@@ -148,8 +173,24 @@ pub fn reconstruction_psnr(pipe: &StableDiffusion, n: usize) -> Result<f64> {
             .first()
             .ok_or_else(|| Error::Config("the decoder returned no image".into()))?;
         total += psnr(original.as_bytes(), &recon.data);
+        let spec = parse(&caption(&scene)).map_err(|e| Error::Config(e.to_string()))?;
+        let verdict = analyse(&to_demo_image(recon)?, &spec);
+        tally(&mut attributes, &verdict);
+        matched += usize::from(verdict.matches_all());
     }
-    Ok(total / n.max(1) as f64)
+    let images = n.max(1);
+    Ok(ReconstructionReport {
+        images: n,
+        psnr: total / images as f64,
+        match_rate: matched as f64 / images as f64,
+        attributes,
+    })
+}
+
+/// Mean PSNR (dB, 8-bit pixels) of the autoencoder's reconstructions of `n`
+/// held-out scenes (see [`reconstruction`]).
+pub fn reconstruction_psnr(pipe: &StableDiffusion, n: usize) -> Result<f64> {
+    Ok(reconstruction(pipe, n)?.psnr)
 }
 
 /// PSNR of two equally long 8-bit buffers (capped at 99 dB for identical ones).

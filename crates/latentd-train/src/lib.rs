@@ -13,6 +13,7 @@
 pub mod arch;
 pub mod config;
 pub mod data;
+mod decoder_stage;
 mod diffusion_stage;
 pub mod error;
 pub mod eval;
@@ -34,7 +35,10 @@ use latentd_models::text::ClipTokenizer;
 pub use arch::Architecture;
 pub use config::{StageConfig, TrainConfig};
 pub use error::{Error, Result};
-pub use eval::{evaluate, evaluate_pipeline, reconstruction_psnr, AttributeScore, EvalReport};
+pub use eval::{
+    evaluate, evaluate_pipeline, reconstruction, reconstruction_psnr, AttributeScore, EvalReport,
+    ReconstructionReport,
+};
 pub use progress::{Bars, Progress, Silent};
 pub use report::{StageReport, TrainReport};
 
@@ -73,7 +77,8 @@ pub fn train(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<T
         cfg.tokenizer_captions
     ));
 
-    let vae = vae_stage::train_vae(cfg, &mut log)?;
+    let mut vae = vae_stage::train_vae(cfg, &mut log)?;
+    let decoder = decoder_stage::finetune_decoder(cfg, &mut vae, &mut log)?;
     save::save_component(
         &out.join("vae"),
         &vae.config_json(cfg),
@@ -110,6 +115,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<T
     let report = TrainReport {
         vocab_size: vocabulary.len(),
         vae: vae.report,
+        decoder,
         scaling_factor: vae.scaling_factor,
         diffusion: diffusion.report,
         unet_parameters: diffusion.unet_parameters,
@@ -127,6 +133,25 @@ pub fn train(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<T
         report.seconds,
         out.display()
     ));
+    Ok(report)
+}
+
+/// Runs stage 1b alone on the autoencoder saved in `out/vae` and saves it
+/// back: the same computation as inside [`train`] (the decoder stage reads
+/// only stage 1's weights and its own seeded data), for a folder trained
+/// before that stage existed. Appends to `out/train.log`.
+pub fn finetune_decoder_in(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<StageReport> {
+    cfg.check()?;
+    let mut log = Log::append(&out.join("train.log"), progress)?;
+    let dir = out.join("vae");
+    let mut vae = vae_stage::TrainedVae::load(&dir, 0)?;
+    let report = decoder_stage::finetune_decoder(cfg, &mut vae, &mut log)?;
+    save::save_component(
+        &dir,
+        &vae.config_json(cfg),
+        &vae.varmap,
+        "diffusion_pytorch_model.safetensors",
+    )?;
     Ok(report)
 }
 

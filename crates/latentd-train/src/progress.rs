@@ -118,6 +118,20 @@ impl<'a> Log<'a> {
         })
     }
 
+    /// Opens `path` for appending.
+    pub(crate) fn append(path: &Path, progress: &'a dyn Progress) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io(path))?;
+        Ok(Self {
+            file,
+            start: Instant::now(),
+            progress,
+        })
+    }
+
     /// The progress sink.
     pub(crate) fn progress(&self) -> &'a dyn Progress {
         self.progress

@@ -26,6 +26,24 @@ pub(crate) struct TrainedVae {
 }
 
 impl TrainedVae {
+    /// The autoencoder saved in `dir` (`config.json` + safetensors), as variables.
+    pub(crate) fn load(dir: &std::path::Path, parameters: usize) -> Result<Self> {
+        let config = AutoencoderKLConfig::from_file(dir.join("config.json"))?;
+        let scaling_factor = config.scaling_factor;
+        let mut varmap = VarMap::new();
+        {
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            AutoencoderKL::new(vb, &config)?;
+        }
+        varmap.load(dir.join("diffusion_pytorch_model.safetensors"))?;
+        Ok(Self {
+            varmap,
+            config,
+            scaling_factor,
+            report: StageReport::new(parameters),
+        })
+    }
+
     /// The autoencoder as a frozen model: its weights are detached copies, so
     /// nothing computed with it tracks gradients.
     pub(crate) fn model(&self) -> Result<AutoencoderKL> {
@@ -139,7 +157,7 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
 /// and normalised by the mean weight. L1 keeps edges sharp, the squared term
 /// gives large errors strong gradients, and the weights stop the background
 /// (most pixels) from drowning out the objects' colours.
-fn reconstruction_loss(recon: &Tensor, target: &Tensor, weights: &Tensor) -> Result<Tensor> {
+pub(crate) fn reconstruction_loss(recon: &Tensor, target: &Tensor, weights: &Tensor) -> Result<Tensor> {
     let diff = (recon - target)?;
     let error = (diff.abs()? + diff.sqr()?)?.broadcast_mul(weights)?;
     Ok((error.mean_all()? / weights.mean_all()?)?)
