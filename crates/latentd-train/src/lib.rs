@@ -140,7 +140,11 @@ pub fn train(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<T
 /// back: the same computation as inside [`train`] (the decoder stage reads
 /// only stage 1's weights and its own seeded data), for a folder trained
 /// before that stage existed. Appends to `out/train.log`.
-pub fn finetune_decoder_in(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<StageReport> {
+pub fn finetune_decoder_in(
+    cfg: &TrainConfig,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<StageReport> {
     cfg.check()?;
     let mut log = Log::append(&out.join("train.log"), progress)?;
     let dir = out.join("vae");

@@ -157,7 +157,11 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
 /// and normalised by the mean weight. L1 keeps edges sharp, the squared term
 /// gives large errors strong gradients, and the weights stop the background
 /// (most pixels) from drowning out the objects' colours.
-pub(crate) fn reconstruction_loss(recon: &Tensor, target: &Tensor, weights: &Tensor) -> Result<Tensor> {
+pub(crate) fn reconstruction_loss(
+    recon: &Tensor,
+    target: &Tensor,
+    weights: &Tensor,
+) -> Result<Tensor> {
     let diff = (recon - target)?;
     let error = (diff.abs()? + diff.sqr()?)?.broadcast_mul(weights)?;
     Ok((error.mean_all()? / weights.mean_all()?)?)
