@@ -8,8 +8,9 @@
 //! self-attention, `kv` for cross-attention) so each input is read once.
 
 use candle_core::{DType, Tensor, D};
-use candle_nn::{LayerNorm, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 
+use super::ops::{layer_norm, LayerNorm};
 use super::{group_norm, GroupNorm, Pointwise};
 use crate::{Error, Result};
 
@@ -206,7 +207,7 @@ fn attend_chunked(
                 let kh = k.narrow(2, h * head_dim, head_dim)?.to_dtype(DType::F32)?;
                 let vh = v.narrow(2, h * head_dim, head_dim)?;
                 let scores = qh.matmul(&kh.t()?)?;
-                let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+                let probs = super::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
                 probs.matmul(&vh)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -287,11 +288,11 @@ impl BasicTransformerBlock {
             qkv_bias: false,
         };
         Ok(Self {
-            norm1: candle_nn::layer_norm(cfg.dim, 1e-5, vb.pp("norm1"))?,
+            norm1: layer_norm(cfg.dim, 1e-5, vb.pp("norm1"))?,
             attn1: Attention::new(vb.pp("attn1"), &attention(None))?,
-            norm2: candle_nn::layer_norm(cfg.dim, 1e-5, vb.pp("norm2"))?,
+            norm2: layer_norm(cfg.dim, 1e-5, vb.pp("norm2"))?,
             attn2: Attention::new(vb.pp("attn2"), &attention(Some(cfg.context_dim)))?,
-            norm3: candle_nn::layer_norm(cfg.dim, 1e-5, vb.pp("norm3"))?,
+            norm3: layer_norm(cfg.dim, 1e-5, vb.pp("norm3"))?,
             ff: FeedForward::new(vb.pp("ff"), cfg.dim, 4)?,
             span: tracing::trace_span!("transformer-block"),
         })

@@ -6,6 +6,7 @@ pub mod conv;
 mod cpu_kernels;
 pub mod embeddings;
 pub mod norm;
+pub mod ops;
 pub mod resnet;
 pub mod sampling;
 

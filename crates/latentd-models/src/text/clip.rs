@@ -2,9 +2,10 @@
 //! `last_hidden_state` Stable Diffusion conditions on.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
 
 use super::config::{ClipTextConfig, HiddenAct};
+use crate::nn::ops::{layer_norm, LayerNorm};
 use crate::{Error, Result};
 
 /// CLIP's text encoder: token + position embeddings, pre-norm transformer layers with a
@@ -203,7 +204,7 @@ impl Attention {
         );
         let scale = (self.head_dim as f64).powf(-0.5);
         let weights = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let weights = candle_nn::ops::softmax_last_dim(&weights)?;
+        let weights = crate::nn::ops::softmax_last_dim(&weights)?;
         let out = weights
             .matmul(&v)?
             .transpose(1, 2)?

@@ -1,0 +1,252 @@
+//! Training settings, with defaults for the full run and a quick smoke-test preset.
+
+use latentd_demo::SamplerConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::arch::Architecture;
+use crate::{Error, Result};
+
+/// Optimisation settings of one stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StageConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Peak AdamW learning rate.
+    pub learning_rate: f64,
+    /// Steps of linear warm-up before the cosine decay (to 10% of the peak).
+    pub warmup_steps: usize,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Steps between `train.log` lines.
+    pub log_every: usize,
+}
+
+impl Default for StageConfig {
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            batch_size: 32,
+            learning_rate: 1e-3,
+            warmup_steps: 100,
+            weight_decay: 0.0,
+            log_every: 50,
+        }
+    }
+}
+
+impl StageConfig {
+    /// The learning rate at `step` (0-based).
+    pub fn learning_rate_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.learning_rate * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = self.steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.learning_rate * (0.1 + 0.9 * cosine)
+    }
+
+    fn check(&self, stage: &str) -> Result<()> {
+        if self.steps == 0 || self.batch_size == 0 || self.log_every == 0 {
+            return Err(Error::Config(format!(
+                "{stage}: steps, batch_size and log_every must be positive"
+            )));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(Error::Config(format!(
+                "{stage}: learning_rate must be positive"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Everything that determines a training run; the same settings give the same model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Seed of the data, the initialisation and the noise.
+    pub seed: u64,
+    /// Image side in pixels.
+    pub image_size: u32,
+    /// How the synthetic scenes and captions are drawn.
+    pub sampler: SamplerConfig,
+    /// Network sizes.
+    pub arch: Architecture,
+    /// Stage 1: the autoencoder.
+    pub vae: StageConfig,
+    /// Weight of the KL term (mean over latent elements) against the L1
+    /// reconstruction loss (mean over pixels).
+    pub kl_weight: f64,
+    /// Extra weight of object pixels in the reconstruction loss (background
+    /// pixels weigh 1, object pixels `1 + foreground_weight`).
+    pub foreground_weight: f64,
+    /// Stage 1b: the decoder fine-tuned on latent means with the encoder frozen.
+    pub decoder: StageConfig,
+    /// Stage 2: the UNet and the text encoder.
+    pub diffusion: StageConfig,
+    /// Share of captions replaced by the empty prompt (for classifier-free guidance).
+    pub caption_dropout: f64,
+    /// Scenes encoded once by the frozen autoencoder and sampled by stage 2.
+    pub latent_examples: usize,
+    /// Captions used to learn the tokenizer's merges.
+    pub tokenizer_captions: usize,
+    /// Images encoded to measure the latents' standard deviation (the scaling factor).
+    pub scale_images: usize,
+    /// Decay of the exponential moving average of the stage-2 weights that is saved.
+    pub ema_decay: f64,
+    /// Min-SNR loss weighting `min(snr, gamma) / snr`, or plain MSE when `None`.
+    pub min_snr_gamma: Option<f64>,
+    /// Stage-2 steps between checkpoints of the averaged weights into the output
+    /// folder (a loadable pipeline while training goes on); 0 for none.
+    pub checkpoint_every: usize,
+}
+
+impl Default for TrainConfig {
+    /// The full run (about 45 minutes on two idle CPU cores).
+    fn default() -> Self {
+        Self {
+            seed: 20_251_126,
+            image_size: 32,
+            sampler: SamplerConfig::default(),
+            arch: Architecture::default(),
+            vae: StageConfig {
+                steps: 1200,
+                batch_size: 8,
+                learning_rate: 2e-3,
+                warmup_steps: 50,
+                weight_decay: 0.0,
+                log_every: 25,
+            },
+            kl_weight: 1e-4,
+            foreground_weight: 10.0,
+            decoder: StageConfig {
+                steps: 600,
+                batch_size: 8,
+                learning_rate: 5e-4,
+                warmup_steps: 20,
+                weight_decay: 0.0,
+                log_every: 25,
+            },
+            diffusion: StageConfig {
+                steps: 2800,
+                batch_size: 32,
+                learning_rate: 1e-3,
+                warmup_steps: 150,
+                weight_decay: 0.0,
+                log_every: 25,
+            },
+            caption_dropout: 0.1,
+            latent_examples: 20_000,
+            tokenizer_captions: 20_000,
+            scale_images: 1024,
+            ema_decay: 0.999,
+            min_snr_gamma: Some(5.0),
+            checkpoint_every: 200,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// A smoke test: tiny networks, a few steps, seconds of CPU time.
+    pub fn quick() -> Self {
+        Self {
+            arch: Architecture::tiny(),
+            vae: StageConfig {
+                steps: 20,
+                batch_size: 4,
+                learning_rate: 3e-3,
+                warmup_steps: 2,
+                weight_decay: 0.0,
+                log_every: 10,
+            },
+            decoder: StageConfig {
+                steps: 10,
+                batch_size: 4,
+                learning_rate: 1e-3,
+                warmup_steps: 2,
+                weight_decay: 0.0,
+                log_every: 5,
+            },
+            diffusion: StageConfig {
+                steps: 20,
+                batch_size: 8,
+                learning_rate: 2e-3,
+                warmup_steps: 2,
+                weight_decay: 0.0,
+                log_every: 10,
+            },
+            latent_examples: 64,
+            tokenizer_captions: 200,
+            scale_images: 64,
+            ema_decay: 0.9,
+            checkpoint_every: 20,
+            ..Self::default()
+        }
+    }
+
+    /// Rejects settings that cannot train.
+    pub fn check(&self) -> Result<()> {
+        self.vae.check("vae")?;
+        self.decoder.check("decoder")?;
+        self.diffusion.check("diffusion")?;
+        let factor = self.arch.downsampling_factor();
+        if !(self.image_size as usize).is_multiple_of(factor) {
+            return Err(Error::Config(format!(
+                "image_size {} is not a multiple of the autoencoder's factor {factor}",
+                self.image_size
+            )));
+        }
+        if !(0.0..1.0).contains(&self.caption_dropout) || !(0.0..1.0).contains(&self.ema_decay) {
+            return Err(Error::Config(
+                "caption_dropout and ema_decay must be in [0, 1)".into(),
+            ));
+        }
+        if self.latent_examples == 0 || self.tokenizer_captions == 0 || self.scale_images == 0 {
+            return Err(Error::Config(
+                "latent_examples, tokenizer_captions and scale_images must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Side of the latents.
+    pub fn latent_size(&self) -> usize {
+        self.image_size as usize / self.arch.downsampling_factor()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learning_rate_warms_up_then_decays() {
+        let s = StageConfig {
+            steps: 110,
+            warmup_steps: 10,
+            learning_rate: 1.0,
+            ..StageConfig::default()
+        };
+        assert!((s.learning_rate_at(0) - 0.1).abs() < 1e-12);
+        assert!((s.learning_rate_at(9) - 1.0).abs() < 1e-12);
+        assert!((s.learning_rate_at(10) - 1.0).abs() < 1e-12);
+        assert!((s.learning_rate_at(60) - 0.55).abs() < 1e-12);
+        assert!((s.learning_rate_at(110) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn presets_are_valid() {
+        TrainConfig::default().check().unwrap();
+        TrainConfig::quick().check().unwrap();
+        assert_eq!(TrainConfig::default().latent_size(), 8);
+        let bad = TrainConfig {
+            image_size: 30,
+            ..TrainConfig::quick()
+        };
+        assert!(bad.check().is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! Stage 1b: fine-tuning the autoencoder's decoder with the encoder frozen.
+//!
+//! Stage 1 decodes noisy posterior samples, which teaches the decoder to hedge
+//! with blurred edges. Here the decoder (and `post_quant_conv`) learn to
+//! reconstruct sharply from the latent means while the encoder stays fixed, so
+//! the latent space, the scaling factor and everything stage 2 learns on it
+//! are unchanged (as Stable Diffusion's fine-tuned decoders were made).
+
+use candle_core::{DType, Device, Var};
+use candle_nn::{AdamW, Optimizer, VarBuilder};
+use latentd_models::AutoencoderKL;
+
+use crate::config::TrainConfig;
+use crate::data::batch;
+use crate::progress::{Log, Smoothed};
+use crate::report::StageReport;
+use crate::vae_stage::{adamw, reconstruction_loss, TrainedVae};
+use crate::{Error, Result};
+
+const DATA_STREAM: u64 = 0x4445_4301;
+
+/// Whether a variable belongs to the part of the autoencoder that is tuned.
+fn is_decoder(name: &str) -> bool {
+    name.starts_with("decoder.") || name.starts_with("post_quant_conv.")
+}
+
+/// Fine-tunes the decoder of `vae` in place for `cfg.decoder` steps.
+pub(crate) fn finetune_decoder(
+    cfg: &TrainConfig,
+    vae: &mut TrainedVae,
+    log: &mut Log,
+) -> Result<StageReport> {
+    let device = Device::Cpu;
+    let frozen = vae.model()?;
+    let vars: Vec<Var> = {
+        let data = vae
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::Config("the variable map's lock is poisoned".into()))?;
+        let mut named: Vec<(&String, &Var)> =
+            data.iter().filter(|(name, _)| is_decoder(name)).collect();
+        named.sort_by(|a, b| a.0.cmp(b.0));
+        named.into_iter().map(|(_, var)| var.clone()).collect()
+    };
+    let parameters = vars.iter().map(|v| v.elem_count()).sum();
+    let stage = &cfg.decoder;
+    let mut optimiser = AdamW::new(vars, adamw(stage.learning_rate, stage.weight_decay))?;
+    let vb = VarBuilder::from_varmap(&vae.varmap, DType::F32, &device);
+    log.line(&format!(
+        "decoder: fine-tuning {parameters} parameters, {} steps of {} images",
+        stage.steps, stage.batch_size
+    ));
+    log.progress().start("decoder", stage.steps as u64);
+    let mut smoothed = Smoothed::default();
+    let mut report = StageReport::new(parameters);
+    for step in 0..stage.steps {
+        optimiser.set_learning_rate(stage.learning_rate_at(step));
+        let data = batch(
+            cfg.seed ^ DATA_STREAM,
+            step as u64,
+            stage.batch_size,
+            &cfg.sampler,
+            cfg.image_size,
+            &device,
+        )?;
+        let latents = frozen.encode(&data.images)?.mean;
+        let model = AutoencoderKL::new(vb.clone(), &vae.config)?;
+        let recon = model.decode(&latents)?;
+        let weights = data.foreground.affine(cfg.foreground_weight, 1.0)?;
+        let loss = reconstruction_loss(&recon, &data.images, &weights)?;
+        optimiser.backward_step(&loss)?;
+        let value = loss.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            return Err(Error::Diverged {
+                stage: "decoder",
+                step,
+                loss: value,
+            });
+        }
+        let shown = smoothed.update(value);
+        report.observe(step, value, shown);
+        log.progress().step(step as u64 + 1, shown);
+        if (step + 1) % stage.log_every == 0 || step + 1 == stage.steps {
+            log.line(&format!(
+                "decoder step {} loss {value:.5} (avg {shown:.5}) lr {:.2e}",
+                step + 1,
+                stage.learning_rate_at(step)
+            ));
+        }
+    }
+    log.progress().finish();
+    report.seconds = log.elapsed();
+    Ok(report)
+}

@@ -1,0 +1,181 @@
+//! Training of latentd's built-in demo model: a small latent diffusion model
+//! on synthetic shape scenes (`latentd-demo`), in two stages as in the LDM
+//! paper, saved as a diffusers `StableDiffusionPipeline` folder.
+//!
+//! 1. A CLIP-format BPE tokenizer is learned from the caption grammar.
+//! 2. Stage 1 trains a KL-regularised autoencoder (downsampling factor 4).
+//! 3. Stage 2 trains a text-conditioned UNet with cross-attention and a CLIP
+//!    text encoder jointly in the frozen autoencoder's latent space
+//!    (epsilon prediction, 10% empty captions for classifier-free guidance).
+//!
+//! Everything is seeded: the same [`TrainConfig`] gives the same files.
+
+pub mod arch;
+pub mod config;
+pub mod data;
+mod decoder_stage;
+mod diffusion_stage;
+pub mod error;
+pub mod eval;
+pub mod generate;
+pub mod grid;
+pub mod init;
+pub mod progress;
+pub mod report;
+pub mod save;
+pub mod schedule;
+pub mod tokenizer;
+mod vae_stage;
+
+use std::path::Path;
+
+use latentd_demo::{caption, sample_split, Rng, Split};
+use latentd_models::text::ClipTokenizer;
+
+pub use arch::Architecture;
+pub use config::{StageConfig, TrainConfig};
+pub use error::{Error, Result};
+pub use eval::{
+    evaluate, evaluate_pipeline, reconstruction, reconstruction_psnr, AttributeScore, EvalReport,
+    ReconstructionReport,
+};
+pub use progress::{Bars, Progress, Silent};
+pub use report::{StageReport, TrainReport};
+
+use error::io;
+use progress::Log;
+use tokenizer::{word_counts, BpeVocabulary};
+
+/// Seed offset of the captions the tokenizer learns from.
+const TOKENIZER_STREAM: u64 = 0x544F_4B01;
+/// Spellings `latentd_demo::parse` accepts besides the canonical words.
+const ALIAS_WORDS: &str = "to centre middle corner grey";
+
+/// Trains the tokenizer and both stages and writes the pipeline folder to
+/// `out` (created if needed), with `train.log`, `train_config.json` and
+/// `train_report.json` beside the model files.
+pub fn train(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<TrainReport> {
+    cfg.check()?;
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let mut log = Log::create(&out.join("train.log"), progress)?;
+    save::write_json(
+        &out.join("train_config.json"),
+        &serde_json::to_value(cfg).map_err(|source| Error::Json {
+            path: out.join("train_config.json"),
+            source,
+        })?,
+    )?;
+
+    let vocabulary = learn_vocabulary(cfg)?;
+    let tokenizer_dir = out.join("tokenizer");
+    vocabulary.save(&tokenizer_dir, cfg.arch.max_length)?;
+    let tokenizer = ClipTokenizer::from_dir(&tokenizer_dir)?;
+    log.line(&format!(
+        "tokenizer: {} tokens ({} merges) from {} captions",
+        vocabulary.len(),
+        vocabulary.merges.len(),
+        cfg.tokenizer_captions
+    ));
+
+    let mut vae = vae_stage::train_vae(cfg, &mut log)?;
+    let decoder = decoder_stage::finetune_decoder(cfg, &mut vae, &mut log)?;
+    save::save_component(
+        &out.join("vae"),
+        &vae.config_json(cfg),
+        &vae.varmap,
+        "diffusion_pytorch_model.safetensors",
+    )?;
+    save::save_pipeline_files(out)?;
+
+    let diffusion = diffusion_stage::train_diffusion(
+        cfg,
+        &vae.model()?,
+        vae.scaling_factor,
+        &tokenizer,
+        vocabulary.len(),
+        &diffusion_stage::Checkpoints {
+            out,
+            every: cfg.checkpoint_every,
+        },
+        &mut log,
+    )?;
+    save::save_component(
+        &out.join("unet"),
+        &cfg.arch.unet_config(cfg.latent_size()),
+        &diffusion.unet,
+        "diffusion_pytorch_model.safetensors",
+    )?;
+    save::save_component(
+        &out.join("text_encoder"),
+        &cfg.arch.text_config(vocabulary.len()),
+        &diffusion.text,
+        "model.safetensors",
+    )?;
+
+    let report = TrainReport {
+        vocab_size: vocabulary.len(),
+        vae: vae.report,
+        decoder,
+        scaling_factor: vae.scaling_factor,
+        diffusion: diffusion.report,
+        unet_parameters: diffusion.unet_parameters,
+        text_encoder_parameters: diffusion.text_parameters,
+        seconds: log.elapsed(),
+    };
+    let report_path = out.join("train_report.json");
+    let value = serde_json::to_value(&report).map_err(|source| Error::Json {
+        path: report_path.clone(),
+        source,
+    })?;
+    save::write_json(&report_path, &value)?;
+    log.line(&format!(
+        "done in {:.0} s; model in {}",
+        report.seconds,
+        out.display()
+    ));
+    Ok(report)
+}
+
+/// Runs stage 1b alone on the autoencoder saved in `out/vae` and saves it
+/// back: the same computation as inside [`train`] (the decoder stage reads
+/// only stage 1's weights and its own seeded data), for a folder trained
+/// before that stage existed. Appends to `out/train.log`.
+pub fn finetune_decoder_in(
+    cfg: &TrainConfig,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<StageReport> {
+    cfg.check()?;
+    let mut log = Log::append(&out.join("train.log"), progress)?;
+    let dir = out.join("vae");
+    let mut vae = vae_stage::TrainedVae::load(&dir, 0)?;
+    let report = decoder_stage::finetune_decoder(cfg, &mut vae, &mut log)?;
+    save::save_component(
+        &dir,
+        &vae.config_json(cfg),
+        &vae.varmap,
+        "diffusion_pytorch_model.safetensors",
+    )?;
+    Ok(report)
+}
+
+/// Learns the BPE vocabulary from training captions and the parser's aliases.
+fn learn_vocabulary(cfg: &TrainConfig) -> Result<BpeVocabulary> {
+    let mut rng = Rng::new(cfg.seed ^ TOKENIZER_STREAM);
+    let captions = (0..cfg.tokenizer_captions)
+        .map(|_| {
+            Ok(caption(&sample_split(
+                &mut rng,
+                &cfg.sampler,
+                Split::Train,
+            )?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let words = word_counts(
+        captions
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(ALIAS_WORDS)),
+    );
+    Ok(BpeVocabulary::train(&words))
+}

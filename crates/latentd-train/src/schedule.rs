@@ -1,0 +1,131 @@
+//! The DDPM forward (noising) process with Stable Diffusion's noise schedule.
+
+use candle_core::{Device, Tensor};
+
+use crate::Result;
+
+/// Stable Diffusion's schedule: `scaled_linear` betas from `BETA_START` to
+/// `BETA_END` over `TRAIN_TIMESTEPS` steps (also written to the scheduler config).
+pub const TRAIN_TIMESTEPS: usize = 1000;
+/// First beta of the schedule.
+pub const BETA_START: f64 = 0.00085;
+/// Last beta of the schedule.
+pub const BETA_END: f64 = 0.012;
+
+/// Cumulative products of `1 - beta` for each training timestep.
+#[derive(Debug, Clone)]
+pub struct NoiseSchedule {
+    alphas_cumprod: Vec<f64>,
+}
+
+impl Default for NoiseSchedule {
+    fn default() -> Self {
+        Self::scaled_linear(BETA_START, BETA_END, TRAIN_TIMESTEPS)
+    }
+}
+
+impl NoiseSchedule {
+    /// Betas evenly spaced in square root between `start` and `end`, then squared.
+    pub fn scaled_linear(start: f64, end: f64, steps: usize) -> Self {
+        let (lo, hi) = (start.sqrt(), end.sqrt());
+        let span = steps.saturating_sub(1).max(1) as f64;
+        let mut product = 1.0;
+        let alphas_cumprod = (0..steps)
+            .map(|i| {
+                let beta = (lo + (hi - lo) * i as f64 / span).powi(2);
+                product *= 1.0 - beta;
+                product
+            })
+            .collect();
+        Self { alphas_cumprod }
+    }
+
+    /// Number of timesteps.
+    pub fn len(&self) -> usize {
+        self.alphas_cumprod.len()
+    }
+
+    /// Whether the schedule has no steps.
+    pub fn is_empty(&self) -> bool {
+        self.alphas_cumprod.is_empty()
+    }
+
+    /// `alpha_bar_t`, the share of signal variance left at timestep `t`.
+    pub fn alpha_bar(&self, t: usize) -> f64 {
+        self.alphas_cumprod[t.min(self.len() - 1)]
+    }
+
+    /// Signal-to-noise ratio `alpha_bar / (1 - alpha_bar)` at `t`.
+    pub fn snr(&self, t: usize) -> f64 {
+        let a = self.alpha_bar(t);
+        a / (1.0 - a)
+    }
+
+    /// `x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise`, one timestep per
+    /// row of `x0` `[B, ...]`.
+    pub fn add_noise(&self, x0: &Tensor, noise: &Tensor, timesteps: &[usize]) -> Result<Tensor> {
+        let (signal, sigma): (Vec<f32>, Vec<f32>) = timesteps
+            .iter()
+            .map(|&t| {
+                let a = self.alpha_bar(t);
+                (a.sqrt() as f32, (1.0 - a).sqrt() as f32)
+            })
+            .unzip();
+        let shape = per_row_shape(x0)?;
+        let signal = Tensor::from_vec(signal, shape.as_slice(), x0.device())?;
+        let sigma = Tensor::from_vec(sigma, shape.as_slice(), x0.device())?;
+        Ok((x0.broadcast_mul(&signal)? + noise.broadcast_mul(&sigma)?)?)
+    }
+}
+
+/// `[B, 1, 1, ...]` for a tensor of shape `[B, ...]`.
+pub(crate) fn per_row_shape(xs: &Tensor) -> Result<Vec<usize>> {
+    let mut shape = vec![1; xs.rank()];
+    shape[0] = xs.dim(0)?;
+    Ok(shape)
+}
+
+/// A `[len]` tensor of timesteps as `f32`, as the UNet takes them.
+pub(crate) fn timestep_tensor(timesteps: &[usize], device: &Device) -> Result<Tensor> {
+    let values: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
+    Ok(Tensor::from_vec(values, timesteps.len(), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_stable_diffusion_values() {
+        // diffusers DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+        // beta_end=0.012).alphas_cumprod[[0, 499, 999]]
+        let s = NoiseSchedule::default();
+        assert_eq!(s.len(), 1000);
+        assert!((s.alpha_bar(0) - 0.99915).abs() < 1e-9);
+        assert!(
+            (s.alpha_bar(499) - 0.277_669_4).abs() < 1e-6,
+            "{}",
+            s.alpha_bar(499)
+        );
+        assert!(
+            (s.alpha_bar(999) - 0.004_660_1).abs() < 1e-6,
+            "{}",
+            s.alpha_bar(999)
+        );
+    }
+
+    #[test]
+    fn noising_mixes_per_row() {
+        let dev = Device::Cpu;
+        let s = NoiseSchedule::default();
+        let x0 = Tensor::ones((2, 3), candle_core::DType::F32, &dev).unwrap();
+        let noise = Tensor::zeros((2, 3), candle_core::DType::F32, &dev).unwrap();
+        let xt = s
+            .add_noise(&x0, &noise, &[0, 999])
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert!((f64::from(xt[0][0]) - s.alpha_bar(0).sqrt()).abs() < 1e-6);
+        assert!((f64::from(xt[1][2]) - s.alpha_bar(999).sqrt()).abs() < 1e-6);
+    }
+}
