@@ -97,3 +97,59 @@ fn bad_sizes_and_schedulers_exit_with_2() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/dir"));
 }
+
+#[test]
+fn train_demo_quick_writes_a_folder_that_generate_serves() {
+    let dir = out_dir("train");
+    let model = dir.join("model");
+    let out = latentd()
+        .args(["train-demo", "--quick", "--out"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in [
+        "model_index.json",
+        "unet/config.json",
+        "vae/config.json",
+        "train.log",
+    ] {
+        assert!(model.join(file).is_file(), "{file} missing");
+    }
+    let out = latentd()
+        .args(["generate", "--model"])
+        .arg(&model)
+        .args([
+            "--prompt",
+            "a red circle",
+            "--steps",
+            "2",
+            "--seed",
+            "1",
+            "--output",
+        ])
+        .arg(dir.join("img.png"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png =
+        latentd_engine::png_meta::decode_png(&std::fs::read(dir.join("img.png")).unwrap()).unwrap();
+    assert_eq!(png.image.width % 8, 0);
+
+    let bad = latentd()
+        .args(["train-demo", "--out"])
+        .arg(dir.join("x"))
+        .arg("--config")
+        .arg(dir.join("missing.json"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -2,11 +2,13 @@
 
 mod generate;
 pub mod serve;
+mod train;
 
 use clap::{Parser, Subcommand};
 
 pub use generate::GenerateArgs;
 pub use serve::ServeArgs;
+pub use train::TrainDemoArgs;
 
 /// latentd: an inference server for latent diffusion models.
 #[derive(Debug, Parser)]
@@ -26,6 +28,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Print the OpenAPI document (the committed openapi/openapi.json).
     Openapi,
+    /// Train the built-in demo model (synthetic data, both LDM stages) into a folder.
+    TrainDemo(TrainDemoArgs),
 }
 
 /// Exit code for invalid arguments (the same as clap's usage errors).
@@ -35,6 +39,7 @@ pub const EXIT_USAGE: i32 = 2;
 pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::TrainDemo(args) => train::run(args),
         Command::Openapi => {
             print!("{}", crate::http::openapi::json());
             0

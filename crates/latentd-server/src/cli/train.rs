@@ -1,0 +1,55 @@
+//! `latentd train-demo`: train the built-in demo model from scratch.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use latentd_train::{Bars, TrainConfig};
+
+/// Arguments of `latentd train-demo`.
+#[derive(Debug, Args)]
+pub struct TrainDemoArgs {
+    /// Output folder: a diffusers pipeline folder plus train.log, train_config.json
+    /// and train_report.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Tiny networks and a few steps: a smoke test that runs in seconds.
+    #[arg(long, conflicts_with = "config")]
+    pub quick: bool,
+    /// A JSON training configuration (missing keys take the defaults).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Runs the command; returns the exit code.
+pub fn run(args: TrainDemoArgs) -> i32 {
+    let cfg = if args.quick {
+        TrainConfig::quick()
+    } else if let Some(path) = &args.config {
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str::<TrainConfig>(&text).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                eprintln!("error: cannot read training config {}: {e}", path.display());
+                return super::EXIT_USAGE;
+            }
+        }
+    } else {
+        TrainConfig::default()
+    };
+    match latentd_train::train(&cfg, &args.out, &Bars::new()) {
+        Ok(report) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            eprintln!("trained model written to {}", args.out.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: training failed: {e}");
+            1
+        }
+    }
+}
