@@ -1,4 +1,5 @@
 //! The `latentd` binary's library: command line and HTTP server.
 
+pub mod builtin;
 pub mod cli;
 pub mod http;

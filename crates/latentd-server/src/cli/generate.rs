@@ -15,9 +15,9 @@ use latentd_engine::png_meta::{encode_png, ImageMetadata};
 /// Arguments of `latentd generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// A diffusers-layout pipeline folder.
+    /// A diffusers-layout pipeline folder (default: the built-in model).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// The prompt.
     #[arg(long)]
     pub prompt: String,
@@ -57,10 +57,21 @@ pub struct GenerateArgs {
 /// Runs the command; returns the exit code.
 pub fn run(args: GenerateArgs) -> i32 {
     let started = Instant::now();
-    let pipe = match StableDiffusion::load(&args.model, &Device::Cpu) {
+    let (dir, name) = match super::serve::model_source(args.model.as_deref(), None) {
+        Ok(source) => source,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let loaded = match &name {
+        Some(name) => StableDiffusion::load_named(&dir, name, &Device::Cpu),
+        None => StableDiffusion::load(&dir, &Device::Cpu),
+    };
+    let pipe = match loaded {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: cannot load model {}: {e}", args.model.display());
+            eprintln!("error: cannot load model {}: {e}", dir.display());
             return 1;
         }
     };

@@ -15,7 +15,7 @@ use crate::http::{AppState, RunningServer};
 /// Arguments of `latentd serve`; every flag can also be set from the environment.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// A diffusers-layout pipeline folder to serve.
+    /// A diffusers-layout pipeline folder to serve (default: the built-in model).
     #[arg(long, env = "LATENTD_MODEL")]
     pub model: Option<PathBuf>,
     /// Model id reported by /v1/models and accepted as `model` (default: folder name).
@@ -114,20 +114,32 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     anyhow::bail!("unknown device `{spec}`: expected cpu or cuda:N")
 }
 
+/// The folder to load and the id to serve it under: `--model`, or the built-in model.
+pub fn model_source(
+    model: Option<&std::path::Path>,
+    name: Option<&str>,
+) -> anyhow::Result<(PathBuf, Option<String>)> {
+    match model {
+        Some(dir) => Ok((dir.to_path_buf(), name.map(str::to_string))),
+        None => {
+            let dir = crate::builtin::unpack()
+                .map_err(|e| anyhow::anyhow!("cannot unpack the built-in model: {e}"))?;
+            let name = name.unwrap_or(crate::builtin::MODEL_NAME).to_string();
+            Ok((dir, Some(name)))
+        }
+    }
+}
+
 /// Loads one model instance per device and starts the engine.
 pub fn start_engine(args: &ServeArgs) -> anyhow::Result<Engine> {
-    let Some(dir) = &args.model else {
-        anyhow::bail!(
-            "no --model given (or LATENTD_MODEL): point it at a diffusers pipeline folder"
-        );
-    };
+    let (dir, name) = model_source(args.model.as_deref(), args.model_name.as_deref())?;
     let mut pipes = Vec::new();
     for spec in &args.devices {
         let device = parse_device(spec)?;
         let started = std::time::Instant::now();
-        let pipe = match &args.model_name {
-            Some(name) => StableDiffusion::load_named(dir, name, &device),
-            None => StableDiffusion::load(dir, &device),
+        let pipe = match &name {
+            Some(name) => StableDiffusion::load_named(&dir, name, &device),
+            None => StableDiffusion::load(&dir, &device),
         }
         .map_err(|e| anyhow::anyhow!("cannot load model {}: {e}", dir.display()))?;
         tracing::info!(device = %spec, load_ms = started.elapsed().as_millis() as u64, model = %pipe.info().name, "model loaded");
