@@ -132,7 +132,7 @@ impl Default for TrainConfig {
                 log_every: 25,
             },
             diffusion: StageConfig {
-                steps: 2800,
+                steps: 1800,
                 batch_size: 32,
                 learning_rate: 1e-3,
                 warmup_steps: 150,

@@ -108,7 +108,10 @@ impl Ema {
     fn update(&mut self, step: usize) -> Result<()> {
         let decay = self.decay.min((1 + step) as f64 / (10 + step) as f64);
         for (_, var, average) in &mut self.entries {
-            *average = ((&*average * decay)? + (var.as_tensor() * (1.0 - decay))?)?;
+            // Detached: an average built from the variable would keep every
+            // step's graph (and tensors) alive through its inputs.
+            let current = var.as_tensor().detach();
+            *average = ((&*average * decay)? + (current * (1.0 - decay))?)?.detach();
         }
         Ok(())
     }

@@ -159,6 +159,54 @@ pub fn finetune_decoder_in(
     Ok(report)
 }
 
+/// Runs stage 2 alone on a folder whose tokenizer and autoencoder are already
+/// trained (by [`train`]), and writes the UNet and text encoder: the same
+/// computation as inside [`train`], since stage 2 reads only the tokenizer, the
+/// frozen encoder and its own seeded draws. Appends to `out/train.log`.
+pub fn train_diffusion_in(
+    cfg: &TrainConfig,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<StageReport> {
+    cfg.check()?;
+    let mut log = Log::append(&out.join("train.log"), progress)?;
+    let tokenizer = ClipTokenizer::from_dir(&out.join("tokenizer"))?;
+    let vocab_path = out.join("tokenizer").join("vocab.json");
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&vocab_path).map_err(io(&vocab_path))?)
+            .map_err(|source| Error::Json {
+                path: vocab_path.clone(),
+                source,
+            })?;
+    let vae = vae_stage::TrainedVae::load(&out.join("vae"), 0)?;
+    let diffusion = diffusion_stage::train_diffusion(
+        cfg,
+        &vae.model()?,
+        vae.scaling_factor,
+        &tokenizer,
+        vocab.len(),
+        &diffusion_stage::Checkpoints {
+            out,
+            every: cfg.checkpoint_every,
+        },
+        &mut log,
+    )?;
+    save::save_component(
+        &out.join("unet"),
+        &cfg.arch.unet_config(cfg.latent_size()),
+        &diffusion.unet,
+        "diffusion_pytorch_model.safetensors",
+    )?;
+    save::save_component(
+        &out.join("text_encoder"),
+        &cfg.arch.text_config(vocab.len()),
+        &diffusion.text,
+        "model.safetensors",
+    )?;
+    log.line(&format!("stage 2 done; model in {}", out.display()));
+    Ok(diffusion.report)
+}
+
 /// Learns the BPE vocabulary from training captions and the parser's aliases.
 fn learn_vocabulary(cfg: &TrainConfig) -> Result<BpeVocabulary> {
     let mut rng = Rng::new(cfg.seed ^ TOKENIZER_STREAM);
