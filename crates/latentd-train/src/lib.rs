@@ -87,30 +87,8 @@ pub fn train(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<T
     )?;
     save::save_pipeline_files(out)?;
 
-    let diffusion = diffusion_stage::train_diffusion(
-        cfg,
-        &vae.model()?,
-        vae.scaling_factor,
-        &tokenizer,
-        vocabulary.len(),
-        &diffusion_stage::Checkpoints {
-            out,
-            every: cfg.checkpoint_every,
-        },
-        &mut log,
-    )?;
-    save::save_component(
-        &out.join("unet"),
-        &cfg.arch.unet_config(cfg.latent_size()),
-        &diffusion.unet,
-        "diffusion_pytorch_model.safetensors",
-    )?;
-    save::save_component(
-        &out.join("text_encoder"),
-        &cfg.arch.text_config(vocabulary.len()),
-        &diffusion.text,
-        "model.safetensors",
-    )?;
+    let diffusion =
+        train_and_save_diffusion(cfg, out, &vae, &tokenizer, vocabulary.len(), &mut log)?;
 
     let report = TrainReport {
         vocab_size: vocabulary.len(),
@@ -179,17 +157,32 @@ pub fn train_diffusion_in(
                 source,
             })?;
     let vae = vae_stage::TrainedVae::load(&out.join("vae"), 0)?;
+    let diffusion = train_and_save_diffusion(cfg, out, &vae, &tokenizer, vocab.len(), &mut log)?;
+    log.line(&format!("stage 2 done; model in {}", out.display()));
+    Ok(diffusion.report)
+}
+
+/// Stage 2 on a trained autoencoder: trains the UNet and the text encoder jointly and
+/// writes both components into `out`; returns the trained stage.
+fn train_and_save_diffusion(
+    cfg: &TrainConfig,
+    out: &Path,
+    vae: &vae_stage::TrainedVae,
+    tokenizer: &ClipTokenizer,
+    vocab_size: usize,
+    log: &mut Log,
+) -> Result<diffusion_stage::TrainedDiffusion> {
     let diffusion = diffusion_stage::train_diffusion(
         cfg,
         &vae.model()?,
         vae.scaling_factor,
-        &tokenizer,
-        vocab.len(),
+        tokenizer,
+        vocab_size,
         &diffusion_stage::Checkpoints {
             out,
             every: cfg.checkpoint_every,
         },
-        &mut log,
+        log,
     )?;
     save::save_component(
         &out.join("unet"),
@@ -199,12 +192,11 @@ pub fn train_diffusion_in(
     )?;
     save::save_component(
         &out.join("text_encoder"),
-        &cfg.arch.text_config(vocab.len()),
+        &cfg.arch.text_config(vocab_size),
         &diffusion.text,
         "model.safetensors",
     )?;
-    log.line(&format!("stage 2 done; model in {}", out.display()));
-    Ok(diffusion.report)
+    Ok(diffusion)
 }
 
 /// Learns the BPE vocabulary from training captions and the parser's aliases.
