@@ -12,7 +12,7 @@ use latentd_models::AutoencoderKL;
 
 use crate::config::TrainConfig;
 use crate::data::batch;
-use crate::progress::{Log, Smoothed};
+use crate::progress::{Log, StepTracker};
 use crate::report::StageReport;
 use crate::vae_stage::{adamw, reconstruction_loss, TrainedVae};
 use crate::{Error, Result};
@@ -52,7 +52,7 @@ pub(crate) fn finetune_decoder(
         stage.steps, stage.batch_size
     ));
     log.progress().start("decoder", stage.steps as u64);
-    let mut smoothed = Smoothed::default();
+    let mut tracker = StepTracker::new("decoder", stage);
     let mut report = StageReport::new(parameters);
     for step in 0..stage.steps {
         optimiser.set_learning_rate(stage.learning_rate_at(step));
@@ -71,17 +71,8 @@ pub(crate) fn finetune_decoder(
         let loss = reconstruction_loss(&recon, &data.images, &weights)?;
         optimiser.backward_step(&loss)?;
         let value = loss.to_scalar::<f32>()?;
-        if !value.is_finite() {
-            return Err(Error::Diverged {
-                stage: "decoder",
-                step,
-                loss: value,
-            });
-        }
-        let shown = smoothed.update(value);
-        report.observe(step, value, shown);
-        log.progress().step(step as u64 + 1, shown);
-        if (step + 1) % stage.log_every == 0 || step + 1 == stage.steps {
+        let (shown, log_now) = tracker.record(step, value, &mut report, log)?;
+        if log_now {
             log.line(&format!(
                 "decoder step {} loss {value:.5} (avg {shown:.5}) lr {:.2e}",
                 step + 1,

@@ -12,7 +12,7 @@ use latentd_models::{AutoencoderKL, UNet2DConditionConfig, UNet2DConditionModel}
 
 use crate::config::TrainConfig;
 use crate::data::{batch, normal};
-use crate::progress::{Log, Smoothed};
+use crate::progress::{Log, StepTracker};
 use crate::report::StageReport;
 use crate::save::write_json;
 use crate::schedule::{timestep_tensor, NoiseSchedule};
@@ -216,7 +216,7 @@ pub(crate) fn train_diffusion(
         stage.steps, stage.batch_size
     ));
     log.progress().start("diffusion", stage.steps as u64);
-    let mut smoothed = Smoothed::default();
+    let mut tracker = StepTracker::new("diffusion", stage);
     let mut report = StageReport::new(unet_parameters + text_parameters);
     let b = stage.batch_size;
     for step in 0..stage.steps {
@@ -262,17 +262,8 @@ pub(crate) fn train_diffusion(
         unet_ema.update(step)?;
         text_ema.update(step)?;
         let value = loss.to_scalar::<f32>()?;
-        if !value.is_finite() {
-            return Err(Error::Diverged {
-                stage: "diffusion",
-                step,
-                loss: value,
-            });
-        }
-        let shown = smoothed.update(value);
-        report.observe(step, value, shown);
-        log.progress().step(step as u64 + 1, shown);
-        if (step + 1) % stage.log_every == 0 || step + 1 == stage.steps {
+        let (shown, log_now) = tracker.record(step, value, &mut report, log)?;
+        if log_now {
             log.line(&format!(
                 "diffusion step {} loss {value:.5} (avg {shown:.5}) lr {:.2e}",
                 step + 1,

@@ -168,3 +168,47 @@ impl Smoothed {
         next
     }
 }
+
+/// The bookkeeping every training step shares: a non-finite loss stops the stage,
+/// otherwise the loss is smoothed, recorded in the stage report and shown on the bar.
+pub(crate) struct StepTracker {
+    stage: &'static str,
+    steps: usize,
+    log_every: usize,
+    smoothed: Smoothed,
+}
+
+impl StepTracker {
+    /// A tracker for a stage named `stage` (as logged) with `config`'s step counts.
+    pub(crate) fn new(stage: &'static str, config: &crate::config::StageConfig) -> Self {
+        Self {
+            stage,
+            steps: config.steps,
+            log_every: config.log_every,
+            smoothed: Smoothed::default(),
+        }
+    }
+
+    /// Records step `step` (0-based) with loss `value`; returns the smoothed loss and
+    /// whether this step's line belongs in the log.
+    pub(crate) fn record(
+        &mut self,
+        step: usize,
+        value: f32,
+        report: &mut crate::report::StageReport,
+        log: &Log,
+    ) -> crate::Result<(f32, bool)> {
+        if !value.is_finite() {
+            return Err(crate::Error::Diverged {
+                stage: self.stage,
+                step,
+                loss: value,
+            });
+        }
+        let shown = self.smoothed.update(value);
+        report.observe(step, value, shown);
+        log.progress().step(step as u64 + 1, shown);
+        let log_now = (step + 1).is_multiple_of(self.log_every) || step + 1 == self.steps;
+        Ok((shown, log_now))
+    }
+}

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::config::TrainConfig;
 use crate::data::{batch, normal};
-use crate::progress::{Log, Smoothed};
+use crate::progress::{Log, StepTracker};
 use crate::report::StageReport;
 use crate::{Error, Result};
 
@@ -88,7 +88,7 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
         stage.steps, stage.batch_size
     ));
     log.progress().start("vae", stage.steps as u64);
-    let mut smoothed = Smoothed::default();
+    let mut tracker = StepTracker::new("vae", stage);
     let mut report = StageReport::new(parameters);
     for step in 0..stage.steps {
         optimiser.set_learning_rate(stage.learning_rate_at(step));
@@ -116,17 +116,8 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
         let loss = (&l1 + kl.affine(cfg.kl_weight, 0.0)?)?;
         optimiser.backward_step(&loss)?;
         let value = loss.to_scalar::<f32>()?;
-        if !value.is_finite() {
-            return Err(Error::Diverged {
-                stage: "vae",
-                step,
-                loss: value,
-            });
-        }
-        let shown = smoothed.update(value);
-        report.observe(step, value, shown);
-        log.progress().step(step as u64 + 1, shown);
-        if (step + 1) % stage.log_every == 0 || step + 1 == stage.steps {
+        let (shown, log_now) = tracker.record(step, value, &mut report, log)?;
+        if log_now {
             log.line(&format!(
                 "vae step {} loss {value:.5} (avg {shown:.5}) l1 {:.5} kl {:.4} lr {:.2e}",
                 step + 1,
