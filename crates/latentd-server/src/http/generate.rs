@@ -78,14 +78,13 @@ pub async fn generate(
         ));
     }
     let job = state.engine.submit(&body.to_request())?;
-    let guard = CancelOnDrop::new(state.engine.clone(), job.clone());
     if format == Format::Sse {
+        let guard = CancelOnDrop::new(state.engine.clone(), job.clone());
         let mut response = super::sse::respond(job.subscribe(0), Some(guard));
         job_headers(response.headers_mut(), &job);
         return Ok(response);
     }
-    wait_for(&job).await?;
-    guard.disarm();
+    finish(&state, &job).await?;
     let mut response = match format {
         Format::Png => {
             let png = job
@@ -97,6 +96,15 @@ pub async fn generate(
     };
     job_headers(response.headers_mut(), &job);
     Ok(response)
+}
+
+/// Waits for a job on behalf of a client that holds the connection: if the client
+/// goes away first (the future is dropped), the job is cancelled.
+pub async fn finish(state: &AppState, job: &Arc<Job>) -> Result<(), ApiError> {
+    let guard = CancelOnDrop::new(state.engine.clone(), job.clone());
+    wait_for(job).await?;
+    guard.disarm();
+    Ok(())
 }
 
 /// Waits for a job to end; its error becomes the request's error.

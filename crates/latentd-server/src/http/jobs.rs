@@ -60,13 +60,9 @@ pub async fn status(
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
     let job = state.engine.job(&id)?;
-    let ready: Vec<bool> = (0..job.request().params.n)
-        .map(|i| job.image(i).is_some())
-        .collect();
     Ok(Json(JobStatus::new(
         job.snapshot(),
         state.engine.position(&id),
-        &ready,
     )))
 }
 
@@ -141,9 +137,5 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
     let snapshot = state.engine.cancel(&id)?;
-    let job = state.engine.job(&id)?;
-    let ready: Vec<bool> = (0..job.request().params.n)
-        .map(|i| job.image(i).is_some())
-        .collect();
-    Ok(Json(JobStatus::new(snapshot, None, &ready)))
+    Ok(Json(JobStatus::new(snapshot, None)))
 }

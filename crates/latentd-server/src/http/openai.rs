@@ -11,9 +11,9 @@ use latentd_engine::GenerateRequest;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
-use super::generate::wait_for;
+use super::generate::finish;
 use super::types::{OpenAiImage, OpenAiImageRequest, OpenAiImageResponse};
-use super::{AppState, CancelOnDrop};
+use super::AppState;
 
 /// Parses an OpenAI `size` such as `512x512` into (width, height).
 pub fn parse_size(size: &str) -> Result<(usize, usize), ApiError> {
@@ -73,9 +73,7 @@ pub async fn generations(
         eta: None,
     };
     let job = state.engine.submit(&request)?;
-    let guard = CancelOnDrop::new(state.engine.clone(), job.clone());
-    wait_for(&job).await?;
-    guard.disarm();
+    finish(&state, &job).await?;
 
     let base = headers
         .get(header::HOST)

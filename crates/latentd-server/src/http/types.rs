@@ -154,13 +154,11 @@ pub struct JobStatus {
 }
 
 impl JobStatus {
-    /// Status body from an engine snapshot.
-    pub fn new(snapshot: JobSnapshot, position: Option<usize>, ready: &[bool]) -> Self {
-        let images = ready
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| **r)
-            .map(|(i, _)| format!("/v1/jobs/{}/images/{i}", snapshot.id))
+    /// Status body from an engine snapshot. Images are published in index order, so
+    /// the ready ones are the first `images_ready`.
+    pub fn new(snapshot: JobSnapshot, position: Option<usize>) -> Self {
+        let images = (0..snapshot.images_ready)
+            .map(|i| format!("/v1/jobs/{}/images/{i}", snapshot.id))
             .collect();
         Self {
             state: snapshot.state.into(),
