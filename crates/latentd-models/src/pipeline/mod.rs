@@ -9,7 +9,5 @@ mod weights;
 pub use denoiser::{Denoiser, ModelInput};
 pub use model_index::{ModelIndex, SUPPORTED_PIPELINES};
 pub use params::GenerationParams;
-pub use stable_diffusion::{
-    from_rgb8, max_abs_diff, to_rgb8, ModelInfo, RgbImage, StableDiffusion,
-};
+pub use stable_diffusion::{max_abs_diff, to_rgb8, ModelInfo, RgbImage, StableDiffusion};
 pub use weights::WeightFiles;

@@ -261,18 +261,6 @@ pub fn to_rgb8(images: &Tensor) -> Result<Vec<RgbImage>> {
     Ok(out)
 }
 
-/// Float images `[n, 3, H, W]` in [0, 1] from 8-bit ones, for tests and img2img inputs.
-pub fn from_rgb8(images: &[RgbImage], device: &Device) -> Result<Tensor> {
-    let mut rows = Vec::with_capacity(images.len());
-    for img in images {
-        let t = Tensor::from_vec(img.data.clone(), (img.height, img.width, 3), device)?
-            .to_dtype(DType::F32)?
-            .permute((2, 0, 1))?;
-        rows.push((t / 255.0)?);
-    }
-    Ok(Tensor::stack(&rows, 0)?)
-}
-
 /// Largest absolute difference between two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     let d = (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?.abs()?;
