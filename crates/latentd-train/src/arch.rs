@@ -47,7 +47,7 @@ impl Default for Architecture {
             vae_channels: vec![16, 32, 64],
             vae_layers_per_block: 1,
             vae_norm_groups: 4,
-            latent_channels: 4,
+            latent_channels: 8,
             unet_channels: vec![48, 96],
             unet_attention: vec![false, true],
             unet_layers_per_block: 1,

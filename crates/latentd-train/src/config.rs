@@ -114,7 +114,7 @@ impl Default for TrainConfig {
             sampler: SamplerConfig::default(),
             arch: Architecture::default(),
             vae: StageConfig {
-                steps: 1200,
+                steps: 2400,
                 batch_size: 8,
                 learning_rate: 2e-3,
                 warmup_steps: 50,
@@ -124,7 +124,7 @@ impl Default for TrainConfig {
             kl_weight: 1e-4,
             foreground_weight: 10.0,
             decoder: StageConfig {
-                steps: 600,
+                steps: 400,
                 batch_size: 8,
                 learning_rate: 5e-4,
                 warmup_steps: 20,
@@ -132,7 +132,7 @@ impl Default for TrainConfig {
                 log_every: 25,
             },
             diffusion: StageConfig {
-                steps: 1800,
+                steps: 7000,
                 batch_size: 32,
                 learning_rate: 1e-3,
                 warmup_steps: 150,
@@ -145,7 +145,7 @@ impl Default for TrainConfig {
             scale_images: 1024,
             ema_decay: 0.999,
             min_snr_gamma: Some(5.0),
-            checkpoint_every: 200,
+            checkpoint_every: 500,
         }
     }
 }
