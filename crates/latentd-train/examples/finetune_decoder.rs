@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let out = PathBuf::from(args.next().ok_or("usage: finetune_decoder OUT_DIR [CONFIG_JSON]")?);
+    let out = PathBuf::from(
+        args.next()
+            .ok_or("usage: finetune_decoder OUT_DIR [CONFIG_JSON]")?,
+    );
     let cfg: latentd_train::TrainConfig = match args.next() {
         Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)?,
         None => latentd_train::TrainConfig::default(),

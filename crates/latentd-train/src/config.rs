@@ -84,8 +84,11 @@ pub struct TrainConfig {
     /// Extra weight of object pixels in the reconstruction loss (background
     /// pixels weigh 1, object pixels `1 + foreground_weight`).
     pub foreground_weight: f64,
-    /// Stage 1b: the decoder fine-tuned on latent means with the encoder frozen.
-    pub decoder: StageConfig,
+    /// Stage 1b: rounds of fine-tuning the decoder on latent means with the encoder
+    /// frozen. Each round starts from the previous one's weights with a fresh
+    /// optimiser, warm-up and cosine decay (a warm restart). The encoder and the
+    /// scaling factor are fixed before this stage, so stage 2 does not depend on it.
+    pub decoder: Vec<StageConfig>,
     /// Stage 2: the UNet and the text encoder.
     pub diffusion: StageConfig,
     /// Share of captions replaced by the empty prompt (for classifier-free guidance).
@@ -106,7 +109,7 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
-    /// The full run (about 45 minutes on two idle CPU cores).
+    /// The full run (about two hours on two idle CPU cores).
     fn default() -> Self {
         Self {
             seed: 20_251_126,
@@ -123,16 +126,26 @@ impl Default for TrainConfig {
             },
             kl_weight: 1e-4,
             foreground_weight: 10.0,
-            decoder: StageConfig {
-                steps: 400,
-                batch_size: 8,
-                learning_rate: 5e-4,
-                warmup_steps: 20,
-                weight_decay: 0.0,
-                log_every: 25,
-            },
+            decoder: vec![
+                StageConfig {
+                    steps: 400,
+                    batch_size: 8,
+                    learning_rate: 5e-4,
+                    warmup_steps: 20,
+                    weight_decay: 0.0,
+                    log_every: 25,
+                },
+                StageConfig {
+                    steps: 1500,
+                    batch_size: 8,
+                    learning_rate: 3e-4,
+                    warmup_steps: 20,
+                    weight_decay: 0.0,
+                    log_every: 50,
+                },
+            ],
             diffusion: StageConfig {
-                steps: 7000,
+                steps: 5400,
                 batch_size: 32,
                 learning_rate: 1e-3,
                 warmup_steps: 150,
@@ -163,14 +176,14 @@ impl TrainConfig {
                 weight_decay: 0.0,
                 log_every: 10,
             },
-            decoder: StageConfig {
+            decoder: vec![StageConfig {
                 steps: 10,
                 batch_size: 4,
                 learning_rate: 1e-3,
                 warmup_steps: 2,
                 weight_decay: 0.0,
                 log_every: 5,
-            },
+            }],
             diffusion: StageConfig {
                 steps: 20,
                 batch_size: 8,
@@ -191,7 +204,9 @@ impl TrainConfig {
     /// Rejects settings that cannot train.
     pub fn check(&self) -> Result<()> {
         self.vae.check("vae")?;
-        self.decoder.check("decoder")?;
+        for round in &self.decoder {
+            round.check("decoder")?;
+        }
         self.diffusion.check("diffusion")?;
         let factor = self.arch.downsampling_factor();
         if !(self.image_size as usize).is_multiple_of(factor) {

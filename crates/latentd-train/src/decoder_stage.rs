@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Var};
 use candle_nn::{AdamW, Optimizer, VarBuilder};
 use latentd_models::AutoencoderKL;
 
-use crate::config::TrainConfig;
+use crate::config::{StageConfig, TrainConfig};
 use crate::data::batch;
 use crate::progress::{Log, StepTracker};
 use crate::report::StageReport;
@@ -24,9 +24,11 @@ fn is_decoder(name: &str) -> bool {
     name.starts_with("decoder.") || name.starts_with("post_quant_conv.")
 }
 
-/// Fine-tunes the decoder of `vae` in place for `cfg.decoder` steps.
+/// Fine-tunes the decoder of `vae` in place for one round (`stage`; every round
+/// draws the same data stream).
 pub(crate) fn finetune_decoder(
     cfg: &TrainConfig,
+    stage: &StageConfig,
     vae: &mut TrainedVae,
     log: &mut Log,
 ) -> Result<StageReport> {
@@ -44,7 +46,6 @@ pub(crate) fn finetune_decoder(
         named.into_iter().map(|(_, var)| var.clone()).collect()
     };
     let parameters = vars.iter().map(|v| v.elem_count()).sum();
-    let stage = &cfg.decoder;
     let mut optimiser = AdamW::new(vars, adamw(stage.learning_rate, stage.weight_decay))?;
     let vb = VarBuilder::from_varmap(&vae.varmap, DType::F32, &device);
     log.line(&format!(

@@ -78,7 +78,11 @@ pub fn train(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<T
     ));
 
     let mut vae = vae_stage::train_vae(cfg, &mut log)?;
-    let decoder = decoder_stage::finetune_decoder(cfg, &mut vae, &mut log)?;
+    let decoder = cfg
+        .decoder
+        .iter()
+        .map(|stage| decoder_stage::finetune_decoder(cfg, stage, &mut vae, &mut log))
+        .collect::<Result<Vec<_>>>()?;
     save::save_component(
         &out.join("vae"),
         &vae.config_json(cfg),
@@ -114,27 +118,31 @@ pub fn train(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<T
     Ok(report)
 }
 
-/// Runs stage 1b alone on the autoencoder saved in `out/vae` and saves it
-/// back: the same computation as inside [`train`] (the decoder stage reads
-/// only stage 1's weights and its own seeded data), for a folder trained
-/// before that stage existed. Appends to `out/train.log`.
+/// Runs the rounds of stage 1b in `cfg.decoder` on the autoencoder saved in
+/// `out/vae` and saves it back: the same computation as inside [`train`] (each
+/// round reads only the previous weights and its own seeded data), for a folder
+/// whose decoder is to be tuned further. Appends to `out/train.log`.
 pub fn finetune_decoder_in(
     cfg: &TrainConfig,
     out: &Path,
     progress: &dyn Progress,
-) -> Result<StageReport> {
+) -> Result<Vec<StageReport>> {
     cfg.check()?;
     let mut log = Log::append(&out.join("train.log"), progress)?;
     let dir = out.join("vae");
     let mut vae = vae_stage::TrainedVae::load(&dir, 0)?;
-    let report = decoder_stage::finetune_decoder(cfg, &mut vae, &mut log)?;
+    let reports = cfg
+        .decoder
+        .iter()
+        .map(|stage| decoder_stage::finetune_decoder(cfg, stage, &mut vae, &mut log))
+        .collect::<Result<Vec<_>>>()?;
     save::save_component(
         &dir,
         &vae.config_json(cfg),
         &vae.varmap,
         "diffusion_pytorch_model.safetensors",
     )?;
-    Ok(report)
+    Ok(reports)
 }
 
 /// Runs stage 2 alone on a folder whose tokenizer and autoencoder are already
@@ -157,6 +165,8 @@ pub fn train_diffusion_in(
                 source,
             })?;
     let vae = vae_stage::TrainedVae::load(&out.join("vae"), 0)?;
+    // The scheduler config describes stage 2's noise schedule.
+    save::save_pipeline_files(out)?;
     let diffusion = train_and_save_diffusion(cfg, out, &vae, &tokenizer, vocab.len(), &mut log)?;
     log.line(&format!("stage 2 done; model in {}", out.display()));
     Ok(diffusion.report)

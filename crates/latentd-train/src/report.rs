@@ -55,8 +55,8 @@ pub struct TrainReport {
     pub vocab_size: usize,
     /// Stage 1.
     pub vae: StageReport,
-    /// Stage 1b (decoder fine-tuning).
-    pub decoder: StageReport,
+    /// Stage 1b (decoder fine-tuning), one report per round.
+    pub decoder: Vec<StageReport>,
     /// The autoencoder's latent scaling factor.
     pub scaling_factor: f64,
     /// Stage 2 (UNet and text encoder together).

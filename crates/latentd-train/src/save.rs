@@ -6,7 +6,7 @@ use candle_nn::VarMap;
 use serde_json::{json, Value};
 
 use crate::error::io;
-use crate::schedule::{BETA_END, BETA_START, TRAIN_TIMESTEPS};
+use crate::schedule::{BETA_END, BETA_SCHEDULE, BETA_START, TRAIN_TIMESTEPS};
 use crate::{Error, Result};
 
 /// Writes `value` as pretty-printed JSON with a final newline.
@@ -36,8 +36,8 @@ pub fn model_index() -> Value {
     })
 }
 
-/// `scheduler/scheduler_config.json`: DDIM over the training noise schedule, as
-/// Stable Diffusion 1.x ships it.
+/// `scheduler/scheduler_config.json`: DDIM over the training noise schedule, with
+/// Stable Diffusion 1.x's other settings.
 pub fn scheduler_config() -> Value {
     json!({
         "_class_name": "DDIMScheduler",
@@ -45,7 +45,7 @@ pub fn scheduler_config() -> Value {
         "num_train_timesteps": TRAIN_TIMESTEPS,
         "beta_start": BETA_START,
         "beta_end": BETA_END,
-        "beta_schedule": "scaled_linear",
+        "beta_schedule": BETA_SCHEDULE,
         "trained_betas": null,
         "clip_sample": false,
         "clip_sample_range": 1.0,
