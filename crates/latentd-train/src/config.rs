@@ -6,6 +6,28 @@ use serde::{Deserialize, Serialize};
 use crate::arch::Architecture;
 use crate::{Error, Result};
 
+/// What the UNet learns to predict (diffusers' `prediction_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    /// The added noise.
+    Epsilon,
+    /// The velocity `sqrt(alpha_bar) noise - sqrt(1 - alpha_bar) x0` (Salimans & Ho,
+    /// 2022): well defined where almost no signal is left, where an epsilon
+    /// network's errors are multiplied by `1 / sqrt(alpha_bar)` in the first steps.
+    VPrediction,
+}
+
+impl Prediction {
+    /// The name diffusers' scheduler configs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Epsilon => "epsilon",
+            Self::VPrediction => "v_prediction",
+        }
+    }
+}
+
 /// Optimisation settings of one stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -91,6 +113,8 @@ pub struct TrainConfig {
     pub decoder: Vec<StageConfig>,
     /// Stage 2: the UNet and the text encoder.
     pub diffusion: StageConfig,
+    /// Stage-2 training target.
+    pub prediction: Prediction,
     /// Share of captions replaced by the empty prompt (for classifier-free guidance).
     pub caption_dropout: f64,
     /// Scenes encoded once by the frozen autoencoder and sampled by stage 2.
@@ -101,7 +125,8 @@ pub struct TrainConfig {
     pub scale_images: usize,
     /// Decay of the exponential moving average of the stage-2 weights that is saved.
     pub ema_decay: f64,
-    /// Min-SNR loss weighting `min(snr, gamma) / snr`, or plain MSE when `None`.
+    /// Min-SNR loss weighting (`min(snr, gamma) / snr` for epsilon, `/ (snr + 1)` for
+    /// v), or plain MSE when `None`.
     pub min_snr_gamma: Option<f64>,
     /// Stage-2 steps between checkpoints of the averaged weights into the output
     /// folder (a loadable pipeline while training goes on); 0 for none.
@@ -145,13 +170,14 @@ impl Default for TrainConfig {
                 },
             ],
             diffusion: StageConfig {
-                steps: 5400,
+                steps: 2800,
                 batch_size: 32,
                 learning_rate: 1e-3,
                 warmup_steps: 150,
                 weight_decay: 0.0,
                 log_every: 25,
             },
+            prediction: Prediction::VPrediction,
             caption_dropout: 0.1,
             latent_examples: 20_000,
             tokenizer_captions: 20_000,

@@ -10,7 +10,7 @@ use latentd_demo::Rng;
 use latentd_models::text::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use latentd_models::{AutoencoderKL, UNet2DConditionConfig, UNet2DConditionModel};
 
-use crate::config::TrainConfig;
+use crate::config::{Prediction, TrainConfig};
 use crate::data::{batch, normal};
 use crate::progress::{Log, StepTracker};
 use crate::report::StageReport;
@@ -244,14 +244,24 @@ pub(crate) fn train_diffusion(
         let unet = UNet2DConditionModel::new(unet_vb.clone(), &unet_cfg)?;
         let context = text.forward(&ids)?;
         let prediction = unet.forward(&xt, &timestep_tensor(&timesteps, &device)?, &context)?;
-        let per_row = (prediction - &noise)?.sqr()?.flatten_from(1)?.mean(1)?;
+        let target = match cfg.prediction {
+            Prediction::Epsilon => noise.clone(),
+            Prediction::VPrediction => schedule.velocity(&x0, &noise, &timesteps)?,
+        };
+        let per_row = (prediction - &target)?.sqr()?.flatten_from(1)?.mean(1)?;
         let loss = match cfg.min_snr_gamma {
             Some(gamma) => {
                 let weights: Vec<f32> = timesteps
                     .iter()
                     .map(|&t| {
+                        // min(snr, gamma) / snr on the epsilon loss; the v loss
+                        // weighs each step snr + 1 times more, so divide by that.
                         let snr = schedule.snr(t);
-                        (snr.min(gamma) / snr) as f32
+                        let scale = match cfg.prediction {
+                            Prediction::Epsilon => snr,
+                            Prediction::VPrediction => snr + 1.0,
+                        };
+                        (snr.min(gamma) / scale) as f32
                     })
                     .collect();
                 (per_row * Tensor::from_vec(weights, b, &device)?)?.mean_all()?

@@ -33,7 +33,7 @@ use latentd_demo::{caption, sample_split, Rng, Split};
 use latentd_models::text::ClipTokenizer;
 
 pub use arch::Architecture;
-pub use config::{StageConfig, TrainConfig};
+pub use config::{Prediction, StageConfig, TrainConfig};
 pub use error::{Error, Result};
 pub use eval::{
     evaluate, evaluate_pipeline, reconstruction, reconstruction_psnr, AttributeScore, EvalReport,
@@ -89,7 +89,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<T
         &vae.varmap,
         "diffusion_pytorch_model.safetensors",
     )?;
-    save::save_pipeline_files(out)?;
+    save::save_pipeline_files(out, cfg.prediction)?;
 
     let diffusion =
         train_and_save_diffusion(cfg, out, &vae, &tokenizer, vocabulary.len(), &mut log)?;
@@ -166,7 +166,7 @@ pub fn train_diffusion_in(
             })?;
     let vae = vae_stage::TrainedVae::load(&out.join("vae"), 0)?;
     // The scheduler config describes stage 2's noise schedule.
-    save::save_pipeline_files(out)?;
+    save::save_pipeline_files(out, cfg.prediction)?;
     let diffusion = train_and_save_diffusion(cfg, out, &vae, &tokenizer, vocab.len(), &mut log)?;
     log.line(&format!("stage 2 done; model in {}", out.display()));
     Ok(diffusion.report)

@@ -5,6 +5,7 @@ use std::path::Path;
 use candle_nn::VarMap;
 use serde_json::{json, Value};
 
+use crate::config::Prediction;
 use crate::error::io;
 use crate::schedule::{BETA_END, BETA_SCHEDULE, BETA_START, TRAIN_TIMESTEPS};
 use crate::{Error, Result};
@@ -38,7 +39,7 @@ pub fn model_index() -> Value {
 
 /// `scheduler/scheduler_config.json`: DDIM over the training noise schedule, with
 /// Stable Diffusion 1.x's other settings.
-pub fn scheduler_config() -> Value {
+pub fn scheduler_config(prediction: Prediction) -> Value {
     json!({
         "_class_name": "DDIMScheduler",
         "_diffusers_version": "0.30.0",
@@ -51,7 +52,7 @@ pub fn scheduler_config() -> Value {
         "clip_sample_range": 1.0,
         "set_alpha_to_one": false,
         "steps_offset": 1,
-        "prediction_type": "epsilon",
+        "prediction_type": prediction.as_str(),
         "thresholding": false,
         "dynamic_thresholding_ratio": 0.995,
         "sample_max_value": 1.0,
@@ -69,12 +70,12 @@ pub fn save_component(dir: &Path, config: &Value, varmap: &VarMap, weights: &str
 }
 
 /// Writes the pipeline-level files: `model_index.json` and the scheduler.
-pub fn save_pipeline_files(out: &Path) -> Result<()> {
+pub fn save_pipeline_files(out: &Path, prediction: Prediction) -> Result<()> {
     write_json(&out.join("model_index.json"), &model_index())?;
     let scheduler = out.join("scheduler");
     std::fs::create_dir_all(&scheduler).map_err(io(&scheduler))?;
     write_json(
         &scheduler.join("scheduler_config.json"),
-        &scheduler_config(),
+        &scheduler_config(prediction),
     )
 }

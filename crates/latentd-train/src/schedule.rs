@@ -82,6 +82,17 @@ impl NoiseSchedule {
     /// `x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise`, one timestep per
     /// row of `x0` `[B, ...]`.
     pub fn add_noise(&self, x0: &Tensor, noise: &Tensor, timesteps: &[usize]) -> Result<Tensor> {
+        self.mix(x0, noise, timesteps)
+    }
+
+    /// The velocity `v_t = sqrt(alpha_bar_t) noise - sqrt(1 - alpha_bar_t) x_0`, one
+    /// timestep per row (diffusers' `get_velocity`).
+    pub fn velocity(&self, x0: &Tensor, noise: &Tensor, timesteps: &[usize]) -> Result<Tensor> {
+        self.mix(&noise.clone(), &x0.neg()?, timesteps)
+    }
+
+    /// `sqrt(alpha_bar_t) a + sqrt(1 - alpha_bar_t) b` per row.
+    fn mix(&self, x0: &Tensor, noise: &Tensor, timesteps: &[usize]) -> Result<Tensor> {
         let (signal, sigma): (Vec<f32>, Vec<f32>) = timesteps
             .iter()
             .map(|&t| {
@@ -141,6 +152,24 @@ mod tests {
             "{}",
             s.alpha_bar(999)
         );
+    }
+
+    #[test]
+    fn velocity_per_row() {
+        let dev = Device::Cpu;
+        let s = NoiseSchedule::default();
+        let x0 = Tensor::ones((2, 3), candle_core::DType::F32, &dev).unwrap();
+        let noise = (x0.clone() * 2.0).unwrap();
+        let v = s
+            .velocity(&x0, &noise, &[10, 900])
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (row, t) in [(0, 10), (1, 900)] {
+            let a = s.alpha_bar(t);
+            let want = 2.0 * a.sqrt() - (1.0 - a).sqrt();
+            assert!((f64::from(v[row][1]) - want).abs() < 1e-6, "{t}");
+        }
     }
 
     #[test]
