@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Smoke test of a built `latentd` binary the way the container runs it: start
 # `latentd serve` on a free port, probe it with the image's health check, generate one
-# PNG over HTTP, then send SIGTERM and expect a clean, graceful exit.
+# PNG over HTTP, then send SIGTERM and expect a clean, graceful exit. Without MODEL_DIR
+# it serves the built-in model, as the container's default command does.
 #
 #   scripts/smoke-test.sh PATH/TO/latentd [MODEL_DIR]
 set -euo pipefail
 
 bin="${1:?usage: smoke-test.sh PATH/TO/latentd [MODEL_DIR]}"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-model="${2:-tests/fixtures/sd1-tiny}"
 work="$(mktemp -d)"
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+model_args=()
+if [[ -n "${2:-}" ]]; then model_args=(--model "$2"); fi
 
 "$bin" --version
-"$bin" serve --model "$model" --port 0 --shutdown-grace-secs 20 >"$work/out" 2>"$work/err" &
+LATENTD_CACHE_DIR="$work/cache" "$bin" serve "${model_args[@]}" --port 0 --shutdown-grace-secs 20 \
+  >"$work/out" 2>"$work/err" &
 pid=$!
 
 port=""
