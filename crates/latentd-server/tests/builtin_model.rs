@@ -3,93 +3,24 @@
 //! loading the same files, gives the same images (`tests/fixtures/refs/demo.*`, recorded
 //! by `tests/fixtures/demo_reference.py`); `latentd generate` with no `--model` uses it.
 
-use std::collections::HashMap;
+#[path = "../../latentd-models/tests/common/pipeline_runs.rs"]
+mod pipeline_runs;
+
 use std::path::PathBuf;
 use std::process::Command;
 
-use candle_core::{Device, Tensor};
-use latentd_models::pipeline::{max_abs_diff, GenerationParams, StableDiffusion};
+use candle_core::Device;
+use latentd_models::pipeline::{GenerationParams, StableDiffusion};
 use latentd_models::schedulers::SchedulerKind;
 use latentd_server::builtin;
-use serde_json::Value;
-
-fn refs() -> (Value, HashMap<String, Tensor>) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/refs");
-    let json: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("demo.json")).unwrap()).unwrap();
-    let tensors =
-        candle_core::safetensors::load(dir.join("demo.safetensors"), &Device::Cpu).unwrap();
-    (json, tensors)
-}
-
-fn params(run: &Value) -> GenerationParams {
-    GenerationParams {
-        prompt: run["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: run["negative_prompt"].as_str().map(str::to_string),
-        width: run["width"].as_u64().unwrap() as usize,
-        height: run["height"].as_u64().unwrap() as usize,
-        steps: run["steps"].as_u64().unwrap() as usize,
-        guidance_scale: run["guidance_scale"].as_f64().unwrap(),
-        scheduler: run["scheduler"]
-            .as_str()
-            .unwrap()
-            .parse::<SchedulerKind>()
-            .unwrap(),
-        seed: run["seed"].as_u64().unwrap(),
-        n: run["n"].as_u64().unwrap() as usize,
-        eta: run["eta"].as_f64().unwrap(),
-    }
-}
 
 #[test]
 fn builtin_model_matches_diffusers_on_the_same_folder() {
     let dir = builtin::unpack().unwrap();
     let pipe = StableDiffusion::load_named(&dir, builtin::MODEL_NAME, &Device::Cpu).unwrap();
     assert_eq!(pipe.info().name, "latentd-demo");
-    let (json, tensors) = refs();
-    for run in json["runs"].as_array().unwrap() {
-        let id = run["id"].as_str().unwrap();
-        let p = params(run);
-        let latents = pipe.generate_latents(&p, |_, _| {}).unwrap();
-        let want = &tensors[&format!("{id}.latents")];
-        let scale = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .max(1.0);
-        let err = max_abs_diff(&latents, want).unwrap();
-        println!(
-            "{id} ({}): latents max abs err {err:.2e} (scale {scale:.1})",
-            p.scheduler
-        );
-        assert!(err <= 1e-4 * scale, "{id}: latents differ by {err}");
-        let ours: Vec<u8> = pipe
-            .decode(&latents)
-            .unwrap()
-            .into_iter()
-            .flat_map(|i| i.data)
-            .collect();
-        let theirs = tensors[&format!("{id}.images")]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(ours.len(), theirs.len());
-        let worst = ours
-            .iter()
-            .zip(&theirs)
-            .map(|(&a, &b)| (a as f32 / 255.0 - b).abs())
-            .fold(0f32, f32::max);
-        println!("{id}: max pixel diff {:.2}/255", worst * 255.0);
-        assert!(
-            worst <= 2.0 / 255.0,
-            "{id}: pixels differ by {}/255",
-            worst * 255.0
-        );
-    }
+    let refs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/refs");
+    pipeline_runs::check_reference_runs(&pipe, &refs, "demo");
 }
 
 /// `latentd generate` without `--model` uses the embedded model, and the same seed gives

@@ -1,0 +1,90 @@
+//! Whole pipeline runs against diffusers' recorded `refs/{name}.*` (the `runs` of
+//! tests/fixtures/FORMAT.md): same seed, prompt, scheduler and guidance -> the same
+//! latents and pixels. Shared by latentd-models' fixture tests and latentd-server's
+//! built-in model test (included there by path).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use latentd_models::pipeline::{max_abs_diff, GenerationParams, StableDiffusion};
+use latentd_models::schedulers::SchedulerKind;
+use serde_json::Value;
+
+fn load_refs(dir: &Path, name: &str) -> (Value, HashMap<String, Tensor>) {
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap())
+            .unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.join(format!("{name}.safetensors")), &Device::Cpu)
+            .unwrap();
+    (json, tensors)
+}
+
+fn params(run: &Value) -> GenerationParams {
+    GenerationParams {
+        prompt: run["prompt"].as_str().unwrap().to_string(),
+        negative_prompt: run["negative_prompt"].as_str().map(str::to_string),
+        width: run["width"].as_u64().unwrap() as usize,
+        height: run["height"].as_u64().unwrap() as usize,
+        steps: run["steps"].as_u64().unwrap() as usize,
+        guidance_scale: run["guidance_scale"].as_f64().unwrap(),
+        scheduler: run["scheduler"]
+            .as_str()
+            .unwrap()
+            .parse::<SchedulerKind>()
+            .unwrap(),
+        seed: run["seed"].as_u64().unwrap(),
+        n: run["n"].as_u64().unwrap() as usize,
+        eta: run["eta"].as_f64().unwrap(),
+    }
+}
+
+/// Runs every recorded run of `refs_dir/{name}.*` on `pipe` and asserts final latents
+/// within 1e-4 of their scale and pixels within 2/255 of diffusers'.
+pub fn check_reference_runs(pipe: &StableDiffusion, refs_dir: &Path, name: &str) {
+    let (json, refs) = load_refs(refs_dir, name);
+    let runs = json["runs"].as_array().unwrap();
+    assert!(!runs.is_empty());
+    for run in runs {
+        let id = run["id"].as_str().unwrap();
+        let p = params(run);
+        let latents = pipe.generate_latents(&p, |_, _| {}).unwrap();
+        let want = &refs[&format!("{id}.latents")];
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1.0);
+        let err = max_abs_diff(&latents, want).unwrap();
+        println!(
+            "{name} {id} ({}): final latents max abs err {err:.2e} (scale {scale:.1})",
+            p.scheduler
+        );
+        assert!(err <= 1e-4 * scale, "{name} {id}: latents differ by {err}");
+
+        // Pixels: diffusers' float images in [0,1], NHWC; ours are 8-bit.
+        let images = pipe.decode(&latents).unwrap();
+        let want = refs[&format!("{id}.images")]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let ours: Vec<u8> = images.iter().flat_map(|i| i.data.iter().copied()).collect();
+        assert_eq!(ours.len(), want.len());
+        let worst = ours
+            .iter()
+            .zip(&want)
+            .map(|(&a, &b)| (a as f32 / 255.0 - b).abs())
+            .fold(0f32, f32::max);
+        println!("{name} {id}: max pixel diff {:.2}/255", worst * 255.0);
+        assert!(
+            worst <= 2.0 / 255.0,
+            "{name} {id}: pixels differ by {}/255",
+            worst * 255.0
+        );
+    }
+}
