@@ -10,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .ok_or("usage: train_diffusion OUT_DIR [CONFIG_JSON]")?,
     );
     let cfg: latentd_train::TrainConfig = match args.next() {
-        Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)?,
+        Some(path) => latentd_train::TrainConfig::from_file(path.as_ref())?,
         None => latentd_train::TrainConfig::default(),
     };
     let report = latentd_train::train_diffusion_in(&cfg, &out, &latentd_train::Bars::new())?;

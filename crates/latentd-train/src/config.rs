@@ -190,6 +190,15 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Reads a JSON configuration; missing keys take the defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(crate::error::io(path))?;
+        serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
     /// A smoke test: tiny networks, a few steps, seconds of CPU time.
     pub fn quick() -> Self {
         Self {

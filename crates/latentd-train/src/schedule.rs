@@ -88,11 +88,11 @@ impl NoiseSchedule {
     /// The velocity `v_t = sqrt(alpha_bar_t) noise - sqrt(1 - alpha_bar_t) x_0`, one
     /// timestep per row (diffusers' `get_velocity`).
     pub fn velocity(&self, x0: &Tensor, noise: &Tensor, timesteps: &[usize]) -> Result<Tensor> {
-        self.mix(&noise.clone(), &x0.neg()?, timesteps)
+        self.mix(noise, &x0.neg()?, timesteps)
     }
 
-    /// `sqrt(alpha_bar_t) a + sqrt(1 - alpha_bar_t) b` per row.
-    fn mix(&self, x0: &Tensor, noise: &Tensor, timesteps: &[usize]) -> Result<Tensor> {
+    /// `sqrt(alpha_bar_t) a + sqrt(1 - alpha_bar_t) b`, one timestep per row of `a`.
+    fn mix(&self, a: &Tensor, b: &Tensor, timesteps: &[usize]) -> Result<Tensor> {
         let (signal, sigma): (Vec<f32>, Vec<f32>) = timesteps
             .iter()
             .map(|&t| {
@@ -100,10 +100,10 @@ impl NoiseSchedule {
                 (a.sqrt() as f32, (1.0 - a).sqrt() as f32)
             })
             .unzip();
-        let shape = per_row_shape(x0)?;
-        let signal = Tensor::from_vec(signal, shape.as_slice(), x0.device())?;
-        let sigma = Tensor::from_vec(sigma, shape.as_slice(), x0.device())?;
-        Ok((x0.broadcast_mul(&signal)? + noise.broadcast_mul(&sigma)?)?)
+        let shape = per_row_shape(a)?;
+        let signal = Tensor::from_vec(signal, shape.as_slice(), a.device())?;
+        let sigma = Tensor::from_vec(sigma, shape.as_slice(), a.device())?;
+        Ok((a.broadcast_mul(&signal)? + b.broadcast_mul(&sigma)?)?)
     }
 }
 

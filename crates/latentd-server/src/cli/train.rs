@@ -25,13 +25,10 @@ pub fn run(args: TrainDemoArgs) -> i32 {
     let cfg = if args.quick {
         TrainConfig::quick()
     } else if let Some(path) = &args.config {
-        let parsed = std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|text| serde_json::from_str::<TrainConfig>(&text).map_err(|e| e.to_string()));
-        match parsed {
+        match TrainConfig::from_file(path) {
             Ok(cfg) => cfg,
             Err(e) => {
-                eprintln!("error: cannot read training config {}: {e}", path.display());
+                eprintln!("error: cannot read training config {e}");
                 return super::EXIT_USAGE;
             }
         }
