@@ -172,8 +172,8 @@ impl Checkpoints<'_> {
     }
 }
 
-/// Trains the UNet and the text encoder jointly: DDPM noising with Stable
-/// Diffusion's schedule, epsilon-prediction MSE (optionally min-SNR weighted),
+/// Trains the UNet and the text encoder jointly: DDPM noising with the configured
+/// schedule, MSE on the configured target (optionally min-SNR weighted),
 /// `caption_dropout` of the captions replaced by the empty prompt. The saved
 /// weights are the exponential moving average.
 pub(crate) fn train_diffusion(

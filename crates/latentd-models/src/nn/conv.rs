@@ -1,6 +1,7 @@
 //! `torch.nn.Conv2d` with a bias and a square kernel. Stride-1 "same"
 //! convolutions on CPU in `f32` run as one im2col plus one matrix product with
-//! the weight used as stored; everything else goes through candle's `conv2d`.
+//! the weight used as stored (their backward pass is a col2im and matrix
+//! products); everything else goes through candle's `conv2d`.
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -54,12 +55,9 @@ impl Conv2d {
         })
     }
 
-    /// The fast kernel has no backward pass: it serves inference only, and training
-    /// (inputs or weights that track gradients) takes candle's differentiable path.
+    /// Whether `xs` takes the im2col path (differentiable: training uses it too).
     fn uses_im2col(&self, xs: &Tensor) -> bool {
-        !xs.track_op()
-            && !self.weight_2d.track_op()
-            && self.stride == 1
+        self.stride == 1
             && 2 * self.padding + 1 == self.kernel
             && xs.device().is_cpu()
             && xs.dtype() == DType::F32
@@ -105,7 +103,7 @@ impl Conv2d {
             kernel: self.kernel,
             padding: self.padding,
         };
-        let cols = xs.contiguous()?.apply_op1_no_bwd(&op)?;
+        let cols = xs.contiguous()?.apply_op1(op)?;
         // [out, B * H * W] -> [B, out, H * W] (a strided view until the bias add).
         let out_channels = self.weight_2d.dim(0)?;
         let ys = self
@@ -169,6 +167,50 @@ mod tests {
                     .to_scalar::<f32>()
                     .unwrap();
                 assert!(err < 1e-5, "{cin}->{cout} k{k} s{stride}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn im2col_path_has_candle_conv2d_gradients() {
+        let dev = Device::Cpu;
+        for (cin, cout, k, pad, h, w) in
+            [(3, 5, 3, 1, 7, 6), (2, 3, 5, 2, 4, 9), (2, 2, 3, 1, 1, 1)]
+        {
+            let map = VarMap::new();
+            let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
+            let conv = Conv2d::new(vb, cin, cout, k, 1, pad).unwrap();
+            for var in map.all_vars() {
+                var.set(&Tensor::randn(0f32, 1., var.shape(), &dev).unwrap())
+                    .unwrap();
+            }
+            let xs = candle_core::Var::randn(0f32, 1., (3, cin, h, w), &dev).unwrap();
+            assert!(conv.uses_im2col(xs.as_tensor()));
+            let probe = Tensor::randn(0f32, 1., (3, cout, h, w), &dev).unwrap();
+            let grads = |ys: Tensor| {
+                let loss = (ys * &probe).unwrap().sum_all().unwrap();
+                let grads = loss.backward().unwrap();
+                let mut all = vec![grads.get(xs.as_tensor()).unwrap().clone()];
+                for var in map.all_vars() {
+                    all.push(grads.get(var.as_tensor()).unwrap().clone());
+                }
+                all
+            };
+            let want = grads(conv.generic.forward(xs.as_tensor()).unwrap());
+            for max_cols in [1, usize::MAX] {
+                let got = grads(conv.forward_limited(xs.as_tensor(), max_cols).unwrap());
+                for (g, e) in got.iter().zip(&want) {
+                    assert_eq!(g.dims(), e.dims());
+                    let err = (g - e)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert!(err < 1e-4, "{cin}->{cout} k{k}: gradient error {err}");
+                }
             }
         }
     }

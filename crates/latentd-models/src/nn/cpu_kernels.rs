@@ -1,5 +1,6 @@
 //! Fused CPU kernels for the two hottest non-matmul operations of the UNet:
-//! im2col for stride-1 convolutions and group norm (+ SiLU).
+//! im2col for stride-1 convolutions (with its adjoint, col2im, as its backward
+//! pass) and group norm (+ SiLU).
 //!
 //! Both are `f32`-only custom ops; callers fall back to candle's generic ops on
 //! other devices and dtypes.
@@ -75,6 +76,94 @@ impl CustomOp1 for Im2Col {
             }
         });
         Ok((CpuStorage::F32(dst), Shape::from((c * k * k, n))))
+    }
+
+    /// The gradient of an unfolding is the folding of its gradient ([`Col2Im`]).
+    fn bwd(
+        &self,
+        arg: &candle_core::Tensor,
+        _res: &candle_core::Tensor,
+        grad_res: &candle_core::Tensor,
+    ) -> candle_core::Result<Option<candle_core::Tensor>> {
+        let (batch, channels, height, width) = arg.dims4()?;
+        let fold = Col2Im {
+            kernel: self.kernel,
+            padding: self.padding,
+            batch,
+            channels,
+            height,
+            width,
+        };
+        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&fold)?))
+    }
+}
+
+/// The adjoint of [`Im2Col`]: folds a `[C * k * k, B * H * W]` matrix back into
+/// `[B, C, H, W]`, summing every entry into the input pixel it was copied from
+/// (the input gradient of a convolution computed through im2col).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Col2Im {
+    pub kernel: usize,
+    pub padding: usize,
+    pub batch: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "col2im"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(storage, layout, self.name())?;
+        let (k, p) = (self.kernel, self.padding);
+        let (b, c, h, w) = (self.batch, self.channels, self.height, self.width);
+        let n = b * h * w;
+        if layout.shape().dims() != [c * k * k, n] || 2 * p + 1 != k {
+            candle_core::bail!(
+                "col2im: {:?} is not the unfolding of [{b}, {c}, {h}, {w}] by a {k}x{k} kernel with padding {p}",
+                layout.shape().dims()
+            );
+        }
+        let shape = Shape::from((b, c, h, w));
+        let mut dst = vec![0f32; b * c * h * w];
+        if dst.is_empty() {
+            return Ok((CpuStorage::F32(dst), shape));
+        }
+        // Each output plane (image, channel) is written only by its own k * k rows.
+        dst.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(plane, out)| {
+                let (bi, ch) = (plane / c, plane % c);
+                for i in 0..k {
+                    for j in 0..k {
+                        let row = &src[((ch * k + i) * k + j) * n..][..n];
+                        let x0 = p.saturating_sub(j);
+                        let x1 = (w + p).saturating_sub(j).min(w);
+                        if x0 >= x1 {
+                            continue;
+                        }
+                        for y in 0..h {
+                            let sy = y + i;
+                            if sy < p || sy - p >= h {
+                                continue;
+                            }
+                            let from = &row[(bi * h + y) * w..][..w];
+                            let to = &mut out[(sy - p) * w..][..w];
+                            for x in x0..x1 {
+                                to[x + j - p] += from[x];
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dst), shape))
     }
 }
 
