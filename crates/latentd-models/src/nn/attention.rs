@@ -442,6 +442,7 @@ impl SpatialSelfAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::max_abs_diff;
     use candle_core::Device;
 
     /// Plain multi-head attention with split heads, as a reference.
@@ -478,14 +479,7 @@ mod tests {
         let want = reference(&q, &k, &v, heads);
         for max_scores in [1, 2 * 7 * 5, usize::MAX] {
             let got = attend_chunked(&q, &k, &v, heads, d, max_scores).unwrap();
-            let err = (got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let err = max_abs_diff(&got, &want).unwrap();
             assert!(err < 1e-5, "max_scores {max_scores}: {err}");
         }
     }

@@ -122,6 +122,7 @@ impl Conv2d {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::max_abs_diff;
     use candle_core::Device;
     use candle_nn::VarMap;
 
@@ -158,14 +159,7 @@ mod tests {
             for max_cols in [1, usize::MAX] {
                 let got = conv.forward_limited(&xs, max_cols).unwrap();
                 assert_eq!(got.dims(), want.dims());
-                let err = (got - &want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let err = max_abs_diff(&got, &want).unwrap();
                 assert!(err < 1e-5, "{cin}->{cout} k{k} s{stride}: {err}");
             }
         }
@@ -201,14 +195,7 @@ mod tests {
                 let got = grads(conv.forward_limited(xs.as_tensor(), max_cols).unwrap());
                 for (g, e) in got.iter().zip(&want) {
                     assert_eq!(g.dims(), e.dims());
-                    let err = (g - e)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap();
+                    let err = max_abs_diff(g, e).unwrap();
                     assert!(err < 1e-4, "{cin}->{cout} k{k}: gradient error {err}");
                 }
             }

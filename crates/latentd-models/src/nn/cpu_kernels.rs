@@ -23,6 +23,44 @@ fn contiguous_f32<'a>(
     }
 }
 
+/// Kernel tap `(i, j)` of a stride-1 `k x k` convolution with padding `p` on
+/// `h x w` planes: output pixel `(y, x)` reads input pixel `(y + i - p, x + j - p)`
+/// where that lies inside the plane.
+#[derive(Debug, Clone, Copy)]
+struct Tap {
+    i: usize,
+    j: usize,
+    p: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Tap {
+    /// Tap `offset = i * k + j`.
+    fn new(offset: usize, k: usize, p: usize, h: usize, w: usize) -> Self {
+        let (i, j) = (offset / k, offset % k);
+        Self { i, j, p, h, w }
+    }
+
+    /// The output columns whose input column is inside the plane.
+    fn columns(self) -> std::ops::Range<usize> {
+        let start = self.p.saturating_sub(self.j);
+        let end = (self.w + self.p).saturating_sub(self.j).min(self.w);
+        start..end.max(start)
+    }
+
+    /// The input columns those output columns read, in the same order.
+    fn source_columns(self) -> std::ops::Range<usize> {
+        let columns = self.columns();
+        columns.start + self.j - self.p..columns.end + self.j - self.p
+    }
+
+    /// The input row that output row `y` reads, if inside the plane.
+    fn source_row(self, y: usize) -> Option<usize> {
+        (y + self.i).checked_sub(self.p).filter(|&row| row < self.h)
+    }
+}
+
 /// Unfolds `[B, C, H, W]` into the `[C * k * k, B * H * W]` matrix of a stride-1,
 /// zero-padded `k x k` convolution with "same"-style padding `p`: row
 /// `(c * k + i) * k + j`, column `(b * H + y) * W + x` holds `input[b, c, y + i - p, x + j - p]`
@@ -55,23 +93,20 @@ impl CustomOp1 for Im2Col {
             return Ok((CpuStorage::F32(dst), Shape::from((c * k * k, n))));
         }
         dst.par_chunks_mut(n).enumerate().for_each(|(row, out)| {
-            let (ch, i, j) = (row / (k * k), (row / k) % k, row % k);
-            // Output columns x with 0 <= x + j - p < w.
-            let x0 = p.saturating_sub(j);
-            let x1 = (w + p).saturating_sub(j).min(w);
-            if x0 >= x1 {
+            let ch = row / (k * k);
+            let tap = Tap::new(row % (k * k), k, p, h, w);
+            if tap.columns().is_empty() {
                 return;
             }
             for bi in 0..b {
                 let plane = &src[(bi * c + ch) * h * w..][..h * w];
                 for y in 0..h {
-                    let sy = y + i;
-                    if sy < p || sy - p >= h {
+                    let Some(sy) = tap.source_row(y) else {
                         continue;
-                    }
-                    let src_row = &plane[(sy - p) * w..][..w];
+                    };
+                    let src_row = &plane[sy * w..][..w];
                     let dst_row = &mut out[(bi * h + y) * w..][..w];
-                    dst_row[x0..x1].copy_from_slice(&src_row[x0 + j - p..x1 + j - p]);
+                    dst_row[tap.columns()].copy_from_slice(&src_row[tap.source_columns()]);
                 }
             }
         });
@@ -141,24 +176,17 @@ impl CustomOp1 for Col2Im {
             .enumerate()
             .for_each(|(plane, out)| {
                 let (bi, ch) = (plane / c, plane % c);
-                for i in 0..k {
-                    for j in 0..k {
-                        let row = &src[((ch * k + i) * k + j) * n..][..n];
-                        let x0 = p.saturating_sub(j);
-                        let x1 = (w + p).saturating_sub(j).min(w);
-                        if x0 >= x1 {
+                for offset in 0..k * k {
+                    let tap = Tap::new(offset, k, p, h, w);
+                    let row = &src[(ch * k * k + offset) * n..][..n];
+                    for y in 0..h {
+                        let Some(sy) = tap.source_row(y) else {
                             continue;
-                        }
-                        for y in 0..h {
-                            let sy = y + i;
-                            if sy < p || sy - p >= h {
-                                continue;
-                            }
-                            let from = &row[(bi * h + y) * w..][..w];
-                            let to = &mut out[(sy - p) * w..][..w];
-                            for x in x0..x1 {
-                                to[x + j - p] += from[x];
-                            }
+                        };
+                        let from = &row[(bi * h + y) * w..][tap.columns()];
+                        let to = &mut out[sy * w..][tap.source_columns()];
+                        for (to, from) in to.iter_mut().zip(from) {
+                            *to += from;
                         }
                     }
                 }

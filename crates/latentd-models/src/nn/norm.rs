@@ -95,16 +95,7 @@ mod tests {
         assert!(norm.host.is_some());
         let xs = (Tensor::randn(0f32, 3., (2, c, 5, 7), &dev).unwrap() + 1.5).unwrap();
         let want = norm.generic.forward(&xs).unwrap();
-        let max_err = |a: Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let max_err = |a: Tensor, b: &Tensor| crate::pipeline::max_abs_diff(&a, b).unwrap();
         assert!(max_err(norm.forward(&xs).unwrap(), &want) < 1e-5);
         let want_silu = want.silu().unwrap();
         assert!(max_err(norm.forward_silu(&xs).unwrap(), &want_silu) < 1e-5);

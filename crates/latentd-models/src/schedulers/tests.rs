@@ -187,16 +187,7 @@ fn noise_is_drawn_only_where_diffusers_draws_it() {
         let b = run(again.as_mut(), &mut TorchRng::new(5));
         let mut other = build_scheduler(kind, &config, 4, eta).unwrap();
         let c = run(other.as_mut(), &mut TorchRng::new(6));
-        let diff = |x: &Tensor, y: &Tensor| {
-            (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let diff = |x: &Tensor, y: &Tensor| crate::pipeline::max_abs_diff(x, y).unwrap();
         assert_eq!(diff(&a, &b), 0.0, "{kind}");
         assert_eq!(diff(&a, &c) > 0.0, draws, "{kind}");
     }
