@@ -170,7 +170,7 @@ impl Default for TrainConfig {
                 },
             ],
             diffusion: StageConfig {
-                steps: 2800,
+                steps: 9000,
                 batch_size: 32,
                 learning_rate: 1e-3,
                 warmup_steps: 150,
@@ -179,7 +179,7 @@ impl Default for TrainConfig {
             },
             prediction: Prediction::VPrediction,
             caption_dropout: 0.1,
-            latent_examples: 20_000,
+            latent_examples: 40_000,
             tokenizer_captions: 20_000,
             scale_images: 1024,
             ema_decay: 0.999,
