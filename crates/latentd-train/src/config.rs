@@ -128,6 +128,9 @@ pub struct TrainConfig {
     /// Min-SNR loss weighting (`min(snr, gamma) / snr` for epsilon, `/ (snr + 1)` for
     /// v), or plain MSE when `None`.
     pub min_snr_gamma: Option<f64>,
+    /// Lower bound of the min-SNR weight on the x0 error (see
+    /// [`crate::schedule::NoiseSchedule::loss_weight`]); 0 for plain min-SNR.
+    pub min_snr_floor: f64,
     /// Stage-2 steps between checkpoints of the averaged weights into the output
     /// folder (a loadable pipeline while training goes on); 0 for none.
     pub checkpoint_every: usize,
@@ -184,6 +187,7 @@ impl Default for TrainConfig {
             scale_images: 1024,
             ema_decay: 0.999,
             min_snr_gamma: Some(5.0),
+            min_snr_floor: 0.0,
             checkpoint_every: 500,
         }
     }

@@ -173,7 +173,8 @@ impl Checkpoints<'_> {
 }
 
 /// Trains the UNet and the text encoder jointly: DDPM noising with the configured
-/// schedule, MSE on the configured target (optionally min-SNR weighted),
+/// schedule, MSE on the configured target weighted per timestep
+/// ([`NoiseSchedule::loss_weight`]),
 /// `caption_dropout` of the captions replaced by the empty prompt. The saved
 /// weights are the exponential moving average.
 pub(crate) fn train_diffusion(
@@ -249,25 +250,13 @@ pub(crate) fn train_diffusion(
             Prediction::VPrediction => schedule.velocity(&x0, &noise, &timesteps)?,
         };
         let per_row = (prediction - &target)?.sqr()?.flatten_from(1)?.mean(1)?;
-        let loss = match cfg.min_snr_gamma {
-            Some(gamma) => {
-                let weights: Vec<f32> = timesteps
-                    .iter()
-                    .map(|&t| {
-                        // min(snr, gamma) / snr on the epsilon loss; the v loss
-                        // weighs each step snr + 1 times more, so divide by that.
-                        let snr = schedule.snr(t);
-                        let scale = match cfg.prediction {
-                            Prediction::Epsilon => snr,
-                            Prediction::VPrediction => snr + 1.0,
-                        };
-                        (snr.min(gamma) / scale) as f32
-                    })
-                    .collect();
-                (per_row * Tensor::from_vec(weights, b, &device)?)?.mean_all()?
-            }
-            None => per_row.mean_all()?,
-        };
+        let weights: Vec<f32> = timesteps
+            .iter()
+            .map(|&t| {
+                schedule.loss_weight(t, cfg.prediction, cfg.min_snr_gamma, cfg.min_snr_floor) as f32
+            })
+            .collect();
+        let loss = (per_row * Tensor::from_vec(weights, b, &device)?)?.mean_all()?;
         optimiser.backward_step(&loss)?;
         unet_ema.update(step)?;
         text_ema.update(step)?;
