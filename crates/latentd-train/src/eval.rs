@@ -29,6 +29,22 @@ pub struct AttributeScore {
     pub correct: usize,
 }
 
+/// Images of one kind of caption and how many matched every attribute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchCount {
+    /// Images generated for captions of this kind.
+    pub images: usize,
+    /// Of those, images matching every stated attribute.
+    pub matched: usize,
+}
+
+impl MatchCount {
+    fn add(&mut self, matched: bool) {
+        self.images += 1;
+        self.matched += usize::from(matched);
+    }
+}
+
 /// Adherence at one guidance scale.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
@@ -42,6 +58,10 @@ pub struct EvalReport {
     pub match_rate: f64,
     /// Per-attribute accuracy.
     pub attributes: Vec<AttributeScore>,
+    /// Images of one-object captions (`[0]`) and of two-object captions (`[1]`)
+    /// matching every attribute: a two-object image must also bind each colour,
+    /// shape and size to the right object and place the pair as stated.
+    pub by_objects: [MatchCount; 2],
     /// Up to ten captions (with seeds) whose image missed something.
     pub failures: Vec<(String, u64)>,
     /// Wall-clock seconds per image, batched generation included.
@@ -117,12 +137,15 @@ pub fn evaluate_pipeline(
     let seconds = start.elapsed().as_secs_f64();
     let mut attributes = empty_scores();
     let mut matched = 0;
+    let mut by_objects = [MatchCount::default(); 2];
     let mut failures = Vec::new();
     for (job, image) in jobs.iter().zip(&images) {
         let spec =
             parse(&job.prompt).map_err(|e| Error::Config(format!("{:?}: {e}", job.prompt)))?;
         let verdict = analyse(&to_demo_image(image)?, &spec);
         tally(&mut attributes, &verdict);
+        let two = usize::from(spec.objects().len() > 1);
+        by_objects[two].add(verdict.matches_all());
         if verdict.matches_all() {
             matched += 1;
         } else if failures.len() < 10 {
@@ -135,6 +158,7 @@ pub fn evaluate_pipeline(
         matched,
         match_rate: matched as f64 / jobs.len() as f64,
         attributes,
+        by_objects,
         failures,
         seconds_per_image: seconds / jobs.len() as f64,
     })

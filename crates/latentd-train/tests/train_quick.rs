@@ -76,6 +76,14 @@ fn quick_training_produces_a_loadable_pipeline() {
     assert_eq!(colour.checked, 6, "every caption states a colour");
     assert!(eval.attributes.iter().all(|a| a.correct <= a.checked));
     assert!((0.0..=1.0).contains(&eval.match_rate));
+    let [one, two] = eval.by_objects;
+    let two_object_captions = captions
+        .iter()
+        .filter(|c| latentd_demo::parse(c).unwrap().objects().len() == 2)
+        .count();
+    assert_eq!(two.images, 2 * two_object_captions);
+    assert_eq!(one.images + two.images, eval.images);
+    assert_eq!(one.matched + two.matched, eval.matched);
     let psnr = reconstruction_psnr(&pipe, 2).unwrap();
     assert!(psnr.is_finite() && psnr > 0.0, "{psnr}");
     std::fs::remove_dir_all(&out).unwrap();
