@@ -131,6 +131,9 @@ pub struct TrainConfig {
     /// Lower bound of the min-SNR weight on the x0 error (see
     /// [`crate::schedule::NoiseSchedule::loss_weight`]); 0 for plain min-SNR.
     pub min_snr_floor: f64,
+    /// Training timesteps stage 2 draws from, uniformly: `[first, end)` (the full
+    /// schedule is `[0, 1000)`); a narrower range is for experiments.
+    pub timestep_range: [usize; 2],
     /// Stage-2 steps between checkpoints of the averaged weights into the output
     /// folder (a loadable pipeline while training goes on); 0 for none.
     pub checkpoint_every: usize,
@@ -188,6 +191,7 @@ impl Default for TrainConfig {
             ema_decay: 0.999,
             min_snr_gamma: Some(5.0),
             min_snr_floor: 0.0,
+            timestep_range: [0, 1000],
             checkpoint_every: 500,
         }
     }
@@ -259,6 +263,13 @@ impl TrainConfig {
                 "caption_dropout and ema_decay must be in [0, 1)".into(),
             ));
         }
+        let [first, end] = self.timestep_range;
+        if first >= end || end > crate::schedule::TRAIN_TIMESTEPS {
+            return Err(Error::Config(format!(
+                "timestep_range [{first}, {end}) must be a non-empty part of [0, {})",
+                crate::schedule::TRAIN_TIMESTEPS
+            )));
+        }
         if self.latent_examples == 0 || self.tokenizer_captions == 0 || self.scale_images == 0 {
             return Err(Error::Config(
                 "latent_examples, tokenizer_captions and scale_images must be positive".into(),
@@ -302,5 +313,12 @@ mod tests {
             ..TrainConfig::quick()
         };
         assert!(bad.check().is_err());
+        for range in [[500, 500], [0, 1001]] {
+            let bad = TrainConfig {
+                timestep_range: range,
+                ..TrainConfig::quick()
+            };
+            assert!(bad.check().is_err(), "{range:?}");
+        }
     }
 }

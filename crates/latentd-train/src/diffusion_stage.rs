@@ -220,12 +220,14 @@ pub(crate) fn train_diffusion(
     let mut tracker = StepTracker::new("diffusion", stage);
     let mut report = StageReport::new(unet_parameters + text_parameters);
     let b = stage.batch_size;
+    let [first_timestep, end_timestep] = cfg.timestep_range;
+    let timestep_span = end_timestep.saturating_sub(first_timestep).max(1) as u64;
     for step in 0..stage.steps {
         optimiser.set_learning_rate(stage.learning_rate_at(step));
         let mut rng = Rng::for_item(cfg.seed ^ STEP_STREAM, step as u64);
         let rows: Vec<u32> = (0..b).map(|_| rng.below(set.len as u64) as u32).collect();
         let timesteps: Vec<usize> = (0..b)
-            .map(|_| rng.below(schedule.len() as u64) as usize)
+            .map(|_| first_timestep + rng.below(timestep_span) as usize)
             .collect();
         let mut ids = Vec::with_capacity(b * length);
         for &row in &rows {
