@@ -29,6 +29,12 @@ pub struct Architecture {
     pub unet_heads: usize,
     /// Group-norm groups of the UNet.
     pub unet_norm_groups: usize,
+    /// Kernel side of the UNet's output convolution (odd). With zero padding, a
+    /// kernel of at least `2 * latent_side - 1` reads a different part of its
+    /// weights at every output position, so a feature that is the same
+    /// everywhere (as the caption's is when the input is pure noise) can be
+    /// drawn at a position of its own.
+    pub unet_conv_out_kernel: usize,
     /// Width of the text encoder (and the UNet's cross-attention context).
     pub text_hidden: usize,
     /// Transformer layers of the text encoder.
@@ -53,6 +59,7 @@ impl Default for Architecture {
             unet_layers_per_block: 1,
             unet_heads: 2,
             unet_norm_groups: 8,
+            unet_conv_out_kernel: 3,
             text_hidden: 128,
             text_layers: 2,
             text_heads: 4,
@@ -75,6 +82,7 @@ impl Architecture {
             unet_layers_per_block: 1,
             unet_heads: 2,
             unet_norm_groups: 4,
+            unet_conv_out_kernel: 3,
             text_hidden: 16,
             text_layers: 1,
             text_heads: 2,
@@ -155,6 +163,8 @@ impl Architecture {
             "attention_head_dim": self.unet_heads,
             "use_linear_projection": true,
             "upcast_attention": false,
+            "conv_in_kernel": 3,
+            "conv_out_kernel": self.unet_conv_out_kernel,
         })
     }
 
@@ -184,5 +194,25 @@ impl Architecture {
             "pad_token_id": eos,
             "torch_dtype": "float32",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latentd_models::UNet2DConditionConfig;
+
+    #[test]
+    fn unet_config_carries_the_output_kernel() {
+        let arch = Architecture {
+            unet_conv_out_kernel: 15,
+            ..Architecture::default()
+        };
+        let config: UNet2DConditionConfig = crate::vae_stage::parse(arch.unet_config(8)).unwrap();
+        assert_eq!(config.conv_out_kernel, 15);
+        assert_eq!(config.conv_in_kernel, 3);
+        let default: UNet2DConditionConfig =
+            crate::vae_stage::parse(Architecture::default().unet_config(8)).unwrap();
+        assert_eq!(default.conv_out_kernel, 3);
     }
 }

@@ -135,6 +135,8 @@ mod tests {
             (2, 3, 5, 1, 2, 4, 9),
             (3, 4, 3, 2, 1, 7, 6),
             (2, 2, 3, 1, 1, 1, 1),
+            // A kernel wider than its input, as a UNet's `conv_out_kernel` can be.
+            (2, 3, 7, 1, 3, 4, 4),
         ] {
             let map = VarMap::new();
             let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
@@ -168,9 +170,12 @@ mod tests {
     #[test]
     fn im2col_path_has_candle_conv2d_gradients() {
         let dev = Device::Cpu;
-        for (cin, cout, k, pad, h, w) in
-            [(3, 5, 3, 1, 7, 6), (2, 3, 5, 2, 4, 9), (2, 2, 3, 1, 1, 1)]
-        {
+        for (cin, cout, k, pad, h, w) in [
+            (3, 5, 3, 1, 7, 6),
+            (2, 3, 5, 2, 4, 9),
+            (2, 2, 3, 1, 1, 1),
+            (2, 3, 7, 3, 4, 4),
+        ] {
             let map = VarMap::new();
             let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
             let conv = Conv2d::new(vb, cin, cout, k, 1, pad).unwrap();
