@@ -131,6 +131,10 @@ pub struct TrainConfig {
     /// Lower bound of the min-SNR weight on the x0 error (see
     /// [`crate::schedule::NoiseSchedule::loss_weight`]); 0 for plain min-SNR.
     pub min_snr_floor: f64,
+    /// The text encoder's learning rate as a multiple of the UNet's: both are
+    /// trained jointly (the paper's recipe); 0 keeps the text encoder's seeded
+    /// initial weights.
+    pub text_learning_rate_scale: f64,
     /// Training timesteps stage 2 draws from, uniformly: `[first, end)` (the full
     /// schedule is `[0, 1000)`); a narrower range is for experiments.
     pub timestep_range: [usize; 2],
@@ -191,6 +195,7 @@ impl Default for TrainConfig {
             ema_decay: 0.999,
             min_snr_gamma: Some(5.0),
             min_snr_floor: 0.0,
+            text_learning_rate_scale: 1.0,
             timestep_range: [0, 1000],
             checkpoint_every: 500,
         }
@@ -263,6 +268,11 @@ impl TrainConfig {
                 "caption_dropout and ema_decay must be in [0, 1)".into(),
             ));
         }
+        if !(self.text_learning_rate_scale.is_finite() && self.text_learning_rate_scale >= 0.0) {
+            return Err(Error::Config(
+                "text_learning_rate_scale must be zero or positive".into(),
+            ));
+        }
         let [first, end] = self.timestep_range;
         if first >= end || end > crate::schedule::TRAIN_TIMESTEPS {
             return Err(Error::Config(format!(
@@ -319,6 +329,13 @@ mod tests {
                 ..TrainConfig::quick()
             };
             assert!(bad.check().is_err(), "{range:?}");
+        }
+        for scale in [-0.5, f64::NAN] {
+            let bad = TrainConfig {
+                text_learning_rate_scale: scale,
+                ..TrainConfig::quick()
+            };
+            assert!(bad.check().is_err(), "{scale}");
         }
     }
 }

@@ -199,13 +199,21 @@ pub(crate) fn train_diffusion(
     crate::init::initialise(&text_map, cfg.seed ^ INIT_STREAM ^ 1)?;
     let (unet_parameters, text_parameters) =
         (count_parameters(&unet_map), count_parameters(&text_map));
-    let vars: Vec<Var> = unet_map
-        .all_vars()
-        .into_iter()
-        .chain(text_map.all_vars())
-        .collect();
     let stage = &cfg.diffusion;
-    let mut optimiser = AdamW::new(vars.clone(), adamw(stage.learning_rate, stage.weight_decay))?;
+    let mut unet_optimiser = AdamW::new(
+        unet_map.all_vars(),
+        adamw(stage.learning_rate, stage.weight_decay),
+    )?;
+    // The text encoder's own optimiser, or none when its learning rate is zero.
+    let text_scale = cfg.text_learning_rate_scale;
+    let mut text_optimiser = (text_scale > 0.0)
+        .then(|| {
+            AdamW::new(
+                text_map.all_vars(),
+                adamw(stage.learning_rate * text_scale, stage.weight_decay),
+            )
+        })
+        .transpose()?;
     let mut unet_ema = Ema::new(&unet_map, cfg.ema_decay)?;
     let mut text_ema = Ema::new(&text_map, cfg.ema_decay)?;
     let schedule = NoiseSchedule::default();
@@ -223,7 +231,10 @@ pub(crate) fn train_diffusion(
     let [first_timestep, end_timestep] = cfg.timestep_range;
     let timestep_span = end_timestep.saturating_sub(first_timestep).max(1) as u64;
     for step in 0..stage.steps {
-        optimiser.set_learning_rate(stage.learning_rate_at(step));
+        unet_optimiser.set_learning_rate(stage.learning_rate_at(step));
+        if let Some(text_optimiser) = &mut text_optimiser {
+            text_optimiser.set_learning_rate(stage.learning_rate_at(step) * text_scale);
+        }
         let mut rng = Rng::for_item(cfg.seed ^ STEP_STREAM, step as u64);
         let rows: Vec<u32> = (0..b).map(|_| rng.below(set.len as u64) as u32).collect();
         let timesteps: Vec<usize> = (0..b)
@@ -259,7 +270,11 @@ pub(crate) fn train_diffusion(
             })
             .collect();
         let loss = (per_row * Tensor::from_vec(weights, b, &device)?)?.mean_all()?;
-        optimiser.backward_step(&loss)?;
+        let gradients = loss.backward()?;
+        unet_optimiser.step(&gradients)?;
+        if let Some(text_optimiser) = &mut text_optimiser {
+            text_optimiser.step(&gradients)?;
+        }
         unet_ema.update(step)?;
         text_ema.update(step)?;
         let value = loss.to_scalar::<f32>()?;
