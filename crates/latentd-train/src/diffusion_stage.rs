@@ -231,9 +231,10 @@ pub(crate) fn train_diffusion(
     let [first_timestep, end_timestep] = cfg.timestep_range;
     let timestep_span = end_timestep.saturating_sub(first_timestep).max(1) as u64;
     for step in 0..stage.steps {
-        unet_optimiser.set_learning_rate(stage.learning_rate_at(step));
+        let learning_rate = stage.learning_rate_at(step);
+        unet_optimiser.set_learning_rate(learning_rate);
         if let Some(text_optimiser) = &mut text_optimiser {
-            text_optimiser.set_learning_rate(stage.learning_rate_at(step) * text_scale);
+            text_optimiser.set_learning_rate(learning_rate * text_scale);
         }
         let mut rng = Rng::for_item(cfg.seed ^ STEP_STREAM, step as u64);
         let rows: Vec<u32> = (0..b).map(|_| rng.below(set.len as u64) as u32).collect();
@@ -257,6 +258,12 @@ pub(crate) fn train_diffusion(
         let text = ClipTextModel::new(text_vb.clone(), &text_cfg)?;
         let unet = UNet2DConditionModel::new(unet_vb.clone(), &unet_cfg)?;
         let context = text.forward(&ids)?;
+        // A frozen text encoder needs no gradients: stop the backward pass at its output.
+        let context = if text_optimiser.is_some() {
+            context
+        } else {
+            context.detach()
+        };
         let prediction = unet.forward(&xt, &timestep_tensor(&timesteps, &device)?, &context)?;
         let target = match cfg.prediction {
             Prediction::Epsilon => noise.clone(),
@@ -283,7 +290,7 @@ pub(crate) fn train_diffusion(
             log.line(&format!(
                 "diffusion step {} loss {value:.5} (avg {shown:.5}) lr {:.2e}",
                 step + 1,
-                stage.learning_rate_at(step)
+                learning_rate
             ));
         }
         if checkpoints.every > 0 && (step + 1) % checkpoints.every == 0 && step + 1 < stage.steps {

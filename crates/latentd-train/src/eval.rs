@@ -144,9 +144,10 @@ pub fn evaluate_pipeline(
             parse(&job.prompt).map_err(|e| Error::Config(format!("{:?}: {e}", job.prompt)))?;
         let verdict = analyse(&to_demo_image(image)?, &spec);
         tally(&mut attributes, &verdict);
+        let all = verdict.matches_all();
         let two = usize::from(spec.objects().len() > 1);
-        by_objects[two].add(verdict.matches_all());
-        if verdict.matches_all() {
+        by_objects[two].add(all);
+        if all {
             matched += 1;
         } else if failures.len() < 10 {
             failures.push((job.prompt.clone(), job.seed));
