@@ -135,6 +135,10 @@ pub struct TrainConfig {
     /// trained jointly (the paper's recipe); 0 keeps the text encoder's seeded
     /// initial weights.
     pub text_learning_rate_scale: f64,
+    /// Stage-2 steps at the start during which the text encoder stays at its
+    /// seeded initial weights (the UNet learns on the untrained encoder's
+    /// features first); 0 trains both from the first step.
+    pub text_frozen_steps: usize,
     /// Training timesteps stage 2 draws from, uniformly: `[first, end)` (the full
     /// schedule is `[0, 1000)`); a narrower range is for experiments.
     pub timestep_range: [usize; 2],
@@ -196,6 +200,7 @@ impl Default for TrainConfig {
             min_snr_gamma: Some(5.0),
             min_snr_floor: 0.0,
             text_learning_rate_scale: 1.0,
+            text_frozen_steps: 0,
             timestep_range: [0, 1000],
             checkpoint_every: 500,
         }

@@ -259,7 +259,8 @@ pub(crate) fn train_diffusion(
         let unet = UNet2DConditionModel::new(unet_vb.clone(), &unet_cfg)?;
         let context = text.forward(&ids)?;
         // A frozen text encoder needs no gradients: stop the backward pass at its output.
-        let context = if text_optimiser.is_some() {
+        let text_trains = text_optimiser.is_some() && step >= cfg.text_frozen_steps;
+        let context = if text_trains {
             context
         } else {
             context.detach()
@@ -279,7 +280,7 @@ pub(crate) fn train_diffusion(
         let loss = (per_row * Tensor::from_vec(weights, b, &device)?)?.mean_all()?;
         let gradients = loss.backward()?;
         unet_optimiser.step(&gradients)?;
-        if let Some(text_optimiser) = &mut text_optimiser {
+        if let Some(text_optimiser) = text_optimiser.as_mut().filter(|_| text_trains) {
             text_optimiser.step(&gradients)?;
         }
         unet_ema.update(step)?;

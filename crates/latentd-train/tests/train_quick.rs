@@ -86,5 +86,43 @@ fn quick_training_produces_a_loadable_pipeline() {
     assert_eq!(one.matched + two.matched, eval.matched);
     let psnr = reconstruction_psnr(&pipe, 2).unwrap();
     assert!(psnr.is_finite() && psnr > 0.0, "{psnr}");
+
+    // Stage 2 again on the trained folder: a text encoder frozen for every step
+    // equals one with no learning rate; frozen for half the steps, it moves.
+    let text_encoder = |scale: f64, frozen: usize| {
+        let cfg = TrainConfig {
+            text_learning_rate_scale: scale,
+            text_frozen_steps: frozen,
+            ..TrainConfig::quick()
+        };
+        latentd_train::train_diffusion_in(&cfg, &out, &Silent).unwrap();
+        candle_core::safetensors::load(out.join("text_encoder/model.safetensors"), &Device::Cpu)
+            .unwrap()
+    };
+    let steps = cfg.diffusion.steps;
+    let (untrained, frozen_all, frozen_half) = (
+        text_encoder(0.0, 0),
+        text_encoder(1.0, steps),
+        text_encoder(1.0, steps / 2),
+    );
+    let largest_change = |other: &std::collections::HashMap<String, candle_core::Tensor>| {
+        untrained
+            .iter()
+            .map(|(name, t)| {
+                (t - &other[name])
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+            .fold(0.0f32, f32::max)
+    };
+    assert_eq!(largest_change(&frozen_all), 0.0);
+    assert!(largest_change(&frozen_half) > 0.0);
     std::fs::remove_dir_all(&out).unwrap();
 }
