@@ -94,8 +94,11 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Image side in pixels.
     pub image_size: u32,
-    /// How the synthetic scenes and captions are drawn.
+    /// How the synthetic scenes and captions of the tokenizer and autoencoder
+    /// stages are drawn.
     pub sampler: SamplerConfig,
+    /// How the scenes and captions stage 2 trains on are drawn.
+    pub diffusion_sampler: SamplerConfig,
     /// Network sizes.
     pub arch: Architecture,
     /// Stage 1: the autoencoder.
@@ -154,6 +157,7 @@ impl Default for TrainConfig {
             seed: 20_251_126,
             image_size: 32,
             sampler: SamplerConfig::default(),
+            diffusion_sampler: SamplerConfig::default(),
             arch: Architecture::default(),
             vae: StageConfig {
                 steps: 2400,

@@ -60,7 +60,7 @@ fn encode_latents(
             cfg.seed ^ LATENT_STREAM,
             index as u64,
             size,
-            &cfg.sampler,
+            &cfg.diffusion_sampler,
             cfg.image_size,
             &Device::Cpu,
         )?;
