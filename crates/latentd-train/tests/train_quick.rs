@@ -109,16 +109,8 @@ fn quick_training_produces_a_loadable_pipeline() {
         untrained
             .iter()
             .map(|(name, t)| {
-                (t - &other[name])
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
+                let change = (t - &other[name]).and_then(|d| d.abs()?.max_all());
+                change.and_then(|m| m.to_scalar::<f32>()).unwrap()
             })
             .fold(0.0f32, f32::max)
     };
