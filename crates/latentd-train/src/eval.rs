@@ -5,7 +5,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use latentd_demo::{analyse, caption, parse, render, sample_split, Rng, SamplerConfig, Split};
+use latentd_demo::{
+    analyse, caption, parse, render, sample_split, Arrangement, Rng, SamplerConfig, SceneSpec,
+    Split,
+};
 use latentd_models::pipeline::StableDiffusion;
 use serde::{Deserialize, Serialize};
 
@@ -29,19 +32,41 @@ pub struct AttributeScore {
     pub correct: usize,
 }
 
-/// Images of one kind of caption and how many matched every attribute.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MatchCount {
+/// Adherence on one kind of caption.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KindScore {
     /// Images generated for captions of this kind.
     pub images: usize,
     /// Of those, images matching every stated attribute.
     pub matched: usize,
+    /// Per-attribute accuracy on these images.
+    pub attributes: Vec<AttributeScore>,
 }
 
-impl MatchCount {
-    fn add(&mut self, matched: bool) {
+impl KindScore {
+    fn new() -> Self {
+        Self {
+            images: 0,
+            matched: 0,
+            attributes: empty_scores(),
+        }
+    }
+
+    fn add(&mut self, verdict: &latentd_demo::Verdict) {
         self.images += 1;
-        self.matched += usize::from(matched);
+        self.matched += usize::from(verdict.matches_all());
+        tally(&mut self.attributes, verdict);
+    }
+}
+
+/// Index of a caption's kind in [`EvalReport::by_kind`].
+fn kind_index(spec: &SceneSpec) -> usize {
+    match spec.arrangement {
+        Arrangement::One {
+            position: Some(_), ..
+        } => 0,
+        Arrangement::One { position: None, .. } => 1,
+        Arrangement::Two { .. } => 2,
     }
 }
 
@@ -58,10 +83,11 @@ pub struct EvalReport {
     pub match_rate: f64,
     /// Per-attribute accuracy.
     pub attributes: Vec<AttributeScore>,
-    /// Images of one-object captions (`[0]`) and of two-object captions (`[1]`)
-    /// matching every attribute: a two-object image must also bind each colour,
-    /// shape and size to the right object and place the pair as stated.
-    pub by_objects: [MatchCount; 2],
+    /// The same split by caption kind: one object in a named region (`[0]`), one
+    /// object anywhere (`[1]`), two objects in a relation (`[2]`; such an image
+    /// must also bind each colour, shape and size to the right object and place
+    /// the pair as stated).
+    pub by_kind: [KindScore; 3],
     /// Up to ten captions (with seeds) whose image missed something.
     pub failures: Vec<(String, u64)>,
     /// Wall-clock seconds per image, batched generation included.
@@ -137,7 +163,7 @@ pub fn evaluate_pipeline(
     let seconds = start.elapsed().as_secs_f64();
     let mut attributes = empty_scores();
     let mut matched = 0;
-    let mut by_objects = [MatchCount::default(); 2];
+    let mut by_kind = [KindScore::new(), KindScore::new(), KindScore::new()];
     let mut failures = Vec::new();
     for (job, image) in jobs.iter().zip(&images) {
         let spec =
@@ -145,8 +171,7 @@ pub fn evaluate_pipeline(
         let verdict = analyse(&to_demo_image(image)?, &spec);
         tally(&mut attributes, &verdict);
         let all = verdict.matches_all();
-        let two = usize::from(spec.objects().len() > 1);
-        by_objects[two].add(all);
+        by_kind[kind_index(&spec)].add(&verdict);
         if all {
             matched += 1;
         } else if failures.len() < 10 {
@@ -159,7 +184,7 @@ pub fn evaluate_pipeline(
         matched,
         match_rate: matched as f64 / jobs.len() as f64,
         attributes,
-        by_objects,
+        by_kind,
         failures,
         seconds_per_image: seconds / jobs.len() as f64,
     })

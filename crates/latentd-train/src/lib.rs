@@ -37,7 +37,7 @@ pub use config::{Prediction, StageConfig, TrainConfig};
 pub use error::{Error, Result};
 pub use eval::{
     evaluate, evaluate_pipeline, reconstruction, reconstruction_psnr, AttributeScore, EvalReport,
-    ReconstructionReport,
+    KindScore, ReconstructionReport,
 };
 pub use progress::{Bars, Progress, Silent};
 pub use report::{StageReport, TrainReport};

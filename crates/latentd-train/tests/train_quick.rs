@@ -76,14 +76,25 @@ fn quick_training_produces_a_loadable_pipeline() {
     assert_eq!(colour.checked, 6, "every caption states a colour");
     assert!(eval.attributes.iter().all(|a| a.correct <= a.checked));
     assert!((0.0..=1.0).contains(&eval.match_rate));
-    let [one, two] = eval.by_objects;
-    let two_object_captions = captions
-        .iter()
-        .filter(|c| latentd_demo::parse(c).unwrap().objects().len() == 2)
-        .count();
-    assert_eq!(two.images, 2 * two_object_captions);
-    assert_eq!(one.images + two.images, eval.images);
-    assert_eq!(one.matched + two.matched, eval.matched);
+    // The split by caption kind accounts for every image and every check.
+    let kind = |c: &String| match latentd_demo::parse(c).unwrap().arrangement {
+        latentd_demo::Arrangement::One {
+            position: Some(_), ..
+        } => 0,
+        latentd_demo::Arrangement::One { .. } => 1,
+        latentd_demo::Arrangement::Two { .. } => 2,
+    };
+    for (k, score) in eval.by_kind.iter().enumerate() {
+        let n = captions.iter().filter(|c| kind(c) == k).count();
+        assert_eq!(score.images, 2 * n, "kind {k}");
+    }
+    let total =
+        |f: &dyn Fn(&latentd_train::KindScore) -> usize| eval.by_kind.iter().map(f).sum::<usize>();
+    assert_eq!(total(&|k| k.matched), eval.matched);
+    for (i, attribute) in eval.attributes.iter().enumerate() {
+        assert_eq!(total(&|k| k.attributes[i].checked), attribute.checked);
+        assert_eq!(total(&|k| k.attributes[i].correct), attribute.correct);
+    }
     let psnr = reconstruction_psnr(&pipe, 2).unwrap();
     assert!(psnr.is_finite() && psnr > 0.0, "{psnr}");
 
