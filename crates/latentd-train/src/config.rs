@@ -86,6 +86,18 @@ impl StageConfig {
     }
 }
 
+/// A stage-2 continuation round: trains the UNet and the text encoder further
+/// from the previous weights (their moving average) with a fresh optimiser,
+/// warm-up and cosine decay, on newly drawn scenes and captions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DiffusionRound {
+    /// Optimisation settings of the round.
+    pub stage: StageConfig,
+    /// How the round's scenes and captions are drawn.
+    pub sampler: SamplerConfig,
+}
+
 /// Everything that determines a training run; the same settings give the same model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -116,6 +128,9 @@ pub struct TrainConfig {
     pub decoder: Vec<StageConfig>,
     /// Stage 2: the UNet and the text encoder.
     pub diffusion: StageConfig,
+    /// Stage-2 continuation rounds, run in order after `diffusion`; the text
+    /// encoder trains at `text_learning_rate_scale` from each round's first step.
+    pub diffusion_rounds: Vec<DiffusionRound>,
     /// Stage-2 training target.
     pub prediction: Prediction,
     /// Share of captions replaced by the empty prompt (for classifier-free guidance).
@@ -210,6 +225,7 @@ impl Default for TrainConfig {
                 weight_decay: 0.0,
                 log_every: 25,
             },
+            diffusion_rounds: Vec::new(),
             prediction: Prediction::VPrediction,
             caption_dropout: 0.1,
             latent_examples: 40_000,
@@ -264,6 +280,17 @@ impl TrainConfig {
                 weight_decay: 0.0,
                 log_every: 10,
             },
+            diffusion_rounds: vec![DiffusionRound {
+                stage: StageConfig {
+                    steps: 6,
+                    batch_size: 8,
+                    learning_rate: 1e-3,
+                    warmup_steps: 2,
+                    weight_decay: 0.0,
+                    log_every: 3,
+                },
+                sampler: SamplerConfig::default(),
+            }],
             latent_examples: 64,
             tokenizer_captions: 200,
             scale_images: 64,
@@ -281,6 +308,9 @@ impl TrainConfig {
             round.check("decoder")?;
         }
         self.diffusion.check("diffusion")?;
+        for round in &self.diffusion_rounds {
+            round.stage.check("diffusion round")?;
+        }
         let factor = self.arch.downsampling_factor();
         if !(self.image_size as usize).is_multiple_of(factor) {
             return Err(Error::Config(format!(

@@ -1,23 +1,23 @@
 //! Stage 2: the text-conditioned UNet and the text encoder, trained jointly in
 //! the frozen autoencoder's latent space with epsilon prediction.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, VarBuilder, VarMap};
-use latentd_demo::Rng;
+use latentd_demo::{Rng, SamplerConfig};
 use latentd_models::text::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use latentd_models::{AutoencoderKL, UNet2DConditionConfig, UNet2DConditionModel};
 
-use crate::config::{Prediction, TrainConfig};
+use crate::config::{Prediction, StageConfig, TrainConfig};
 use crate::data::{batch, normal};
+use crate::ema::Ema;
 use crate::progress::{Log, StepTracker};
 use crate::report::StageReport;
 use crate::save::write_json;
 use crate::schedule::{timestep_tensor, NoiseSchedule};
-use crate::vae_stage::{adamw, count_parameters, frozen, parse};
-use crate::{Error, Result};
+use crate::vae_stage::{adamw, count_parameters, parse};
+use crate::Result;
 
 const LATENT_STREAM: u64 = 0x4C44_4D01;
 const STEP_STREAM: u64 = 0x4C44_4D02;
@@ -25,13 +25,110 @@ const INIT_STREAM: u64 = 0x4C44_4D03;
 /// Images encoded per autoencoder call while building the latent set.
 const ENCODE_CHUNK: usize = 256;
 
-/// The trained UNet and text encoder.
-pub(crate) struct TrainedDiffusion {
+/// Seed offset of round `round`'s streams (0 is the main stage).
+fn round_stream(round: usize) -> u64 {
+    (round as u64) << 40
+}
+
+/// The UNet and the text encoder stage 2 trains, as variables.
+pub(crate) struct DiffusionNets {
     pub(crate) unet: VarMap,
     pub(crate) text: VarMap,
-    pub(crate) report: StageReport,
+    unet_cfg: UNet2DConditionConfig,
+    text_cfg: ClipTextConfig,
     pub(crate) unet_parameters: usize,
     pub(crate) text_parameters: usize,
+}
+
+impl DiffusionNets {
+    fn build(cfg: &TrainConfig, vocab_size: usize) -> Result<Self> {
+        let unet_cfg: UNet2DConditionConfig = parse(cfg.arch.unet_config(cfg.latent_size()))?;
+        let text_cfg: ClipTextConfig = parse(cfg.arch.text_config(vocab_size))?;
+        let nets = Self {
+            unet: VarMap::new(),
+            text: VarMap::new(),
+            unet_cfg,
+            text_cfg,
+            unet_parameters: 0,
+            text_parameters: 0,
+        };
+        UNet2DConditionModel::new(nets.unet_builder(), &nets.unet_cfg)?;
+        ClipTextModel::new(nets.text_builder(), &nets.text_cfg)?;
+        Ok(Self {
+            unet_parameters: count_parameters(&nets.unet),
+            text_parameters: count_parameters(&nets.text),
+            ..nets
+        })
+    }
+
+    /// Both networks at their seeded initial weights.
+    pub(crate) fn seeded(cfg: &TrainConfig, vocab_size: usize) -> Result<Self> {
+        let nets = Self::build(cfg, vocab_size)?;
+        crate::init::initialise(&nets.unet, cfg.seed ^ INIT_STREAM)?;
+        crate::init::initialise(&nets.text, cfg.seed ^ INIT_STREAM ^ 1)?;
+        Ok(nets)
+    }
+
+    /// Both networks with the weights saved in a pipeline folder.
+    pub(crate) fn load(cfg: &TrainConfig, vocab_size: usize, out: &Path) -> Result<Self> {
+        let mut nets = Self::build(cfg, vocab_size)?;
+        nets.unet
+            .load(out.join("unet").join("diffusion_pytorch_model.safetensors"))?;
+        nets.text
+            .load(out.join("text_encoder").join("model.safetensors"))?;
+        Ok(nets)
+    }
+
+    fn unet_builder(&self) -> VarBuilder<'static> {
+        VarBuilder::from_varmap(&self.unet, DType::F32, &Device::Cpu)
+    }
+
+    fn text_builder(&self) -> VarBuilder<'static> {
+        VarBuilder::from_varmap(&self.text, DType::F32, &Device::Cpu).pp("text_model")
+    }
+}
+
+/// One stretch of stage-2 training: the main stage (round 0) or a continuation.
+pub(crate) struct Phase<'a> {
+    /// 0 for the main stage, then 1, 2, ... for `diffusion_rounds`.
+    pub(crate) round: usize,
+    pub(crate) stage: &'a StageConfig,
+    pub(crate) sampler: &'a SamplerConfig,
+    /// Steps at the start with the text encoder held fixed.
+    pub(crate) text_frozen_steps: usize,
+}
+
+impl<'a> Phase<'a> {
+    /// The main stage, then every continuation round of `cfg`.
+    pub(crate) fn all(cfg: &'a TrainConfig) -> Vec<Self> {
+        let main = Phase {
+            round: 0,
+            stage: &cfg.diffusion,
+            sampler: &cfg.diffusion_sampler,
+            text_frozen_steps: cfg.text_frozen_steps,
+        };
+        std::iter::once(main).chain(Self::rounds(cfg)).collect()
+    }
+
+    /// The continuation rounds of `cfg` alone.
+    pub(crate) fn rounds(cfg: &'a TrainConfig) -> impl Iterator<Item = Self> + 'a {
+        cfg.diffusion_rounds
+            .iter()
+            .enumerate()
+            .map(|(index, round)| Phase {
+                round: index + 1,
+                stage: &round.stage,
+                sampler: &round.sampler,
+                text_frozen_steps: 0,
+            })
+    }
+
+    fn name(&self) -> String {
+        match self.round {
+            0 => "diffusion".to_owned(),
+            round => format!("diffusion round {round}"),
+        }
+    }
 }
 
 /// Scaled latents and token ids of a fixed set of training scenes.
@@ -41,10 +138,11 @@ struct LatentSet {
     len: usize,
 }
 
-/// Encodes `cfg.latent_examples` training scenes with the frozen autoencoder
-/// (latent means times `scaling_factor`) and tokenizes their captions.
+/// Encodes `cfg.latent_examples` training scenes of `phase` with the frozen
+/// autoencoder (latent means times `scaling_factor`) and tokenizes their captions.
 fn encode_latents(
     cfg: &TrainConfig,
+    phase: &Phase,
     vae: &AutoencoderKL,
     scaling_factor: f64,
     tokenizer: &ClipTokenizer,
@@ -57,10 +155,10 @@ fn encode_latents(
     for index in 0..chunks {
         let size = ENCODE_CHUNK.min(cfg.latent_examples - index * ENCODE_CHUNK);
         let data = batch(
-            cfg.seed ^ LATENT_STREAM,
+            cfg.seed ^ LATENT_STREAM ^ round_stream(phase.round),
             index as u64,
             size,
-            &cfg.diffusion_sampler,
+            phase.sampler,
             cfg.image_size,
             &Device::Cpu,
         )?;
@@ -73,7 +171,8 @@ fn encode_latents(
     log.progress().finish();
     let latents = Tensor::cat(&latents, 0)?;
     log.line(&format!(
-        "diffusion: encoded {} training scenes to latents {:?}",
+        "{}: encoded {} training scenes to latents {:?}",
+        phase.name(),
         cfg.latent_examples,
         latents.dims()
     ));
@@ -82,68 +181,6 @@ fn encode_latents(
         ids,
         len: cfg.latent_examples,
     })
-}
-
-/// An exponential moving average of the variables of one [`VarMap`].
-struct Ema {
-    decay: f64,
-    entries: Vec<(String, Var, Tensor)>,
-}
-
-impl Ema {
-    fn new(varmap: &VarMap, decay: f64) -> Result<Self> {
-        let mut entries = frozen(varmap)?
-            .into_iter()
-            .map(|(name, tensor)| {
-                let var = var_named(varmap, &name)?;
-                Ok((name, var, tensor.copy()?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Self { decay, entries })
-    }
-
-    /// Moves the averages towards the variables; the decay ramps up over the
-    /// first steps, `min(decay, (1 + step) / (10 + step))`.
-    fn update(&mut self, step: usize) -> Result<()> {
-        let decay = self.decay.min((1 + step) as f64 / (10 + step) as f64);
-        for (_, var, average) in &mut self.entries {
-            // Detached: an average built from the variable would keep every
-            // step's graph (and tensors) alive through its inputs.
-            let current = var.as_tensor().detach();
-            *average = ((&*average * decay)? + (current * (1.0 - decay))?)?.detach();
-        }
-        Ok(())
-    }
-
-    /// Writes the averages as a safetensors file.
-    fn save(&self, path: &Path) -> Result<()> {
-        let tensors: HashMap<String, Tensor> = self
-            .entries
-            .iter()
-            .map(|(name, _, average)| (name.clone(), average.clone()))
-            .collect();
-        candle_core::safetensors::save(&tensors, path)?;
-        Ok(())
-    }
-
-    /// Writes the averages into the variables.
-    fn apply(&self) -> Result<()> {
-        for (_, var, average) in &self.entries {
-            var.set(average)?;
-        }
-        Ok(())
-    }
-}
-
-fn var_named(varmap: &VarMap, name: &str) -> Result<Var> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| Error::Config("the variable map's lock is poisoned".into()))?;
-    data.get(name)
-        .cloned()
-        .ok_or_else(|| Error::Config(format!("no variable {name}")))
 }
 
 /// Where and how often stage 2 writes its averaged weights while training.
@@ -172,36 +209,40 @@ impl Checkpoints<'_> {
     }
 }
 
-/// Trains the UNet and the text encoder jointly: DDPM noising with the configured
-/// schedule, MSE on the configured target weighted per timestep
-/// ([`NoiseSchedule::loss_weight`]),
-/// `caption_dropout` of the captions replaced by the empty prompt. The saved
-/// weights are the exponential moving average.
-pub(crate) fn train_diffusion(
+/// The frozen models and files stage 2 trains with.
+pub(crate) struct Inputs<'a> {
+    pub(crate) vae: &'a AutoencoderKL,
+    pub(crate) scaling_factor: f64,
+    pub(crate) tokenizer: &'a ClipTokenizer,
+    pub(crate) vocab_size: usize,
+}
+
+/// Trains the UNet and the text encoder jointly for one phase: DDPM noising
+/// with the configured schedule, MSE on the configured target weighted per
+/// timestep ([`NoiseSchedule::loss_weight`]), `caption_dropout` of the captions
+/// replaced by the empty prompt. On return the variables hold the phase's
+/// exponential moving average, which is what is saved.
+pub(crate) fn train_phase(
     cfg: &TrainConfig,
-    vae: &AutoencoderKL,
-    scaling_factor: f64,
-    tokenizer: &ClipTokenizer,
-    vocab_size: usize,
+    phase: &Phase,
+    nets: &DiffusionNets,
+    inputs: &Inputs,
     checkpoints: &Checkpoints,
     log: &mut Log,
-) -> Result<TrainedDiffusion> {
+) -> Result<StageReport> {
     let device = Device::Cpu;
-    let set = encode_latents(cfg, vae, scaling_factor, tokenizer, log)?;
-    let unet_cfg: UNet2DConditionConfig = parse(cfg.arch.unet_config(cfg.latent_size()))?;
-    let text_cfg: ClipTextConfig = parse(cfg.arch.text_config(vocab_size))?;
-    let (unet_map, text_map) = (VarMap::new(), VarMap::new());
-    let unet_vb = VarBuilder::from_varmap(&unet_map, DType::F32, &device);
-    let text_vb = VarBuilder::from_varmap(&text_map, DType::F32, &device).pp("text_model");
-    UNet2DConditionModel::new(unet_vb.clone(), &unet_cfg)?;
-    ClipTextModel::new(text_vb.clone(), &text_cfg)?;
-    crate::init::initialise(&unet_map, cfg.seed ^ INIT_STREAM)?;
-    crate::init::initialise(&text_map, cfg.seed ^ INIT_STREAM ^ 1)?;
-    let (unet_parameters, text_parameters) =
-        (count_parameters(&unet_map), count_parameters(&text_map));
-    let stage = &cfg.diffusion;
+    let set = encode_latents(
+        cfg,
+        phase,
+        inputs.vae,
+        inputs.scaling_factor,
+        inputs.tokenizer,
+        log,
+    )?;
+    let (unet_vb, text_vb) = (nets.unet_builder(), nets.text_builder());
+    let stage = phase.stage;
     let mut unet_optimiser = AdamW::new(
-        unet_map.all_vars(),
+        nets.unet.all_vars(),
         adamw(stage.learning_rate, stage.weight_decay),
     )?;
     // The text encoder's own optimiser, or none when its learning rate is zero.
@@ -209,24 +250,25 @@ pub(crate) fn train_diffusion(
     let mut text_optimiser = (text_scale > 0.0)
         .then(|| {
             AdamW::new(
-                text_map.all_vars(),
+                nets.text.all_vars(),
                 adamw(stage.learning_rate * text_scale, stage.weight_decay),
             )
         })
         .transpose()?;
-    let mut unet_ema = Ema::new(&unet_map, cfg.ema_decay)?;
-    let mut text_ema = Ema::new(&text_map, cfg.ema_decay)?;
+    let mut unet_ema = Ema::new(&nets.unet, cfg.ema_decay)?;
+    let mut text_ema = Ema::new(&nets.text, cfg.ema_decay)?;
     let schedule = NoiseSchedule::default();
-    let empty = tokenizer.encode("")?;
-    let length = tokenizer.max_length();
+    let empty = inputs.tokenizer.encode("")?;
+    let length = inputs.tokenizer.max_length();
     let (c, h, w) = set.latents.dims4().map(|(_, c, h, w)| (c, h, w))?;
+    let name = phase.name();
     log.line(&format!(
-        "diffusion: UNet {unet_parameters} + text encoder {text_parameters} parameters, {} steps of {}",
-        stage.steps, stage.batch_size
+        "{name}: UNet {} + text encoder {} parameters, {} steps of {}",
+        nets.unet_parameters, nets.text_parameters, stage.steps, stage.batch_size
     ));
-    log.progress().start("diffusion", stage.steps as u64);
+    log.progress().start(&name, stage.steps as u64);
     let mut tracker = StepTracker::new("diffusion", stage);
-    let mut report = StageReport::new(unet_parameters + text_parameters);
+    let mut report = StageReport::new(nets.unet_parameters + nets.text_parameters);
     let b = stage.batch_size;
     let [first_timestep, end_timestep] = cfg.timestep_range;
     let timestep_span = end_timestep.saturating_sub(first_timestep).max(1) as u64;
@@ -236,7 +278,10 @@ pub(crate) fn train_diffusion(
         if let Some(text_optimiser) = &mut text_optimiser {
             text_optimiser.set_learning_rate(learning_rate * text_scale);
         }
-        let mut rng = Rng::for_item(cfg.seed ^ STEP_STREAM, step as u64);
+        let mut rng = Rng::for_item(
+            cfg.seed ^ STEP_STREAM ^ round_stream(phase.round),
+            step as u64,
+        );
         let rows: Vec<u32> = (0..b).map(|_| rng.below(set.len as u64) as u32).collect();
         let timesteps: Vec<usize> = (0..b)
             .map(|_| first_timestep + rng.below(timestep_span) as usize)
@@ -255,11 +300,11 @@ pub(crate) fn train_diffusion(
         let xt = schedule.add_noise(&x0, &noise, &timesteps)?;
         let ids = Tensor::from_vec(ids, (b, length), &device)?;
         // Rebuilt every step: constructors fuse projection weights into copies.
-        let text = ClipTextModel::new(text_vb.clone(), &text_cfg)?;
-        let unet = UNet2DConditionModel::new(unet_vb.clone(), &unet_cfg)?;
+        let text = ClipTextModel::new(text_vb.clone(), &nets.text_cfg)?;
+        let unet = UNet2DConditionModel::new(unet_vb.clone(), &nets.unet_cfg)?;
         let context = text.forward(&ids)?;
         // A frozen text encoder needs no gradients: stop the backward pass at its output.
-        let text_trains = text_optimiser.is_some() && step >= cfg.text_frozen_steps;
+        let text_trains = text_optimiser.is_some() && step >= phase.text_frozen_steps;
         let context = if text_trains {
             context
         } else {
@@ -289,15 +334,15 @@ pub(crate) fn train_diffusion(
         let (shown, log_now) = tracker.record(step, value, &mut report, log)?;
         if log_now {
             log.line(&format!(
-                "diffusion step {} loss {value:.5} (avg {shown:.5}) lr {:.2e}",
+                "{name} step {} loss {value:.5} (avg {shown:.5}) lr {:.2e}",
                 step + 1,
                 learning_rate
             ));
         }
         if checkpoints.every > 0 && (step + 1) % checkpoints.every == 0 && step + 1 < stage.steps {
-            checkpoints.save(cfg, vocab_size, &unet_ema, &text_ema)?;
+            checkpoints.save(cfg, inputs.vocab_size, &unet_ema, &text_ema)?;
             log.line(&format!(
-                "diffusion: checkpoint of the averaged weights at step {}",
+                "{name}: checkpoint of the averaged weights at step {}",
                 step + 1
             ));
         }
@@ -306,11 +351,5 @@ pub(crate) fn train_diffusion(
     unet_ema.apply()?;
     text_ema.apply()?;
     report.seconds = log.elapsed();
-    Ok(TrainedDiffusion {
-        unet: unet_map,
-        text: text_map,
-        report,
-        unet_parameters,
-        text_parameters,
-    })
+    Ok(report)
 }

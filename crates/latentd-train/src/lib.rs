@@ -15,6 +15,7 @@ pub mod config;
 pub mod data;
 mod decoder_stage;
 mod diffusion_stage;
+mod ema;
 pub mod error;
 pub mod eval;
 pub mod generate;
@@ -33,7 +34,7 @@ use latentd_demo::{caption, sample_split, Rng, Split};
 use latentd_models::text::ClipTokenizer;
 
 pub use arch::Architecture;
-pub use config::{Prediction, StageConfig, TrainConfig};
+pub use config::{DiffusionRound, Prediction, StageConfig, TrainConfig};
 pub use error::{Error, Result};
 pub use eval::{
     evaluate, evaluate_pipeline, reconstruction, reconstruction_psnr, AttributeScore, EvalReport,
@@ -42,6 +43,7 @@ pub use eval::{
 pub use progress::{Bars, Progress, Silent};
 pub use report::{StageReport, TrainReport};
 
+use diffusion_stage::Phase;
 use error::io;
 use progress::Log;
 use tokenizer::{word_counts, BpeVocabulary};
@@ -91,17 +93,27 @@ pub fn train(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<T
     )?;
     save::save_pipeline_files(out, cfg.prediction)?;
 
-    let diffusion =
-        train_and_save_diffusion(cfg, out, &vae, &tokenizer, vocabulary.len(), &mut log)?;
+    let model = vae.model()?;
+    let inputs = diffusion_stage::Inputs {
+        vae: &model,
+        scaling_factor: vae.scaling_factor,
+        tokenizer: &tokenizer,
+        vocab_size: vocabulary.len(),
+    };
+    let nets = diffusion_stage::DiffusionNets::seeded(cfg, vocabulary.len())?;
+    let mut diffusion =
+        train_and_save_diffusion(cfg, out, &nets, Phase::all(cfg), &inputs, &mut log)?;
+    let main_stage = diffusion.remove(0);
 
     let report = TrainReport {
         vocab_size: vocabulary.len(),
         vae: vae.report,
         decoder,
         scaling_factor: vae.scaling_factor,
-        diffusion: diffusion.report,
-        unet_parameters: diffusion.unet_parameters,
-        text_encoder_parameters: diffusion.text_parameters,
+        diffusion: main_stage,
+        diffusion_rounds: diffusion,
+        unet_parameters: nets.unet_parameters,
+        text_encoder_parameters: nets.text_parameters,
         seconds: log.elapsed(),
     };
     let report_path = out.join("train_report.json");
@@ -145,15 +157,45 @@ pub fn finetune_decoder_in(
     Ok(reports)
 }
 
-/// Runs stage 2 alone on a folder whose tokenizer and autoencoder are already
-/// trained (by [`train`]), and writes the UNet and text encoder: the same
-/// computation as inside [`train`], since stage 2 reads only the tokenizer, the
-/// frozen encoder and its own seeded draws. Appends to `out/train.log`.
+/// Runs stage 2 alone (the main stage, then `cfg.diffusion_rounds`) on a
+/// folder whose tokenizer and autoencoder are already trained (by [`train`]),
+/// and writes the UNet and text encoder: the same computation as inside
+/// [`train`], since stage 2 reads only the tokenizer, the frozen encoder and its
+/// own seeded draws. Appends to `out/train.log`; returns one report per phase.
 pub fn train_diffusion_in(
     cfg: &TrainConfig,
     out: &Path,
     progress: &dyn Progress,
-) -> Result<StageReport> {
+) -> Result<Vec<StageReport>> {
+    in_trained_folder(cfg, out, progress, |inputs, log| {
+        let nets = diffusion_stage::DiffusionNets::seeded(cfg, inputs.vocab_size)?;
+        train_and_save_diffusion(cfg, out, &nets, Phase::all(cfg), inputs, log)
+    })
+}
+
+/// Runs only `cfg.diffusion_rounds`, starting from the UNet and text encoder
+/// saved in `out`, and writes them back: for a folder whose main stage 2 (and
+/// any earlier rounds) is done, the same computation as the rest of [`train`].
+/// Appends to `out/train.log`; returns one report per round.
+pub fn continue_diffusion_in(
+    cfg: &TrainConfig,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<Vec<StageReport>> {
+    in_trained_folder(cfg, out, progress, |inputs, log| {
+        let nets = diffusion_stage::DiffusionNets::load(cfg, inputs.vocab_size, out)?;
+        train_and_save_diffusion(cfg, out, &nets, Phase::rounds(cfg).collect(), inputs, log)
+    })
+}
+
+/// Loads the tokenizer and the frozen autoencoder of a trained folder and runs
+/// `train` on them.
+fn in_trained_folder(
+    cfg: &TrainConfig,
+    out: &Path,
+    progress: &dyn Progress,
+    train: impl FnOnce(&diffusion_stage::Inputs, &mut Log) -> Result<Vec<StageReport>>,
+) -> Result<Vec<StageReport>> {
     cfg.check()?;
     let mut log = Log::append(&out.join("train.log"), progress)?;
     let tokenizer = ClipTokenizer::from_dir(&out.join("tokenizer"))?;
@@ -165,48 +207,51 @@ pub fn train_diffusion_in(
                 source,
             })?;
     let vae = vae_stage::TrainedVae::load(&out.join("vae"), 0)?;
+    let model = vae.model()?;
+    let inputs = diffusion_stage::Inputs {
+        vae: &model,
+        scaling_factor: vae.scaling_factor,
+        tokenizer: &tokenizer,
+        vocab_size: vocab.len(),
+    };
     // The scheduler config describes stage 2's noise schedule.
     save::save_pipeline_files(out, cfg.prediction)?;
-    let diffusion = train_and_save_diffusion(cfg, out, &vae, &tokenizer, vocab.len(), &mut log)?;
+    let reports = train(&inputs, &mut log)?;
     log.line(&format!("stage 2 done; model in {}", out.display()));
-    Ok(diffusion.report)
+    Ok(reports)
 }
 
-/// Stage 2 on a trained autoencoder: trains the UNet and the text encoder jointly and
-/// writes both components into `out`; returns the trained stage.
+/// Trains `nets` through `phases` in order and writes the UNet and the text
+/// encoder into `out`; returns one report per phase.
 fn train_and_save_diffusion(
     cfg: &TrainConfig,
     out: &Path,
-    vae: &vae_stage::TrainedVae,
-    tokenizer: &ClipTokenizer,
-    vocab_size: usize,
+    nets: &diffusion_stage::DiffusionNets,
+    phases: Vec<Phase>,
+    inputs: &diffusion_stage::Inputs,
     log: &mut Log,
-) -> Result<diffusion_stage::TrainedDiffusion> {
-    let diffusion = diffusion_stage::train_diffusion(
-        cfg,
-        &vae.model()?,
-        vae.scaling_factor,
-        tokenizer,
-        vocab_size,
-        &diffusion_stage::Checkpoints {
-            out,
-            every: cfg.checkpoint_every,
-        },
-        log,
-    )?;
+) -> Result<Vec<StageReport>> {
+    let checkpoints = diffusion_stage::Checkpoints {
+        out,
+        every: cfg.checkpoint_every,
+    };
+    let reports = phases
+        .iter()
+        .map(|phase| diffusion_stage::train_phase(cfg, phase, nets, inputs, &checkpoints, log))
+        .collect::<Result<Vec<_>>>()?;
     save::save_component(
         &out.join("unet"),
         &cfg.arch.unet_config(cfg.latent_size()),
-        &diffusion.unet,
+        &nets.unet,
         "diffusion_pytorch_model.safetensors",
     )?;
     save::save_component(
         &out.join("text_encoder"),
-        &cfg.arch.text_config(vocab_size),
-        &diffusion.text,
+        &cfg.arch.text_config(inputs.vocab_size),
+        &nets.text,
         "model.safetensors",
     )?;
-    Ok(diffusion)
+    Ok(reports)
 }
 
 /// Learns the BPE vocabulary from training captions and the parser's aliases.

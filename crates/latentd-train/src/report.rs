@@ -61,6 +61,8 @@ pub struct TrainReport {
     pub scaling_factor: f64,
     /// Stage 2 (UNet and text encoder together).
     pub diffusion: StageReport,
+    /// Stage-2 continuation rounds, one report per round.
+    pub diffusion_rounds: Vec<StageReport>,
     /// Parameters of the UNet.
     pub unet_parameters: usize,
     /// Parameters of the text encoder.

@@ -1,7 +1,9 @@
 //! End to end: the quick preset trains, its losses fall, and the saved folder
 //! loads and generates with the serving pipeline.
 
-use candle_core::Device;
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
 use latentd_models::pipeline::StableDiffusion;
 use latentd_train::eval::{evaluate_pipeline, held_out_captions, reconstruction_psnr};
 use latentd_train::generate::{generate, Job};
@@ -34,9 +36,12 @@ fn quick_training_produces_a_loadable_pipeline() {
     }
     let log = std::fs::read_to_string(out.join("train.log")).unwrap();
     assert!(
-        log.contains("vae step 20") && log.contains("diffusion step 20"),
+        log.contains("vae step 20")
+            && log.contains("diffusion step 20")
+            && log.contains("diffusion round 1 step 6"),
         "{log}"
     );
+    assert_eq!(report.diffusion_rounds.len(), cfg.diffusion_rounds.len());
 
     let pipe = StableDiffusion::load(&out, &Device::Cpu).unwrap();
     assert_eq!(pipe.info().native_width, cfg.image_size as usize);
@@ -98,12 +103,14 @@ fn quick_training_produces_a_loadable_pipeline() {
     let psnr = reconstruction_psnr(&pipe, 2).unwrap();
     assert!(psnr.is_finite() && psnr > 0.0, "{psnr}");
 
-    // Stage 2 again on the trained folder: a text encoder frozen for every step
-    // equals one with no learning rate; frozen for half the steps, it moves.
+    // Stage 2 again on the trained folder, without continuation rounds: a text
+    // encoder frozen for every step equals one with no learning rate; frozen
+    // for half the steps, it moves.
     let text_encoder = |scale: f64, frozen: usize| {
         let cfg = TrainConfig {
             text_learning_rate_scale: scale,
             text_frozen_steps: frozen,
+            diffusion_rounds: Vec::new(),
             ..TrainConfig::quick()
         };
         latentd_train::train_diffusion_in(&cfg, &out, &Silent).unwrap();
@@ -116,16 +123,40 @@ fn quick_training_produces_a_loadable_pipeline() {
         text_encoder(1.0, steps),
         text_encoder(1.0, steps / 2),
     );
-    let largest_change = |other: &std::collections::HashMap<String, candle_core::Tensor>| {
-        untrained
-            .iter()
+    let largest_difference = |a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>| {
+        assert_eq!(a.len(), b.len());
+        a.iter()
             .map(|(name, t)| {
-                let change = (t - &other[name]).and_then(|d| d.abs()?.max_all());
-                change.and_then(|m| m.to_scalar::<f32>()).unwrap()
+                let difference = (t - &b[name]).and_then(|d| d.abs()?.max_all());
+                difference.and_then(|m| m.to_scalar::<f32>()).unwrap()
             })
             .fold(0.0f32, f32::max)
     };
-    assert_eq!(largest_change(&frozen_all), 0.0);
-    assert!(largest_change(&frozen_half) > 0.0);
+    assert_eq!(largest_difference(&untrained, &frozen_all), 0.0);
+    assert!(largest_difference(&untrained, &frozen_half) > 0.0);
+
+    // Continuation rounds: the main stage and its rounds in one call equal the
+    // main stage, saved, then the rounds continued from the folder.
+    let weights = || {
+        let load =
+            |file: &str| candle_core::safetensors::load(out.join(file), &Device::Cpu).unwrap();
+        let mut all = load("unet/diffusion_pytorch_model.safetensors");
+        all.extend(load("text_encoder/model.safetensors"));
+        all
+    };
+    let reports = latentd_train::train_diffusion_in(&cfg, &out, &Silent).unwrap();
+    assert_eq!(reports.len(), 1 + cfg.diffusion_rounds.len());
+    let in_one_call = weights();
+    let main_only = TrainConfig {
+        diffusion_rounds: Vec::new(),
+        ..cfg.clone()
+    };
+    latentd_train::train_diffusion_in(&main_only, &out, &Silent).unwrap();
+    let main_stage = weights();
+    let reports = latentd_train::continue_diffusion_in(&cfg, &out, &Silent).unwrap();
+    assert_eq!(reports.len(), cfg.diffusion_rounds.len());
+    let continued = weights();
+    assert_eq!(largest_difference(&in_one_call, &continued), 0.0);
+    assert!(largest_difference(&main_stage, &continued) > 0.0);
     std::fs::remove_dir_all(&out).unwrap();
 }
