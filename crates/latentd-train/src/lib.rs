@@ -173,18 +173,27 @@ pub fn train_diffusion_in(
     })
 }
 
-/// Runs only `cfg.diffusion_rounds`, starting from the UNet and text encoder
-/// saved in `out`, and writes them back: for a folder whose main stage 2 (and
-/// any earlier rounds) is done, the same computation as the rest of [`train`].
-/// Appends to `out/train.log`; returns one report per round.
+/// Runs `cfg.diffusion_rounds` after the first `done` of them, starting from the
+/// UNet and text encoder saved in `out`, and writes them back: for a folder
+/// whose main stage 2 and first `done` rounds are trained, the same computation
+/// as the rest of [`train`] (each round draws from its own seeded streams).
+/// Appends to `out/train.log`; returns one report per round run.
 pub fn continue_diffusion_in(
     cfg: &TrainConfig,
     out: &Path,
+    done: usize,
     progress: &dyn Progress,
 ) -> Result<Vec<StageReport>> {
+    if done > cfg.diffusion_rounds.len() {
+        return Err(Error::Config(format!(
+            "{done} rounds done, but the config has {}",
+            cfg.diffusion_rounds.len()
+        )));
+    }
     in_trained_folder(cfg, out, progress, |inputs, log| {
         let nets = diffusion_stage::DiffusionNets::load(cfg, inputs.vocab_size, out)?;
-        train_and_save_diffusion(cfg, out, &nets, Phase::rounds(cfg).collect(), inputs, log)
+        let phases = Phase::rounds(cfg).skip(done).collect();
+        train_and_save_diffusion(cfg, out, &nets, phases, inputs, log)
     })
 }
 

@@ -153,9 +153,10 @@ fn quick_training_produces_a_loadable_pipeline() {
     };
     latentd_train::train_diffusion_in(&main_only, &out, &Silent).unwrap();
     let main_stage = weights();
-    let reports = latentd_train::continue_diffusion_in(&cfg, &out, &Silent).unwrap();
+    let reports = latentd_train::continue_diffusion_in(&cfg, &out, 0, &Silent).unwrap();
     assert_eq!(reports.len(), cfg.diffusion_rounds.len());
     let continued = weights();
+    assert!(latentd_train::continue_diffusion_in(&cfg, &out, 2, &Silent).is_err());
     assert_eq!(largest_difference(&in_one_call, &continued), 0.0);
     assert!(largest_difference(&main_stage, &continued) > 0.0);
     std::fs::remove_dir_all(&out).unwrap();
