@@ -96,6 +96,9 @@ pub struct DiffusionRound {
     pub stage: StageConfig,
     /// How the round's scenes and captions are drawn.
     pub sampler: SamplerConfig,
+    /// The text encoder's learning rate as a multiple of the UNet's in this
+    /// round; `None` keeps the config's `text_learning_rate_scale`.
+    pub text_learning_rate_scale: Option<f64>,
 }
 
 /// Everything that determines a training run; the same settings give the same model.
@@ -241,6 +244,7 @@ impl Default for TrainConfig {
                     position_stated: 75,
                     ..SamplerConfig::default()
                 },
+                text_learning_rate_scale: None,
             }],
             prediction: Prediction::VPrediction,
             caption_dropout: 0.1,
@@ -306,6 +310,7 @@ impl TrainConfig {
                     log_every: 3,
                 },
                 sampler: SamplerConfig::default(),
+                text_learning_rate_scale: None,
             }],
             latent_examples: 64,
             tokenizer_captions: 200,
@@ -327,6 +332,11 @@ impl TrainConfig {
         for round in &self.diffusion_rounds {
             round.stage.check("diffusion round")?;
         }
+        let text_scales = std::iter::once(self.text_learning_rate_scale).chain(
+            self.diffusion_rounds
+                .iter()
+                .filter_map(|round| round.text_learning_rate_scale),
+        );
         let factor = self.arch.downsampling_factor();
         if !(self.image_size as usize).is_multiple_of(factor) {
             return Err(Error::Config(format!(
@@ -339,7 +349,10 @@ impl TrainConfig {
                 "caption_dropout and ema_decay must be in [0, 1)".into(),
             ));
         }
-        if !(self.text_learning_rate_scale.is_finite() && self.text_learning_rate_scale >= 0.0) {
+        if text_scales
+            .into_iter()
+            .any(|scale| !(scale.is_finite() && scale >= 0.0))
+        {
             return Err(Error::Config(
                 "text_learning_rate_scale must be zero or positive".into(),
             ));
@@ -407,6 +420,9 @@ mod tests {
                 ..TrainConfig::quick()
             };
             assert!(bad.check().is_err(), "{scale}");
+            let mut bad_round = TrainConfig::quick();
+            bad_round.diffusion_rounds[0].text_learning_rate_scale = Some(scale);
+            assert!(bad_round.check().is_err(), "round {scale}");
         }
     }
 }

@@ -96,6 +96,8 @@ pub(crate) struct Phase<'a> {
     pub(crate) sampler: &'a SamplerConfig,
     /// Steps at the start with the text encoder held fixed.
     pub(crate) text_frozen_steps: usize,
+    /// The text encoder's learning rate as a multiple of the UNet's.
+    pub(crate) text_learning_rate_scale: f64,
 }
 
 impl<'a> Phase<'a> {
@@ -106,6 +108,7 @@ impl<'a> Phase<'a> {
             stage: &cfg.diffusion,
             sampler: &cfg.diffusion_sampler,
             text_frozen_steps: cfg.text_frozen_steps,
+            text_learning_rate_scale: cfg.text_learning_rate_scale,
         };
         std::iter::once(main).chain(Self::rounds(cfg)).collect()
     }
@@ -120,6 +123,9 @@ impl<'a> Phase<'a> {
                 stage: &round.stage,
                 sampler: &round.sampler,
                 text_frozen_steps: 0,
+                text_learning_rate_scale: round
+                    .text_learning_rate_scale
+                    .unwrap_or(cfg.text_learning_rate_scale),
             })
     }
 
@@ -246,7 +252,7 @@ pub(crate) fn train_phase(
         adamw(stage.learning_rate, stage.weight_decay),
     )?;
     // The text encoder's own optimiser, or none when its learning rate is zero.
-    let text_scale = cfg.text_learning_rate_scale;
+    let text_scale = phase.text_learning_rate_scale;
     let mut text_optimiser = (text_scale > 0.0)
         .then(|| {
             AdamW::new(

@@ -159,5 +159,39 @@ fn quick_training_produces_a_loadable_pipeline() {
     assert!(latentd_train::continue_diffusion_in(&cfg, &out, 2, &Silent).is_err());
     assert_eq!(largest_difference(&in_one_call, &continued), 0.0);
     assert!(largest_difference(&main_stage, &continued) > 0.0);
+
+    // A round's own text-encoder rate: at zero the round moves only the UNet.
+    let text_fixed = TrainConfig {
+        diffusion_rounds: vec![latentd_train::DiffusionRound {
+            text_learning_rate_scale: Some(0.0),
+            ..cfg.diffusion_rounds[0].clone()
+        }],
+        ..cfg.clone()
+    };
+    latentd_train::train_diffusion_in(&main_only, &out, &Silent).unwrap();
+    latentd_train::continue_diffusion_in(&text_fixed, &out, 0, &Silent).unwrap();
+    let round_weights = weights();
+    let (text, unet): (Vec<_>, Vec<_>) = round_weights
+        .keys()
+        .partition(|name| name.starts_with("text_model."));
+    assert!(!text.is_empty() && !unet.is_empty());
+    let part = |all: &HashMap<String, Tensor>, names: &[&String]| -> HashMap<String, Tensor> {
+        names.iter().map(|&n| (n.clone(), all[n].clone())).collect()
+    };
+    // (Not bit-identical: the round's moving average of unchanged weights rounds.)
+    let text_change = |weights: &HashMap<String, Tensor>| {
+        largest_difference(&part(&main_stage, &text), &part(weights, &text))
+    };
+    assert!(
+        text_change(&round_weights) < 1e-6,
+        "{}",
+        text_change(&round_weights)
+    );
+    assert!(
+        text_change(&continued) > 1e-4,
+        "{}",
+        text_change(&continued)
+    );
+    assert!(largest_difference(&part(&main_stage, &unet), &part(&round_weights, &unet)) > 0.0);
     std::fs::remove_dir_all(&out).unwrap();
 }
