@@ -99,6 +99,9 @@ pub struct DiffusionRound {
     /// The text encoder's learning rate as a multiple of the UNet's in this
     /// round; `None` keeps the config's `text_learning_rate_scale`.
     pub text_learning_rate_scale: Option<f64>,
+    /// The round's floor on the min-SNR x0-error weight; `None` keeps the
+    /// config's `min_snr_floor`.
+    pub min_snr_floor: Option<f64>,
 }
 
 /// Everything that determines a training run; the same settings give the same model.
@@ -245,6 +248,7 @@ impl Default for TrainConfig {
                     ..SamplerConfig::default()
                 },
                 text_learning_rate_scale: None,
+                min_snr_floor: None,
             }],
             prediction: Prediction::VPrediction,
             caption_dropout: 0.1,
@@ -311,6 +315,7 @@ impl TrainConfig {
                 },
                 sampler: SamplerConfig::default(),
                 text_learning_rate_scale: None,
+                min_snr_floor: None,
             }],
             latent_examples: 64,
             tokenizer_captions: 200,
@@ -331,6 +336,19 @@ impl TrainConfig {
         self.diffusion.check("diffusion")?;
         for round in &self.diffusion_rounds {
             round.stage.check("diffusion round")?;
+        }
+        let floors = std::iter::once(self.min_snr_floor).chain(
+            self.diffusion_rounds
+                .iter()
+                .filter_map(|round| round.min_snr_floor),
+        );
+        if floors
+            .into_iter()
+            .any(|floor| !(floor.is_finite() && floor >= 0.0))
+        {
+            return Err(Error::Config(
+                "min_snr_floor must be zero or positive".into(),
+            ));
         }
         let text_scales = std::iter::once(self.text_learning_rate_scale).chain(
             self.diffusion_rounds
@@ -423,6 +441,9 @@ mod tests {
             let mut bad_round = TrainConfig::quick();
             bad_round.diffusion_rounds[0].text_learning_rate_scale = Some(scale);
             assert!(bad_round.check().is_err(), "round {scale}");
+            let mut bad_floor = TrainConfig::quick();
+            bad_floor.diffusion_rounds[0].min_snr_floor = Some(scale);
+            assert!(bad_floor.check().is_err(), "floor {scale}");
         }
     }
 }

@@ -98,6 +98,8 @@ pub(crate) struct Phase<'a> {
     pub(crate) text_frozen_steps: usize,
     /// The text encoder's learning rate as a multiple of the UNet's.
     pub(crate) text_learning_rate_scale: f64,
+    /// Floor on the min-SNR x0-error weight.
+    pub(crate) min_snr_floor: f64,
 }
 
 impl<'a> Phase<'a> {
@@ -109,6 +111,7 @@ impl<'a> Phase<'a> {
             sampler: &cfg.diffusion_sampler,
             text_frozen_steps: cfg.text_frozen_steps,
             text_learning_rate_scale: cfg.text_learning_rate_scale,
+            min_snr_floor: cfg.min_snr_floor,
         };
         std::iter::once(main).chain(Self::rounds(cfg)).collect()
     }
@@ -126,6 +129,7 @@ impl<'a> Phase<'a> {
                 text_learning_rate_scale: round
                     .text_learning_rate_scale
                     .unwrap_or(cfg.text_learning_rate_scale),
+                min_snr_floor: round.min_snr_floor.unwrap_or(cfg.min_snr_floor),
             })
     }
 
@@ -325,7 +329,8 @@ pub(crate) fn train_phase(
         let weights: Vec<f32> = timesteps
             .iter()
             .map(|&t| {
-                schedule.loss_weight(t, cfg.prediction, cfg.min_snr_gamma, cfg.min_snr_floor) as f32
+                schedule.loss_weight(t, cfg.prediction, cfg.min_snr_gamma, phase.min_snr_floor)
+                    as f32
             })
             .collect();
         let loss = (per_row * Tensor::from_vec(weights, b, &device)?)?.mean_all()?;
@@ -358,4 +363,43 @@ pub(crate) fn train_phase(
     text_ema.apply()?;
     report.seconds = log.elapsed();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DiffusionRound;
+
+    #[test]
+    fn rounds_override_the_text_rate_and_floor_only_when_set() {
+        let mut cfg = TrainConfig::quick();
+        let round = DiffusionRound {
+            text_learning_rate_scale: Some(2.0),
+            min_snr_floor: Some(0.3),
+            ..cfg.diffusion_rounds[0].clone()
+        };
+        cfg.diffusion_rounds = vec![round, cfg.diffusion_rounds[0].clone()];
+        let phases = Phase::all(&cfg);
+        let settings: Vec<_> = phases
+            .iter()
+            .map(|p| {
+                (
+                    p.round,
+                    p.text_frozen_steps,
+                    p.text_learning_rate_scale,
+                    p.min_snr_floor,
+                )
+            })
+            .collect();
+        let (scale, floor) = (cfg.text_learning_rate_scale, cfg.min_snr_floor);
+        assert_eq!(
+            settings,
+            [
+                (0, cfg.text_frozen_steps, scale, floor),
+                (1, 0, 2.0, 0.3),
+                (2, 0, scale, floor)
+            ]
+        );
+        assert_eq!(Phase::rounds(&cfg).count(), 2);
+    }
 }
