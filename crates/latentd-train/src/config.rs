@@ -233,25 +233,30 @@ impl Default for TrainConfig {
             },
             // Two warm restarts at lower rates on captions in which three of
             // four one-object captions name their region, so the model learns
-            // that a caption without one means a single object anywhere.
-            diffusion_rounds: [3e-4, 1e-4]
+            // that a caption without one means a single object anywhere. The
+            // second weighs the noisiest timesteps (where the layout is
+            // decided) and trains the text encoder at the UNet's rate: that is
+            // when relations ("left of", "above") are learned (MODEL_CARD.md).
+            diffusion_rounds: [(3e-4, None, None), (1e-4, Some(1.0), Some(1.0))]
                 .into_iter()
-                .map(|learning_rate| DiffusionRound {
-                    stage: StageConfig {
-                        steps: 4500,
-                        batch_size: 32,
-                        learning_rate,
-                        warmup_steps: 100,
-                        weight_decay: 0.0,
-                        log_every: 25,
+                .map(
+                    |(learning_rate, text_learning_rate_scale, min_snr_floor)| DiffusionRound {
+                        stage: StageConfig {
+                            steps: 4500,
+                            batch_size: 32,
+                            learning_rate,
+                            warmup_steps: 100,
+                            weight_decay: 0.0,
+                            log_every: 25,
+                        },
+                        sampler: SamplerConfig {
+                            position_stated: 75,
+                            ..SamplerConfig::default()
+                        },
+                        text_learning_rate_scale,
+                        min_snr_floor,
                     },
-                    sampler: SamplerConfig {
-                        position_stated: 75,
-                        ..SamplerConfig::default()
-                    },
-                    text_learning_rate_scale: None,
-                    min_snr_floor: None,
-                })
+                )
                 .collect(),
             prediction: Prediction::VPrediction,
             caption_dropout: 0.1,
