@@ -1,5 +1,5 @@
 //! Stage 2: the text-conditioned UNet and the text encoder, trained jointly in
-//! the frozen autoencoder's latent space with epsilon prediction.
+//! the frozen autoencoder's latent space, in a main stage and continuation rounds.
 
 use std::path::Path;
 

@@ -3,10 +3,12 @@
 //! paper, saved as a diffusers `StableDiffusionPipeline` folder.
 //!
 //! 1. A CLIP-format BPE tokenizer is learned from the caption grammar.
-//! 2. Stage 1 trains a KL-regularised autoencoder (downsampling factor 4).
+//! 2. Stage 1 trains a KL-regularised autoencoder (downsampling factor 4), then
+//!    fine-tunes its decoder in rounds.
 //! 3. Stage 2 trains a text-conditioned UNet with cross-attention and a CLIP
 //!    text encoder jointly in the frozen autoencoder's latent space
-//!    (epsilon prediction, 10% empty captions for classifier-free guidance).
+//!    (the configured prediction target, 10% empty captions for
+//!    classifier-free guidance), then in continuation rounds.
 //!
 //! Everything is seeded: the same [`TrainConfig`] gives the same files.
 
