@@ -135,7 +135,7 @@ pub struct TrainConfig {
     /// Stage 2: the UNet and the text encoder.
     pub diffusion: StageConfig,
     /// Stage-2 continuation rounds, run in order after `diffusion`; the text
-    /// encoder trains at `text_learning_rate_scale` from each round's first step.
+    /// encoder trains from each round's first step (no `text_frozen_steps`).
     pub diffusion_rounds: Vec<DiffusionRound>,
     /// Stage-2 training target.
     pub prediction: Prediction,
@@ -345,24 +345,17 @@ impl TrainConfig {
         for round in &self.diffusion_rounds {
             round.stage.check("diffusion round")?;
         }
-        let floors = std::iter::once(self.min_snr_floor).chain(
-            self.diffusion_rounds
-                .iter()
-                .filter_map(|round| round.min_snr_floor),
-        );
-        if floors
-            .into_iter()
-            .any(|floor| !(floor.is_finite() && floor >= 0.0))
-        {
-            return Err(Error::Config(
-                "min_snr_floor must be zero or positive".into(),
-            ));
-        }
-        let text_scales = std::iter::once(self.text_learning_rate_scale).chain(
-            self.diffusion_rounds
-                .iter()
-                .filter_map(|round| round.text_learning_rate_scale),
-        );
+        let rounds = &self.diffusion_rounds;
+        non_negative(
+            "min_snr_floor",
+            std::iter::once(self.min_snr_floor)
+                .chain(rounds.iter().filter_map(|r| r.min_snr_floor)),
+        )?;
+        non_negative(
+            "text_learning_rate_scale",
+            std::iter::once(self.text_learning_rate_scale)
+                .chain(rounds.iter().filter_map(|r| r.text_learning_rate_scale)),
+        )?;
         let factor = self.arch.downsampling_factor();
         if !(self.image_size as usize).is_multiple_of(factor) {
             return Err(Error::Config(format!(
@@ -373,14 +366,6 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.caption_dropout) || !(0.0..1.0).contains(&self.ema_decay) {
             return Err(Error::Config(
                 "caption_dropout and ema_decay must be in [0, 1)".into(),
-            ));
-        }
-        if text_scales
-            .into_iter()
-            .any(|scale| !(scale.is_finite() && scale >= 0.0))
-        {
-            return Err(Error::Config(
-                "text_learning_rate_scale must be zero or positive".into(),
             ));
         }
         let [first, end] = self.timestep_range;
@@ -402,6 +387,18 @@ impl TrainConfig {
     pub fn latent_size(&self) -> usize {
         self.image_size as usize / self.arch.downsampling_factor()
     }
+}
+
+/// Rejects a setting whose values (the config's and its rounds') are not all
+/// finite and zero or positive.
+fn non_negative(name: &str, values: impl IntoIterator<Item = f64>) -> Result<()> {
+    if values
+        .into_iter()
+        .any(|value| !(value.is_finite() && value >= 0.0))
+    {
+        return Err(Error::Config(format!("{name} must be zero or positive")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

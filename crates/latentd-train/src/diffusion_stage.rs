@@ -36,8 +36,6 @@ pub(crate) struct DiffusionNets {
     pub(crate) text: VarMap,
     unet_cfg: UNet2DConditionConfig,
     text_cfg: ClipTextConfig,
-    pub(crate) unet_parameters: usize,
-    pub(crate) text_parameters: usize,
 }
 
 impl DiffusionNets {
@@ -49,16 +47,15 @@ impl DiffusionNets {
             text: VarMap::new(),
             unet_cfg,
             text_cfg,
-            unet_parameters: 0,
-            text_parameters: 0,
         };
         UNet2DConditionModel::new(nets.unet_builder(), &nets.unet_cfg)?;
         ClipTextModel::new(nets.text_builder(), &nets.text_cfg)?;
-        Ok(Self {
-            unet_parameters: count_parameters(&nets.unet),
-            text_parameters: count_parameters(&nets.text),
-            ..nets
-        })
+        Ok(nets)
+    }
+
+    /// Scalar parameters of the UNet and of the text encoder.
+    pub(crate) fn parameters(&self) -> (usize, usize) {
+        (count_parameters(&self.unet), count_parameters(&self.text))
     }
 
     /// Both networks at their seeded initial weights.
@@ -149,15 +146,14 @@ struct LatentSet {
 }
 
 /// Encodes `cfg.latent_examples` training scenes of `phase` with the frozen
-/// autoencoder (latent means times `scaling_factor`) and tokenizes their captions.
+/// autoencoder (latent means times its scaling factor) and tokenizes their captions.
 fn encode_latents(
     cfg: &TrainConfig,
     phase: &Phase,
-    vae: &AutoencoderKL,
-    scaling_factor: f64,
-    tokenizer: &ClipTokenizer,
+    inputs: &Inputs,
     log: &mut Log,
 ) -> Result<LatentSet> {
+    let tokenizer = inputs.tokenizer;
     let chunks = cfg.latent_examples.div_ceil(ENCODE_CHUNK);
     let mut latents = Vec::with_capacity(chunks);
     let mut ids = Vec::with_capacity(cfg.latent_examples * tokenizer.max_length());
@@ -172,7 +168,13 @@ fn encode_latents(
             cfg.image_size,
             &Device::Cpu,
         )?;
-        latents.push(vae.encode(&data.images)?.mean.affine(scaling_factor, 0.0)?);
+        latents.push(
+            inputs
+                .vae
+                .encode(&data.images)?
+                .mean
+                .affine(inputs.scaling_factor, 0.0)?,
+        );
         for caption in &data.captions {
             ids.extend(tokenizer.encode(caption)?);
         }
@@ -241,14 +243,7 @@ pub(crate) fn train_phase(
     log: &mut Log,
 ) -> Result<StageReport> {
     let device = Device::Cpu;
-    let set = encode_latents(
-        cfg,
-        phase,
-        inputs.vae,
-        inputs.scaling_factor,
-        inputs.tokenizer,
-        log,
-    )?;
+    let set = encode_latents(cfg, phase, inputs, log)?;
     let (unet_vb, text_vb) = (nets.unet_builder(), nets.text_builder());
     let stage = phase.stage;
     let mut unet_optimiser = AdamW::new(
@@ -272,13 +267,14 @@ pub(crate) fn train_phase(
     let length = inputs.tokenizer.max_length();
     let (c, h, w) = set.latents.dims4().map(|(_, c, h, w)| (c, h, w))?;
     let name = phase.name();
+    let (unet_parameters, text_parameters) = nets.parameters();
     log.line(&format!(
-        "{name}: UNet {} + text encoder {} parameters, {} steps of {}",
-        nets.unet_parameters, nets.text_parameters, stage.steps, stage.batch_size
+        "{name}: UNet {unet_parameters} + text encoder {text_parameters} parameters, {} steps of {}",
+        stage.steps, stage.batch_size
     ));
     log.progress().start(&name, stage.steps as u64);
     let mut tracker = StepTracker::new("diffusion", stage);
-    let mut report = StageReport::new(nets.unet_parameters + nets.text_parameters);
+    let mut report = StageReport::new(unet_parameters + text_parameters);
     let b = stage.batch_size;
     let [first_timestep, end_timestep] = cfg.timestep_range;
     let timestep_span = end_timestep.saturating_sub(first_timestep).max(1) as u64;

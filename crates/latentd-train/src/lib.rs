@@ -106,6 +106,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<T
     let mut diffusion =
         train_and_save_diffusion(cfg, out, &nets, Phase::all(cfg), &inputs, &mut log)?;
     let main_stage = diffusion.remove(0);
+    let (unet_parameters, text_encoder_parameters) = nets.parameters();
 
     let report = TrainReport {
         vocab_size: vocabulary.len(),
@@ -114,8 +115,8 @@ pub fn train(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<T
         scaling_factor: vae.scaling_factor,
         diffusion: main_stage,
         diffusion_rounds: diffusion,
-        unet_parameters: nets.unet_parameters,
-        text_encoder_parameters: nets.text_parameters,
+        unet_parameters,
+        text_encoder_parameters,
         seconds: log.elapsed(),
     };
     let report_path = out.join("train_report.json");
