@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    latentd_train::one_thread_per_shard();
     let mut args = std::env::args().skip(1);
     let out = PathBuf::from(
         args.next()

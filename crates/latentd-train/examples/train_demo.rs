@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use latentd_train::TrainConfig;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    latentd_train::one_thread_per_shard();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: train_demo OUT_DIR [--quick | --config FILE.json]";
     let out = PathBuf::from(args.first().ok_or(usage)?);

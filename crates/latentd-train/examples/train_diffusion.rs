@@ -9,6 +9,7 @@ use std::path::PathBuf;
 const USAGE: &str = "usage: train_diffusion [--continue DONE] OUT_DIR [CONFIG_JSON]";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    latentd_train::one_thread_per_shard();
     let mut args = std::env::args().skip(1).peekable();
     let done = match args.next_if(|arg| arg == "--continue") {
         Some(_) => Some(args.next().ok_or(USAGE)?.parse::<usize>()?),

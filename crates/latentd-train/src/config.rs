@@ -171,6 +171,11 @@ pub struct TrainConfig {
     /// Stage-2 steps between checkpoints of the averaged weights into the output
     /// folder (a loadable pipeline while training goes on); 0 for none.
     pub checkpoint_every: usize,
+    /// Parts each training batch is split into, whose forward and backward
+    /// passes run in parallel on rayon's threads (gradients summed). Results
+    /// depend on it only through floating-point rounding and never on the
+    /// machine's core count; 2 uses both cores of the development VM.
+    pub shards: usize,
 }
 
 impl Default for TrainConfig {
@@ -270,6 +275,7 @@ impl Default for TrainConfig {
             text_frozen_steps: 1500,
             timestep_range: [0, 1000],
             checkpoint_every: 500,
+            shards: 2,
         }
     }
 }
@@ -342,6 +348,9 @@ impl TrainConfig {
             round.check("decoder")?;
         }
         self.diffusion.check("diffusion")?;
+        if self.shards == 0 {
+            return Err(Error::Config("shards must be at least 1".into()));
+        }
         for round in &self.diffusion_rounds {
             round.stage.check("diffusion round")?;
         }

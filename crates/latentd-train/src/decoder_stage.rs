@@ -6,7 +6,9 @@
 //! the latent space, the scaling factor and everything stage 2 learns on it
 //! are unchanged (as Stable Diffusion's fine-tuned decoders were made).
 
-use candle_core::{DType, Device, Var};
+use std::ops::Range;
+
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, VarBuilder};
 use latentd_models::AutoencoderKL;
 
@@ -14,7 +16,8 @@ use crate::config::{StageConfig, TrainConfig};
 use crate::data::batch;
 use crate::progress::{Log, StepTracker};
 use crate::report::StageReport;
-use crate::vae_stage::{adamw, reconstruction_loss, TrainedVae};
+use crate::shards;
+use crate::vae_stage::{adamw, reconstruction_loss, weight_sum, TrainedVae};
 use crate::{Error, Result};
 
 const DATA_STREAM: u64 = 0x4445_4301;
@@ -46,7 +49,7 @@ pub(crate) fn finetune_decoder(
         named.into_iter().map(|(_, var)| var.clone()).collect()
     };
     let parameters = vars.iter().map(|v| v.elem_count()).sum();
-    let mut optimiser = AdamW::new(vars, adamw(stage.learning_rate, stage.weight_decay))?;
+    let mut optimiser = AdamW::new(vars.clone(), adamw(stage.learning_rate, stage.weight_decay))?;
     let vb = VarBuilder::from_varmap(&vae.varmap, DType::F32, &device);
     log.line(&format!(
         "decoder: fine-tuning {parameters} parameters, {} steps of {} images",
@@ -65,13 +68,22 @@ pub(crate) fn finetune_decoder(
             cfg.image_size,
             &device,
         )?;
-        let latents = frozen.encode(&data.images)?.mean;
         let model = AutoencoderKL::new(vb.clone(), &vae.config)?;
-        let recon = model.decode(&latents)?;
         let weights = data.foreground.affine(cfg.foreground_weight, 1.0)?;
-        let loss = reconstruction_loss(&recon, &data.images, &weights)?;
-        optimiser.backward_step(&loss)?;
-        let value = loss.to_scalar::<f32>()?;
+        let total_weight = weight_sum(&weights)?;
+        // The batch's loss, the rows of `range` at a time.
+        let shard_loss = |range: Range<usize>| -> Result<Vec<Tensor>> {
+            let rows = |t: &Tensor| t.narrow(0, range.start, range.len());
+            let images = rows(&data.images)?;
+            let latents = frozen.encode(&images)?.mean.detach();
+            let recon = model.decode(&latents)?;
+            let loss = reconstruction_loss(&recon, &images, &rows(&weights)?, total_weight)?;
+            Ok(vec![loss])
+        };
+        let (values, gradients) =
+            shards::backward(stage.batch_size, cfg.shards, &vars, shard_loss)?;
+        optimiser.step(&gradients)?;
+        let value = values[0];
         let (shown, log_now) = tracker.record(step, value, &mut report, log)?;
         if log_now {
             log.line(&format!(

@@ -1,6 +1,7 @@
 //! Stage 2: the text-conditioned UNet and the text encoder, trained jointly in
 //! the frozen autoencoder's latent space, in a main stage and continuation rounds.
 
+use std::ops::Range;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -16,6 +17,7 @@ use crate::progress::{Log, StepTracker};
 use crate::report::StageReport;
 use crate::save::write_json;
 use crate::schedule::{timestep_tensor, NoiseSchedule};
+use crate::shards;
 use crate::vae_stage::{adamw, count_parameters, parse};
 use crate::Result;
 
@@ -158,7 +160,7 @@ fn encode_latents(
     let mut latents = Vec::with_capacity(chunks);
     let mut ids = Vec::with_capacity(cfg.latent_examples * tokenizer.max_length());
     log.progress().start("encode", chunks as u64);
-    for index in 0..chunks {
+    let encode = |index: usize| -> Result<(Tensor, Vec<u32>)> {
         let size = ENCODE_CHUNK.min(cfg.latent_examples - index * ENCODE_CHUNK);
         let data = batch(
             cfg.seed ^ LATENT_STREAM ^ round_stream(phase.round),
@@ -168,17 +170,25 @@ fn encode_latents(
             cfg.image_size,
             &Device::Cpu,
         )?;
-        latents.push(
-            inputs
-                .vae
-                .encode(&data.images)?
-                .mean
-                .affine(inputs.scaling_factor, 0.0)?,
-        );
+        let latents = inputs
+            .vae
+            .encode(&data.images)?
+            .mean
+            .affine(inputs.scaling_factor, 0.0)?;
+        let mut ids = Vec::with_capacity(size * tokenizer.max_length());
         for caption in &data.captions {
             ids.extend(tokenizer.encode(caption)?);
         }
-        log.progress().step(index as u64 + 1, 0.0);
+        Ok((latents, ids))
+    };
+    // A group of chunks per thread at a time, so the progress bar moves.
+    let indices: Vec<usize> = (0..chunks).collect();
+    for group in indices.chunks(cfg.shards.max(1)) {
+        for (chunk_latents, chunk_ids) in shards::map(group.to_vec(), cfg.shards, encode)? {
+            latents.push(chunk_latents);
+            ids.extend(chunk_ids);
+        }
+        log.progress().step(latents.len() as u64, 0.0);
     }
     log.progress().finish();
     let latents = Tensor::cat(&latents, 0)?;
@@ -276,6 +286,7 @@ pub(crate) fn train_phase(
     let mut tracker = StepTracker::new("diffusion", stage);
     let mut report = StageReport::new(unet_parameters + text_parameters);
     let b = stage.batch_size;
+    let vars: Vec<_> = [nets.unet.all_vars(), nets.text.all_vars()].concat();
     let [first_timestep, end_timestep] = cfg.timestep_range;
     let timestep_span = end_timestep.saturating_sub(first_timestep).max(1) as u64;
     for step in 0..stage.steps {
@@ -305,23 +316,10 @@ pub(crate) fn train_phase(
         let x0 = set.latents.index_select(&Tensor::new(rows, &device)?, 0)?;
         let xt = schedule.add_noise(&x0, &noise, &timesteps)?;
         let ids = Tensor::from_vec(ids, (b, length), &device)?;
-        // Rebuilt every step: constructors fuse projection weights into copies.
-        let text = ClipTextModel::new(text_vb.clone(), &nets.text_cfg)?;
-        let unet = UNet2DConditionModel::new(unet_vb.clone(), &nets.unet_cfg)?;
-        let context = text.forward(&ids)?;
-        // A frozen text encoder needs no gradients: stop the backward pass at its output.
-        let text_trains = text_optimiser.is_some() && step >= phase.text_frozen_steps;
-        let context = if text_trains {
-            context
-        } else {
-            context.detach()
-        };
-        let prediction = unet.forward(&xt, &timestep_tensor(&timesteps, &device)?, &context)?;
         let target = match cfg.prediction {
-            Prediction::Epsilon => noise.clone(),
+            Prediction::Epsilon => noise,
             Prediction::VPrediction => schedule.velocity(&x0, &noise, &timesteps)?,
         };
-        let per_row = (prediction - &target)?.sqr()?.flatten_from(1)?.mean(1)?;
         let weights: Vec<f32> = timesteps
             .iter()
             .map(|&t| {
@@ -329,15 +327,37 @@ pub(crate) fn train_phase(
                     as f32
             })
             .collect();
-        let loss = (per_row * Tensor::from_vec(weights, b, &device)?)?.mean_all()?;
-        let gradients = loss.backward()?;
+        let weights = Tensor::from_vec(weights, b, &device)?;
+        let timesteps = timestep_tensor(&timesteps, &device)?;
+        // A frozen text encoder needs no gradients: stop the backward pass at its output.
+        let text_trains = text_optimiser.is_some() && step >= phase.text_frozen_steps;
+        // The batch's weighted mean loss, the rows of `range` at a time.
+        let shard_loss = |range: Range<usize>| -> Result<Vec<Tensor>> {
+            let rows = |t: &Tensor| t.narrow(0, range.start, range.len());
+            // Rebuilt every step: constructors fuse projection weights into copies.
+            let text = ClipTextModel::new(text_vb.clone(), &nets.text_cfg)?;
+            let unet = UNet2DConditionModel::new(unet_vb.clone(), &nets.unet_cfg)?;
+            let context = text.forward(&rows(&ids)?)?;
+            let context = if text_trains {
+                context
+            } else {
+                context.detach()
+            };
+            let prediction = unet.forward(&rows(&xt)?, &rows(&timesteps)?, &context)?;
+            let per_row = (prediction - rows(&target)?)?
+                .sqr()?
+                .flatten_from(1)?
+                .mean(1)?;
+            Ok(vec![((per_row * rows(&weights)?)?.sum_all()? / b as f64)?])
+        };
+        let (values, gradients) = shards::backward(b, cfg.shards, &vars, shard_loss)?;
+        let value = values[0];
         unet_optimiser.step(&gradients)?;
         if let Some(text_optimiser) = text_optimiser.as_mut().filter(|_| text_trains) {
             text_optimiser.step(&gradients)?;
         }
         unet_ema.update(step)?;
         text_ema.update(step)?;
-        let value = loss.to_scalar::<f32>()?;
         let (shown, log_now) = tracker.record(step, value, &mut report, log)?;
         if log_now {
             log.line(&format!(

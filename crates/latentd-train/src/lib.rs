@@ -27,6 +27,7 @@ pub mod progress;
 pub mod report;
 pub mod save;
 pub mod schedule;
+mod shards;
 pub mod tokenizer;
 mod vae_stage;
 
@@ -44,6 +45,7 @@ pub use eval::{
 };
 pub use progress::{Bars, Progress, Silent};
 pub use report::{StageReport, TrainReport};
+pub use shards::one_thread_per_shard;
 
 use diffusion_stage::Phase;
 use error::io;

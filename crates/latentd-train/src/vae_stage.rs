@@ -1,5 +1,7 @@
 //! Stage 1: the KL-regularised autoencoder (perceptual compression).
 
+use std::ops::Range;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use latentd_demo::Rng;
@@ -10,6 +12,7 @@ use crate::config::TrainConfig;
 use crate::data::{batch, normal};
 use crate::progress::{Log, StepTracker};
 use crate::report::StageReport;
+use crate::shards;
 use crate::{Error, Result};
 
 /// Stream offsets keep the stages' random draws apart.
@@ -79,10 +82,8 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
     start_nearly_deterministic(&varmap, config.latent_channels)?;
     let parameters = count_parameters(&varmap);
     let stage = &cfg.vae;
-    let mut optimiser = AdamW::new(
-        varmap.all_vars(),
-        adamw(stage.learning_rate, stage.weight_decay),
-    )?;
+    let vars = varmap.all_vars();
+    let mut optimiser = AdamW::new(vars.clone(), adamw(stage.learning_rate, stage.weight_decay))?;
     log.line(&format!(
         "vae: {parameters} parameters, {} steps of {} images",
         stage.steps, stage.batch_size
@@ -102,27 +103,43 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
             cfg.image_size,
             &device,
         )?;
-        let posterior = vae.encode(&data.images)?;
         let mut rng = Rng::for_item(cfg.seed ^ NOISE_STREAM, step as u64);
-        let noise = normal(&mut rng, posterior.mean.dims(), &device)?;
-        let recon = vae.decode(&posterior.sample_with(&noise)?)?;
+        let latent = cfg.latent_size();
+        let noise = normal(
+            &mut rng,
+            &[stage.batch_size, config.latent_channels, latent, latent],
+            &device,
+        )?;
         let weights = data.foreground.affine(cfg.foreground_weight, 1.0)?;
-        let l1 = reconstruction_loss(&recon, &data.images, &weights)?;
-        let kl = (posterior.mean.sqr()? + posterior.std.sqr()?)?
-            .affine(1.0, -1.0)?
-            .sub(&posterior.logvar)?
-            .mean_all()?
-            .affine(0.5, 0.0)?;
-        let loss = (&l1 + kl.affine(cfg.kl_weight, 0.0)?)?;
-        optimiser.backward_step(&loss)?;
-        let value = loss.to_scalar::<f32>()?;
+        let total_weight = weight_sum(&weights)?;
+        let latent_elements = noise.elem_count() as f64;
+        // The batch's loss, the rows of `range` at a time: the weighted
+        // reconstruction error plus the KL term (mean over latent elements).
+        let shard_loss = |range: Range<usize>| -> Result<Vec<Tensor>> {
+            let rows = |t: &Tensor| t.narrow(0, range.start, range.len());
+            let images = rows(&data.images)?;
+            let posterior = vae.encode(&images)?;
+            let recon = vae.decode(&posterior.sample_with(&rows(&noise)?)?)?;
+            let l1 = reconstruction_loss(&recon, &images, &rows(&weights)?, total_weight)?;
+            let kl = (posterior.mean.sqr()? + posterior.std.sqr()?)?
+                .affine(1.0, -1.0)?
+                .sub(&posterior.logvar)?
+                .sum_all()?
+                .affine(0.5 / latent_elements, 0.0)?;
+            let loss = (&l1 + kl.affine(cfg.kl_weight, 0.0)?)?;
+            Ok(vec![loss, l1, kl])
+        };
+        let (values, gradients) =
+            shards::backward(stage.batch_size, cfg.shards, &vars, shard_loss)?;
+        optimiser.step(&gradients)?;
+        let (value, l1, kl) = (values[0], values[1], values[2]);
         let (shown, log_now) = tracker.record(step, value, &mut report, log)?;
         if log_now {
             log.line(&format!(
                 "vae step {} loss {value:.5} (avg {shown:.5}) l1 {:.5} kl {:.4} lr {:.2e}",
                 step + 1,
-                l1.to_scalar::<f32>()?,
-                kl.to_scalar::<f32>()?,
+                l1,
+                kl,
                 stage.learning_rate_at(step)
             ));
         }
@@ -147,15 +164,24 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
 /// Absolute plus squared error, weighted per pixel by `weights` `[B, 1, H, W]`
 /// and normalised by the mean weight. L1 keeps edges sharp, the squared term
 /// gives large errors strong gradients, and the weights stop the background
-/// (most pixels) from drowning out the objects' colours.
+/// (most pixels) from drowning out the objects' colours. For a shard of a
+/// batch it is the shard's share of the batch's loss: `total_weight` is the
+/// whole batch's [`weight_sum`].
 pub(crate) fn reconstruction_loss(
     recon: &Tensor,
     target: &Tensor,
     weights: &Tensor,
+    total_weight: f64,
 ) -> Result<Tensor> {
     let diff = (recon - target)?;
     let error = (diff.abs()? + diff.sqr()?)?.broadcast_mul(weights)?;
-    Ok((error.mean_all()? / weights.mean_all()?)?)
+    let channels = recon.dim(1)? as f64;
+    Ok((error.sum_all()? / (channels * total_weight))?)
+}
+
+/// The sum of a batch's pixel weights.
+pub(crate) fn weight_sum(weights: &Tensor) -> Result<f64> {
+    Ok(f64::from(weights.sum_all()?.to_scalar::<f32>()?))
 }
 
 /// Initial log-variance of the posterior: `std = exp(-3) ~ 0.05`.
@@ -267,7 +293,8 @@ mod tests {
             let z = vae.encode(&data.images).unwrap().mean;
             let recon = vae.decode(&z).unwrap();
             let ones = data.foreground.ones_like().unwrap();
-            let loss = reconstruction_loss(&recon, &data.images, &ones).unwrap();
+            let total = weight_sum(&ones).unwrap();
+            let loss = reconstruction_loss(&recon, &data.images, &ones, total).unwrap();
             losses.push(loss.to_scalar::<f32>().unwrap());
             opt.backward_step(&loss).unwrap();
         }

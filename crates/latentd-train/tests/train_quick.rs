@@ -135,8 +135,6 @@ fn quick_training_produces_a_loadable_pipeline() {
     assert_eq!(largest_difference(&untrained, &frozen_all), 0.0);
     assert!(largest_difference(&untrained, &frozen_half) > 0.0);
 
-    // Continuation rounds: the main stage and its rounds in one call equal the
-    // main stage, saved, then the rounds continued from the folder.
     let weights = || {
         let load =
             |file: &str| candle_core::safetensors::load(out.join(file), &Device::Cpu).unwrap();
@@ -144,6 +142,28 @@ fn quick_training_produces_a_loadable_pipeline() {
         all.extend(load("text_encoder/model.safetensors"));
         all
     };
+    // Data-parallel shards: the batch in one piece or in three gives the same
+    // first loss and, after the stage, weights that differ only by rounding.
+    let sharded = |shards: usize| {
+        let cfg = TrainConfig {
+            shards,
+            diffusion_rounds: Vec::new(),
+            ..cfg.clone()
+        };
+        let reports = latentd_train::train_diffusion_in(&cfg, &out, &Silent).unwrap();
+        (reports[0].first_loss, weights())
+    };
+    let (whole_loss, whole) = sharded(1);
+    let (three_loss, three) = sharded(3);
+    assert!(
+        (whole_loss - three_loss).abs() <= 1e-5 * whole_loss,
+        "{whole_loss} vs {three_loss}"
+    );
+    let shard_difference = largest_difference(&whole, &three);
+    assert!(shard_difference < 1e-3, "{shard_difference}");
+
+    // Continuation rounds: the main stage and its rounds in one call equal the
+    // main stage, saved, then the rounds continued from the folder.
     let reports = latentd_train::train_diffusion_in(&cfg, &out, &Silent).unwrap();
     assert_eq!(reports.len(), 1 + cfg.diffusion_rounds.len());
     let in_one_call = weights();

@@ -22,6 +22,8 @@ pub struct TrainDemoArgs {
 
 /// Runs the command; returns the exit code.
 pub fn run(args: TrainDemoArgs) -> i32 {
+    // Called from `main` before any other thread starts.
+    latentd_train::one_thread_per_shard();
     let cfg = if args.quick {
         TrainConfig::quick()
     } else if let Some(path) = &args.config {
