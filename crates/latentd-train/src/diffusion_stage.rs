@@ -331,12 +331,12 @@ pub(crate) fn train_phase(
         let timesteps = timestep_tensor(&timesteps, &device)?;
         // A frozen text encoder needs no gradients: stop the backward pass at its output.
         let text_trains = text_optimiser.is_some() && step >= phase.text_frozen_steps;
+        // Rebuilt every step: constructors fuse projection weights into copies.
+        let text = ClipTextModel::new(text_vb.clone(), &nets.text_cfg)?;
+        let unet = UNet2DConditionModel::new(unet_vb.clone(), &nets.unet_cfg)?;
         // The batch's weighted mean loss, the rows of `range` at a time.
         let shard_loss = |range: Range<usize>| -> Result<Vec<Tensor>> {
             let rows = |t: &Tensor| t.narrow(0, range.start, range.len());
-            // Rebuilt every step: constructors fuse projection weights into copies.
-            let text = ClipTextModel::new(text_vb.clone(), &nets.text_cfg)?;
-            let unet = UNet2DConditionModel::new(unet_vb.clone(), &nets.unet_cfg)?;
             let context = text.forward(&rows(&ids)?)?;
             let context = if text_trains {
                 context

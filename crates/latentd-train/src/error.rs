@@ -29,6 +29,9 @@ pub enum Error {
     /// A training or evaluation setting is unusable.
     #[error("invalid setting: {0}")]
     Config(String),
+    /// A training thread could not start, or panicked.
+    #[error("training thread: {0}")]
+    Thread(String),
     /// Training diverged.
     #[error("{stage}: loss became {loss} at step {step}")]
     Diverged {

@@ -1,13 +1,13 @@
 //! Data-parallel gradients: a training batch split into shards whose forward
-//! and backward passes run on rayon's threads, their gradients summed.
+//! and backward passes run side by side, each on its own single-thread pool,
+//! their gradients summed.
 //!
-//! A stage-2 step spends its time in many small matrix products that one core
-//! runs about as fast as two, so splitting the batch across the cores is what
-//! makes a step faster. Each shard's loss is its rows' share of the batch
-//! loss, so the summed gradients are the whole batch's up to floating-point
-//! rounding. The split depends only on the shard count, never on the machine,
-//! and gradients are summed in shard order: a given shard count gives the same
-//! bits on any number of cores.
+//! A training step is many small matrix products that two threads run no
+//! faster than one, so splitting the batch across the cores is what makes a
+//! step faster. Each shard's loss is its rows' share of the batch loss, so the
+//! summed gradients are the whole batch's up to floating-point rounding. The
+//! split depends only on the shard count and gradients are summed in shard
+//! order: a given shard count gives the same bits on any number of cores.
 
 use std::ops::Range;
 
@@ -60,7 +60,7 @@ where
     let pools = (0..threads.min(items.len()))
         .map(|_| ThreadPoolBuilder::new().num_threads(1).build())
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Config(format!("training threads: {e}")))?;
+        .map_err(|e| Error::Thread(e.to_string()))?;
     let mut items = items.into_iter().peekable();
     let mut results = Vec::new();
     while items.peek().is_some() {
@@ -75,7 +75,7 @@ where
             for handle in handles {
                 let result = handle
                     .join()
-                    .map_err(|_| Error::Config("a training thread panicked".into()))?;
+                    .map_err(|_| Error::Thread("a shard panicked".into()))?;
                 results.push(result?);
             }
             Ok::<_, Error>(())
