@@ -179,7 +179,7 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
-    /// The full run (at most 3.8 hours on two idle CPU cores).
+    /// The full run (5742 s in one process on two idle CPU cores: MODEL_CARD.md).
     fn default() -> Self {
         Self {
             seed: 20_251_126,
