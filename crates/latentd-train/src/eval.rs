@@ -117,13 +117,35 @@ fn tally(scores: &mut [AttributeScore], verdict: &latentd_demo::Verdict) {
     }
 }
 
-/// `n` held-out captions (never seen in training), drawn with [`CAPTION_SEED`].
+/// `n` distinct held-out captions (never seen in training), drawn with
+/// [`CAPTION_SEED`] in order of first appearance. Repeats are skipped: the
+/// short captions ("a cyan triangle") come up again and again, and a repeated
+/// caption with the same seeds gives the same images, which would count one
+/// outcome several times.
 pub fn held_out_captions(n: usize) -> Result<Vec<String>> {
+    /// Draws allowed per caption before giving up (the held-out split has
+    /// tens of thousands of captions; this is only reached for absurd `n`).
+    const DRAWS_PER_CAPTION: usize = 1000;
     let mut rng = Rng::new(CAPTION_SEED);
     let cfg = SamplerConfig::default();
-    (0..n)
-        .map(|_| Ok(caption(&sample_split(&mut rng, &cfg, Split::HeldOut)?)))
-        .collect()
+    let mut seen = std::collections::HashSet::new();
+    let mut captions = Vec::with_capacity(n);
+    for _ in 0..n.saturating_mul(DRAWS_PER_CAPTION) {
+        if captions.len() == n {
+            break;
+        }
+        let text = caption(&sample_split(&mut rng, &cfg, Split::HeldOut)?);
+        if seen.insert(text.clone()) {
+            captions.push(text);
+        }
+    }
+    if captions.len() < n {
+        return Err(Error::Config(format!(
+            "found only {} distinct held-out captions of {n}",
+            captions.len()
+        )));
+    }
+    Ok(captions)
 }
 
 /// Loads the pipeline folder `model_dir` and scores `n_captions` held-out
@@ -276,5 +298,14 @@ mod tests {
         assert!(a
             .iter()
             .all(|c| latentd_demo::split_of(c) == Split::HeldOut));
+    }
+
+    #[test]
+    fn held_out_captions_are_distinct() {
+        let a = held_out_captions(300).unwrap();
+        let distinct: std::collections::HashSet<&String> = a.iter().collect();
+        assert_eq!(distinct.len(), 300);
+        // The first captions of a longer list are the shorter list.
+        assert_eq!(a[..20], held_out_captions(20).unwrap()[..]);
     }
 }
