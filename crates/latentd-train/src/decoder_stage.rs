@@ -16,8 +16,8 @@ use crate::config::{StageConfig, TrainConfig};
 use crate::data::batch;
 use crate::progress::{Log, StepTracker};
 use crate::report::StageReport;
-use crate::shards;
-use crate::vae_stage::{adamw, reconstruction_loss, weight_sum, TrainedVae};
+use crate::shards::Shards;
+use crate::vae_stage::{adamw, pixel_weights, reconstruction_loss, TrainedVae};
 use crate::{Error, Result};
 
 const DATA_STREAM: u64 = 0x4445_4301;
@@ -58,6 +58,7 @@ pub(crate) fn finetune_decoder(
     log.progress().start("decoder", stage.steps as u64);
     let mut tracker = StepTracker::new("decoder", stage);
     let mut report = StageReport::new(parameters);
+    let shards = Shards::new(cfg.shards)?;
     for step in 0..stage.steps {
         optimiser.set_learning_rate(stage.learning_rate_at(step));
         let data = batch(
@@ -69,8 +70,7 @@ pub(crate) fn finetune_decoder(
             &device,
         )?;
         let model = AutoencoderKL::new(vb.clone(), &vae.config)?;
-        let weights = data.foreground.affine(cfg.foreground_weight, 1.0)?;
-        let total_weight = weight_sum(&weights)?;
+        let (weights, total_weight) = pixel_weights(&data.foreground, cfg.foreground_weight)?;
         // The batch's loss, the rows of `range` at a time.
         let shard_loss = |range: Range<usize>| -> Result<Vec<Tensor>> {
             let rows = |t: &Tensor| t.narrow(0, range.start, range.len());
@@ -80,8 +80,7 @@ pub(crate) fn finetune_decoder(
             let loss = reconstruction_loss(&recon, &images, &rows(&weights)?, total_weight)?;
             Ok(vec![loss])
         };
-        let (values, gradients) =
-            shards::backward(stage.batch_size, cfg.shards, &vars, shard_loss)?;
+        let (values, gradients) = shards.backward(stage.batch_size, &vars, shard_loss)?;
         optimiser.step(&gradients)?;
         let value = values[0];
         let (shown, log_now) = tracker.record(step, value, &mut report, log)?;

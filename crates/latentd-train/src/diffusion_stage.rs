@@ -17,7 +17,7 @@ use crate::progress::{Log, StepTracker};
 use crate::report::StageReport;
 use crate::save::write_json;
 use crate::schedule::{timestep_tensor, NoiseSchedule};
-use crate::shards;
+use crate::shards::Shards;
 use crate::vae_stage::{adamw, count_parameters, parse};
 use crate::Result;
 
@@ -183,8 +183,9 @@ fn encode_latents(
     };
     // A group of chunks per thread at a time, so the progress bar moves.
     let indices: Vec<usize> = (0..chunks).collect();
-    for group in indices.chunks(cfg.shards.max(1)) {
-        for (chunk_latents, chunk_ids) in shards::map(group.to_vec(), cfg.shards, encode)? {
+    let shards = Shards::new(cfg.shards)?;
+    for group in indices.chunks(shards.count()) {
+        for (chunk_latents, chunk_ids) in shards.map(group.to_vec(), encode)? {
             latents.push(chunk_latents);
             ids.extend(chunk_ids);
         }
@@ -289,6 +290,7 @@ pub(crate) fn train_phase(
     let vars: Vec<_> = [nets.unet.all_vars(), nets.text.all_vars()].concat();
     let [first_timestep, end_timestep] = cfg.timestep_range;
     let timestep_span = end_timestep.saturating_sub(first_timestep).max(1) as u64;
+    let shards = Shards::new(cfg.shards)?;
     for step in 0..stage.steps {
         let learning_rate = stage.learning_rate_at(step);
         unet_optimiser.set_learning_rate(learning_rate);
@@ -350,7 +352,7 @@ pub(crate) fn train_phase(
                 .mean(1)?;
             Ok(vec![((per_row * rows(&weights)?)?.sum_all()? / b as f64)?])
         };
-        let (values, gradients) = shards::backward(b, cfg.shards, &vars, shard_loss)?;
+        let (values, gradients) = shards.backward(b, &vars, shard_loss)?;
         let value = values[0];
         unet_optimiser.step(&gradients)?;
         if let Some(text_optimiser) = text_optimiser.as_mut().filter(|_| text_trains) {

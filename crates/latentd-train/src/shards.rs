@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-use rayon::ThreadPoolBuilder;
+use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use crate::{Error, Result};
 
@@ -45,93 +45,119 @@ pub(crate) fn ranges(rows: usize, shards: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// `f` applied to every item, `threads` at a time, each on its own
-/// single-thread pool (so each item's kernels stay on one core instead of
-/// splitting every small product across all of them); results in item order.
-pub(crate) fn map<T, R, F>(items: Vec<T>, threads: usize, f: F) -> Result<Vec<R>>
-where
-    T: Send,
-    R: Send,
-    F: Fn(T) -> Result<R> + Sync,
-{
-    if threads <= 1 || items.len() <= 1 {
-        return items.into_iter().map(f).collect();
-    }
-    let pools = (0..threads.min(items.len()))
-        .map(|_| ThreadPoolBuilder::new().num_threads(1).build())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Thread(e.to_string()))?;
-    let mut items = items.into_iter().peekable();
-    let mut results = Vec::new();
-    while items.peek().is_some() {
-        let group: Vec<T> = items.by_ref().take(pools.len()).collect();
-        let f = &f;
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = pools
-                .iter()
-                .zip(group)
-                .map(|(pool, item)| scope.spawn(move || pool.install(|| f(item))))
-                .collect();
-            for handle in handles {
-                let result = handle
-                    .join()
-                    .map_err(|_| Error::Thread("a shard panicked".into()))?;
-                results.push(result?);
-            }
-            Ok::<_, Error>(())
-        })?;
-    }
-    Ok(results)
+/// The worker pools of a training stage: one single-thread rayon pool per
+/// shard, built once and used for every step (none for one shard, whose work
+/// runs on the calling thread).
+pub(crate) struct Shards {
+    count: usize,
+    pools: Vec<ThreadPool>,
 }
 
-/// Computes `loss_of(range)` for each shard of a `rows`-row batch in parallel,
-/// backpropagates the first tensor it returns (the shard's contribution to the
-/// batch loss: for a mean over the batch, the shard rows' sum divided by
-/// `rows`), and returns every returned scalar summed over the shards (the
-/// batch loss first, then any reported terms) with the summed gradients of
-/// `vars`.
-pub(crate) fn backward<F>(
-    rows: usize,
-    shards: usize,
-    vars: &[Var],
-    loss_of: F,
-) -> Result<(Vec<f32>, GradStore)>
-where
-    F: Fn(Range<usize>) -> Result<Vec<Tensor>> + Sync,
-{
-    let shard = |range: Range<usize>| -> Result<(Vec<f32>, GradStore)> {
-        let terms = loss_of(range)?;
-        let loss = terms
-            .first()
-            .ok_or_else(|| Error::Config("a shard returned no loss".into()))?;
-        let gradients = loss.backward()?;
-        let values = terms
-            .iter()
-            .map(|t| t.to_scalar::<f32>())
-            .collect::<candle_core::Result<_>>()?;
-        Ok((values, gradients))
-    };
-    let parts = map(ranges(rows, shards), shards, shard)?;
-    let mut parts = parts.into_iter();
-    let (mut values, mut total) = parts
-        .next()
-        .ok_or_else(|| Error::Config("a training batch needs rows".into()))?;
-    for (part_values, part) in parts {
-        for (value, part_value) in values.iter_mut().zip(part_values) {
-            *value += part_value;
-        }
-        for var in vars {
-            let Some(grad) = part.get(var.as_tensor()) else {
-                continue;
-            };
-            let sum = match total.get(var.as_tensor()) {
-                Some(so_far) => (so_far + grad)?,
-                None => grad.clone(),
-            };
-            total.insert(var.as_tensor(), sum);
-        }
+impl Shards {
+    /// Pools for `count` shards (0 counts as 1).
+    pub(crate) fn new(count: usize) -> Result<Self> {
+        let count = count.max(1);
+        let pools = if count == 1 {
+            Vec::new()
+        } else {
+            (0..count)
+                .map(|_| ThreadPoolBuilder::new().num_threads(1).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Thread(e.to_string()))?
+        };
+        Ok(Self { count, pools })
     }
-    Ok((values, total))
+
+    /// How many shards run side by side.
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// `f` applied to every item, one item per pool at a time (so each item's
+    /// kernels stay on one core instead of splitting every small product
+    /// across all of them); results in item order.
+    pub(crate) fn map<T, R, F>(&self, items: Vec<T>, f: F) -> Result<Vec<R>>
+    where
+        T: Send,
+        R: Send,
+        F: Fn(T) -> Result<R> + Sync,
+    {
+        if self.pools.is_empty() || items.len() <= 1 {
+            return items.into_iter().map(f).collect();
+        }
+        let mut items = items.into_iter().peekable();
+        let mut results = Vec::new();
+        while items.peek().is_some() {
+            let group: Vec<T> = items.by_ref().take(self.pools.len()).collect();
+            let f = &f;
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = self
+                    .pools
+                    .iter()
+                    .zip(group)
+                    .map(|(pool, item)| scope.spawn(move || pool.install(|| f(item))))
+                    .collect();
+                for handle in handles {
+                    let result = handle
+                        .join()
+                        .map_err(|_| Error::Thread("a shard panicked".into()))?;
+                    results.push(result?);
+                }
+                Ok::<_, Error>(())
+            })?;
+        }
+        Ok(results)
+    }
+
+    /// Computes `loss_of(range)` for each shard of a `rows`-row batch in
+    /// parallel, backpropagates the first tensor it returns (the shard's
+    /// contribution to the batch loss: for a mean over the batch, the shard
+    /// rows' sum divided by `rows`), and returns every returned scalar summed
+    /// over the shards (the batch loss first, then any reported terms) with
+    /// the summed gradients of `vars`.
+    pub(crate) fn backward<F>(
+        &self,
+        rows: usize,
+        vars: &[Var],
+        loss_of: F,
+    ) -> Result<(Vec<f32>, GradStore)>
+    where
+        F: Fn(Range<usize>) -> Result<Vec<Tensor>> + Sync,
+    {
+        let shard = |range: Range<usize>| -> Result<(Vec<f32>, GradStore)> {
+            let terms = loss_of(range)?;
+            let loss = terms
+                .first()
+                .ok_or_else(|| Error::Config("a shard returned no loss".into()))?;
+            let gradients = loss.backward()?;
+            let values = terms
+                .iter()
+                .map(|t| t.to_scalar::<f32>())
+                .collect::<candle_core::Result<_>>()?;
+            Ok((values, gradients))
+        };
+        let parts = self.map(ranges(rows, self.count), shard)?;
+        let mut parts = parts.into_iter();
+        let (mut values, mut total) = parts
+            .next()
+            .ok_or_else(|| Error::Config("a training batch needs rows".into()))?;
+        for (part_values, part) in parts {
+            for (value, part_value) in values.iter_mut().zip(part_values) {
+                *value += part_value;
+            }
+            for var in vars {
+                let Some(grad) = part.get(var.as_tensor()) else {
+                    continue;
+                };
+                let sum = match total.get(var.as_tensor()) {
+                    Some(so_far) => (so_far + grad)?,
+                    None => grad.clone(),
+                };
+                total.insert(var.as_tensor(), sum);
+            }
+        }
+        Ok((values, total))
+    }
 }
 
 #[cfg(test)]
@@ -161,10 +187,12 @@ mod tests {
             let y = rows.matmul(&w.as_tensor().t()?)?.tanh()?.sqr()?;
             Ok(vec![(y.sum_all()? / 10.0)?])
         };
-        let (whole_loss, whole) = backward(10, 1, std::slice::from_ref(&w), loss_of)?;
+        let (whole_loss, whole) =
+            Shards::new(1)?.backward(10, std::slice::from_ref(&w), loss_of)?;
         let whole_loss = whole_loss[0];
         for shards in [2, 3, 10] {
-            let (loss, sharded) = backward(10, shards, std::slice::from_ref(&w), loss_of)?;
+            let (loss, sharded) =
+                Shards::new(shards)?.backward(10, std::slice::from_ref(&w), loss_of)?;
             let loss = loss[0];
             assert!(
                 (loss - whole_loss).abs() < 1e-5,

@@ -12,7 +12,7 @@ use crate::config::TrainConfig;
 use crate::data::{batch, normal};
 use crate::progress::{Log, StepTracker};
 use crate::report::StageReport;
-use crate::shards;
+use crate::shards::Shards;
 use crate::{Error, Result};
 
 /// Stream offsets keep the stages' random draws apart.
@@ -91,6 +91,7 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
     log.progress().start("vae", stage.steps as u64);
     let mut tracker = StepTracker::new("vae", stage);
     let mut report = StageReport::new(parameters);
+    let shards = Shards::new(cfg.shards)?;
     for step in 0..stage.steps {
         optimiser.set_learning_rate(stage.learning_rate_at(step));
         // Rebuilt every step: constructors may fuse weights into copies.
@@ -110,8 +111,7 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
             &[stage.batch_size, config.latent_channels, latent, latent],
             &device,
         )?;
-        let weights = data.foreground.affine(cfg.foreground_weight, 1.0)?;
-        let total_weight = weight_sum(&weights)?;
+        let (weights, total_weight) = pixel_weights(&data.foreground, cfg.foreground_weight)?;
         let latent_elements = noise.elem_count() as f64;
         // The batch's loss, the rows of `range` at a time: the weighted
         // reconstruction error plus the KL term (mean over latent elements).
@@ -129,8 +129,7 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
             let loss = (&l1 + kl.affine(cfg.kl_weight, 0.0)?)?;
             Ok(vec![loss, l1, kl])
         };
-        let (values, gradients) =
-            shards::backward(stage.batch_size, cfg.shards, &vars, shard_loss)?;
+        let (values, gradients) = shards.backward(stage.batch_size, &vars, shard_loss)?;
         optimiser.step(&gradients)?;
         let (value, l1, kl) = (values[0], values[1], values[2]);
         let (shown, log_now) = tracker.record(step, value, &mut report, log)?;
@@ -166,7 +165,7 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
 /// gives large errors strong gradients, and the weights stop the background
 /// (most pixels) from drowning out the objects' colours. For a shard of a
 /// batch it is the shard's share of the batch's loss: `total_weight` is the
-/// whole batch's [`weight_sum`].
+/// whole batch's sum of weights ([`pixel_weights`]).
 pub(crate) fn reconstruction_loss(
     recon: &Tensor,
     target: &Tensor,
@@ -179,9 +178,12 @@ pub(crate) fn reconstruction_loss(
     Ok((error.sum_all()? / (channels * total_weight))?)
 }
 
-/// The sum of a batch's pixel weights.
-pub(crate) fn weight_sum(weights: &Tensor) -> Result<f64> {
-    Ok(f64::from(weights.sum_all()?.to_scalar::<f32>()?))
+/// A batch's per-pixel reconstruction weights (`1 + foreground_weight` on
+/// object pixels, 1 elsewhere, from the `foreground` mask) and their sum.
+pub(crate) fn pixel_weights(foreground: &Tensor, foreground_weight: f64) -> Result<(Tensor, f64)> {
+    let weights = foreground.affine(foreground_weight, 1.0)?;
+    let total = f64::from(weights.sum_all()?.to_scalar::<f32>()?);
+    Ok((weights, total))
 }
 
 /// Initial log-variance of the posterior: `std = exp(-3) ~ 0.05`.
@@ -292,8 +294,7 @@ mod tests {
             let vae = AutoencoderKL::new(vb.clone(), &config).unwrap();
             let z = vae.encode(&data.images).unwrap().mean;
             let recon = vae.decode(&z).unwrap();
-            let ones = data.foreground.ones_like().unwrap();
-            let total = weight_sum(&ones).unwrap();
+            let (ones, total) = pixel_weights(&data.foreground, 0.0).unwrap();
             let loss = reconstruction_loss(&recon, &data.images, &ones, total).unwrap();
             losses.push(loss.to_scalar::<f32>().unwrap());
             opt.backward_step(&loss).unwrap();
