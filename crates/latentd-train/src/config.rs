@@ -242,9 +242,9 @@ impl Default for TrainConfig {
             // second weighs the noisiest timesteps (where the layout is
             // decided) and trains the text encoder at the UNet's rate: that is
             // when relations ("left of", "above") are learned. The third does
-            // the same on captions that state most objects' sizes and more
+            // the same on captions that state every object's size and more
             // often name two objects: guidance draws objects larger than
-            // their stated size, and stating sizes more often is what held
+            // their stated size, and stating sizes in training is what held
             // them to it (MODEL_CARD.md).
             diffusion_rounds: [
                 (3e-4, None, None, SamplerConfig::default()),
@@ -254,8 +254,8 @@ impl Default for TrainConfig {
                     Some(1.0),
                     Some(1.0),
                     SamplerConfig {
-                        two_objects: 60,
-                        size_stated: 80,
+                        two_objects: 75,
+                        size_stated: 100,
                         ..SamplerConfig::default()
                     },
                 ),
