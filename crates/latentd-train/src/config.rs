@@ -179,7 +179,8 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
-    /// The full run (5742 s in one process on two idle CPU cores: MODEL_CARD.md).
+    /// The full run (about 1.9 h in one process on two idle CPU cores: 5742 s
+    /// measured before the third continuation round, which adds 1112 s; MODEL_CARD.md).
     fn default() -> Self {
         Self {
             seed: 20_251_126,

@@ -49,15 +49,13 @@ pub(crate) fn ranges(rows: usize, shards: usize) -> Vec<Range<usize>> {
 /// shard, built once and used for every step (none for one shard, whose work
 /// runs on the calling thread).
 pub(crate) struct Shards {
-    count: usize,
     pools: Vec<ThreadPool>,
 }
 
 impl Shards {
     /// Pools for `count` shards (0 counts as 1).
     pub(crate) fn new(count: usize) -> Result<Self> {
-        let count = count.max(1);
-        let pools = if count == 1 {
+        let pools = if count <= 1 {
             Vec::new()
         } else {
             (0..count)
@@ -65,12 +63,12 @@ impl Shards {
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| Error::Thread(e.to_string()))?
         };
-        Ok(Self { count, pools })
+        Ok(Self { pools })
     }
 
     /// How many shards run side by side.
     pub(crate) fn count(&self) -> usize {
-        self.count
+        self.pools.len().max(1)
     }
 
     /// `f` applied to every item, one item per pool at a time (so each item's
@@ -136,7 +134,7 @@ impl Shards {
                 .collect::<candle_core::Result<_>>()?;
             Ok((values, gradients))
         };
-        let parts = self.map(ranges(rows, self.count), shard)?;
+        let parts = self.map(ranges(rows, self.count()), shard)?;
         let mut parts = parts.into_iter();
         let (mut values, mut total) = parts
             .next()
