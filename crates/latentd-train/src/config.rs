@@ -86,6 +86,20 @@ impl StageConfig {
     }
 }
 
+/// A round of stage 1b (decoder fine-tuning).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DecoderRound {
+    /// Optimisation settings of the round (its keys sit at the round's top level).
+    #[serde(flatten)]
+    pub stage: StageConfig,
+    /// Extra reconstruction weight on objects' outlines: a pixel's weight grows
+    /// by `outline_weight` times how far its foreground mask differs from the
+    /// mask's 3x3 mean, which is largest at corners. Small squares and
+    /// triangles differ from circles only there; 0 for none.
+    pub outline_weight: f64,
+}
+
 /// A stage-2 continuation round: trains the UNet and the text encoder further
 /// from the previous weights (their moving average) with a fresh optimiser,
 /// warm-up and cosine decay, on newly drawn scenes and captions.
@@ -131,7 +145,7 @@ pub struct TrainConfig {
     /// frozen. Each round starts from the previous one's weights with a fresh
     /// optimiser, warm-up and cosine decay (a warm restart). The encoder and the
     /// scaling factor are fixed before this stage, so stage 2 does not depend on it.
-    pub decoder: Vec<StageConfig>,
+    pub decoder: Vec<DecoderRound>,
     /// Stage 2: the UNet and the text encoder.
     pub diffusion: StageConfig,
     /// Stage-2 continuation rounds, run in order after `diffusion`; the text
@@ -179,8 +193,9 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
-    /// The full run (about 1.9 h in one process on two idle CPU cores: 5742 s
-    /// measured before the third continuation round, which adds 1112 s; MODEL_CARD.md).
+    /// The full run (about 2.1 h in one process on two idle CPU cores: 5742 s
+    /// measured before the third and fourth continuation rounds and the fourth
+    /// decoder round, which add 1112 s, 512 s and 273 s; MODEL_CARD.md).
     fn default() -> Self {
         Self {
             seed: 20_251_126,
@@ -203,32 +218,29 @@ impl Default for TrainConfig {
             },
             kl_weight: 1e-4,
             foreground_weight: 10.0,
-            decoder: vec![
-                StageConfig {
-                    steps: 400,
-                    batch_size: 8,
-                    learning_rate: 5e-4,
-                    warmup_steps: 20,
-                    weight_decay: 0.0,
-                    log_every: 25,
+            // The last round weighs objects' outlines, where small squares and
+            // triangles come back rounded (MODEL_CARD.md).
+            decoder: [
+                (400, 5e-4, 25, 0.0),
+                (1500, 3e-4, 50, 0.0),
+                (2500, 2e-4, 50, 0.0),
+                (2500, 1e-4, 50, 40.0),
+            ]
+            .into_iter()
+            .map(
+                |(steps, learning_rate, log_every, outline_weight)| DecoderRound {
+                    stage: StageConfig {
+                        steps,
+                        batch_size: 8,
+                        learning_rate,
+                        warmup_steps: 20,
+                        weight_decay: 0.0,
+                        log_every,
+                    },
+                    outline_weight,
                 },
-                StageConfig {
-                    steps: 1500,
-                    batch_size: 8,
-                    learning_rate: 3e-4,
-                    warmup_steps: 20,
-                    weight_decay: 0.0,
-                    log_every: 50,
-                },
-                StageConfig {
-                    steps: 2500,
-                    batch_size: 8,
-                    learning_rate: 2e-4,
-                    warmup_steps: 20,
-                    weight_decay: 0.0,
-                    log_every: 50,
-                },
-            ],
+            )
+            .collect(),
             diffusion: StageConfig {
                 steps: 9000,
                 batch_size: 32,
@@ -237,36 +249,37 @@ impl Default for TrainConfig {
                 weight_decay: 0.0,
                 log_every: 25,
             },
-            // Three warm restarts at lower rates on captions in which three of
-            // four one-object captions name their region, so the model learns
-            // that a caption without one means a single object anywhere. The
-            // second weighs the noisiest timesteps (where the layout is
-            // decided) and trains the text encoder at the UNet's rate: that is
-            // when relations ("left of", "above") are learned. The third does
-            // the same on captions that state every object's size and more
-            // often name two objects: guidance draws objects larger than
-            // their stated size, and stating sizes in training is what held
-            // them to it (MODEL_CARD.md).
-            diffusion_rounds: [
-                (3e-4, None, None, SamplerConfig::default()),
-                (1e-4, Some(1.0), Some(1.0), SamplerConfig::default()),
-                (
-                    1e-4,
-                    Some(1.0),
-                    Some(1.0),
-                    SamplerConfig {
-                        two_objects: 75,
-                        size_stated: 100,
-                        ..SamplerConfig::default()
-                    },
-                ),
-            ]
+            // Warm restarts at lower rates on captions in which three of four
+            // one-object captions name their region, so the model learns that
+            // a caption without one means a single object anywhere. The second
+            // weighs the noisiest timesteps (where the layout is decided) and
+            // trains the text encoder at the UNet's rate: that is when
+            // relations ("left of", "above") are learned. The third does the
+            // same on captions that state every object's size and more often
+            // name two objects: guidance draws objects larger than their stated
+            // size, and stating sizes in training is what held them to it. The
+            // fourth, a short one on the same captions, drops the weight on the
+            // noisiest timesteps again (plain min-SNR): with the layout learned,
+            // it refines shapes, colours and counts (MODEL_CARD.md).
+            diffusion_rounds: {
+                let sized = SamplerConfig {
+                    two_objects: 75,
+                    size_stated: 100,
+                    ..SamplerConfig::default()
+                };
+                [
+                    (4500, 3e-4, None, None, SamplerConfig::default()),
+                    (4500, 1e-4, Some(1.0), Some(1.0), SamplerConfig::default()),
+                    (4500, 1e-4, Some(1.0), Some(1.0), sized.clone()),
+                    (1500, 1e-4, Some(1.0), None, sized),
+                ]
+            }
             .into_iter()
             .map(
-                |(learning_rate, text_learning_rate_scale, min_snr_floor, sampler)| {
+                |(steps, learning_rate, text_learning_rate_scale, min_snr_floor, sampler)| {
                     DiffusionRound {
                         stage: StageConfig {
-                            steps: 4500,
+                            steps,
                             batch_size: 32,
                             learning_rate,
                             warmup_steps: 100,
@@ -322,13 +335,16 @@ impl TrainConfig {
                 weight_decay: 0.0,
                 log_every: 10,
             },
-            decoder: vec![StageConfig {
-                steps: 10,
-                batch_size: 4,
-                learning_rate: 1e-3,
-                warmup_steps: 2,
-                weight_decay: 0.0,
-                log_every: 5,
+            decoder: vec![DecoderRound {
+                stage: StageConfig {
+                    steps: 10,
+                    batch_size: 4,
+                    learning_rate: 1e-3,
+                    warmup_steps: 2,
+                    weight_decay: 0.0,
+                    log_every: 5,
+                },
+                outline_weight: 40.0,
             }],
             diffusion: StageConfig {
                 steps: 20,
@@ -365,7 +381,7 @@ impl TrainConfig {
     pub fn check(&self) -> Result<()> {
         self.vae.check("vae")?;
         for round in &self.decoder {
-            round.check("decoder")?;
+            round.stage.check("decoder")?;
         }
         self.diffusion.check("diffusion")?;
         if self.shards == 0 {
@@ -375,6 +391,10 @@ impl TrainConfig {
             round.stage.check("diffusion round")?;
         }
         let rounds = &self.diffusion_rounds;
+        non_negative(
+            "outline_weight",
+            self.decoder.iter().map(|r| r.outline_weight),
+        )?;
         non_negative(
             "min_snr_floor",
             std::iter::once(self.min_snr_floor)
@@ -478,6 +498,38 @@ mod tests {
             let mut bad_floor = TrainConfig::quick();
             bad_floor.diffusion_rounds[0].min_snr_floor = Some(scale);
             assert!(bad_floor.check().is_err(), "floor {scale}");
+            let mut bad_outline = TrainConfig::quick();
+            bad_outline.decoder[0].outline_weight = scale;
+            assert!(bad_outline.check().is_err(), "outline {scale}");
         }
+    }
+
+    #[test]
+    fn decoder_rounds_read_flat_json() {
+        // A round's optimisation keys sit beside its outline weight; configs
+        // written before outline weights existed still read (weight 0).
+        let cfg: TrainConfig = serde_json::from_str(
+            r#"{"decoder": [{"steps": 7, "learning_rate": 1e-4},
+                            {"steps": 9, "outline_weight": 40}]}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.decoder.len(), 2);
+        assert_eq!(
+            (cfg.decoder[0].stage.steps, cfg.decoder[0].outline_weight),
+            (7, 0.0)
+        );
+        assert_eq!(cfg.decoder[0].stage.learning_rate, 1e-4);
+        assert_eq!(
+            (cfg.decoder[1].stage.steps, cfg.decoder[1].outline_weight),
+            (9, 40.0)
+        );
+        assert_eq!(
+            cfg.decoder[1].stage.batch_size,
+            StageConfig::default().batch_size
+        );
+        let defaults = TrainConfig::default();
+        let json = serde_json::to_string(&defaults).unwrap();
+        let back: TrainConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, defaults);
     }
 }

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, VarBuilder};
 use latentd_models::AutoencoderKL;
 
-use crate::config::{StageConfig, TrainConfig};
+use crate::config::{DecoderRound, TrainConfig};
 use crate::data::batch;
 use crate::progress::{Log, StepTracker};
 use crate::report::StageReport;
@@ -27,14 +27,15 @@ fn is_decoder(name: &str) -> bool {
     name.starts_with("decoder.") || name.starts_with("post_quant_conv.")
 }
 
-/// Fine-tunes the decoder of `vae` in place for one round (`stage`; every round
-/// draws the same data stream).
+/// Fine-tunes the decoder of `vae` in place for one round (every round draws
+/// the same data stream).
 pub(crate) fn finetune_decoder(
     cfg: &TrainConfig,
-    stage: &StageConfig,
+    round: &DecoderRound,
     vae: &mut TrainedVae,
     log: &mut Log,
 ) -> Result<StageReport> {
+    let stage = &round.stage;
     let device = Device::Cpu;
     let frozen = vae.model()?;
     let vars: Vec<Var> = {
@@ -70,7 +71,11 @@ pub(crate) fn finetune_decoder(
             &device,
         )?;
         let model = AutoencoderKL::new(vb.clone(), &vae.config)?;
-        let (weights, total_weight) = pixel_weights(&data.foreground, cfg.foreground_weight)?;
+        let (weights, total_weight) = pixel_weights(
+            &data.foreground,
+            cfg.foreground_weight,
+            round.outline_weight,
+        )?;
         // The batch's loss, the rows of `range` at a time.
         let shard_loss = |range: Range<usize>| -> Result<Vec<Tensor>> {
             let rows = |t: &Tensor| t.narrow(0, range.start, range.len());

@@ -37,7 +37,7 @@ use latentd_demo::{caption, sample_split, Rng, Split};
 use latentd_models::text::ClipTokenizer;
 
 pub use arch::Architecture;
-pub use config::{DiffusionRound, Prediction, StageConfig, TrainConfig};
+pub use config::{DecoderRound, DiffusionRound, Prediction, StageConfig, TrainConfig};
 pub use error::{Error, Result};
 pub use eval::{
     evaluate, evaluate_pipeline, reconstruction, reconstruction_psnr, AttributeScore, EvalReport,
@@ -87,7 +87,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, progress: &dyn Progress) -> Result<T
     let decoder = cfg
         .decoder
         .iter()
-        .map(|stage| decoder_stage::finetune_decoder(cfg, stage, &mut vae, &mut log))
+        .map(|round| decoder_stage::finetune_decoder(cfg, round, &mut vae, &mut log))
         .collect::<Result<Vec<_>>>()?;
     save::save_component(
         &out.join("vae"),
@@ -151,7 +151,7 @@ pub fn finetune_decoder_in(
     let reports = cfg
         .decoder
         .iter()
-        .map(|stage| decoder_stage::finetune_decoder(cfg, stage, &mut vae, &mut log))
+        .map(|round| decoder_stage::finetune_decoder(cfg, round, &mut vae, &mut log))
         .collect::<Result<Vec<_>>>()?;
     save::save_component(
         &dir,

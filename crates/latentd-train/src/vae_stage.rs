@@ -111,7 +111,7 @@ pub(crate) fn train_vae(cfg: &TrainConfig, log: &mut Log) -> Result<TrainedVae> 
             &[stage.batch_size, config.latent_channels, latent, latent],
             &device,
         )?;
-        let (weights, total_weight) = pixel_weights(&data.foreground, cfg.foreground_weight)?;
+        let (weights, total_weight) = pixel_weights(&data.foreground, cfg.foreground_weight, 0.0)?;
         let latent_elements = noise.elem_count() as f64;
         // The batch's loss, the rows of `range` at a time: the weighted
         // reconstruction error plus the KL term (mean over latent elements).
@@ -179,11 +179,31 @@ pub(crate) fn reconstruction_loss(
 }
 
 /// A batch's per-pixel reconstruction weights (`1 + foreground_weight` on
-/// object pixels, 1 elsewhere, from the `foreground` mask) and their sum.
-pub(crate) fn pixel_weights(foreground: &Tensor, foreground_weight: f64) -> Result<(Tensor, f64)> {
-    let weights = foreground.affine(foreground_weight, 1.0)?;
+/// object pixels, 1 elsewhere, from the `foreground` mask `[B, 1, H, W]`, plus
+/// `outline_weight` times [`outline`]) and their sum.
+pub(crate) fn pixel_weights(
+    foreground: &Tensor,
+    foreground_weight: f64,
+    outline_weight: f64,
+) -> Result<(Tensor, f64)> {
+    let mut weights = foreground.affine(foreground_weight, 1.0)?;
+    if outline_weight != 0.0 {
+        weights = (weights + outline(foreground)?.affine(outline_weight, 0.0)?)?;
+    }
     let total = f64::from(weights.sum_all()?.to_scalar::<f32>()?);
     Ok((weights, total))
+}
+
+/// How far each pixel of a mask `[B, 1, H, W]` differs from the mean of its 3x3
+/// neighbourhood (edges repeated outwards): 0 inside and far outside an
+/// object, largest at its corners (5/9 at a square's), then along its edges
+/// on both sides.
+pub(crate) fn outline(mask: &Tensor) -> Result<Tensor> {
+    let mean = mask
+        .pad_with_same(2, 1, 1)?
+        .pad_with_same(3, 1, 1)?
+        .avg_pool2d_with_stride((3, 3), (1, 1))?;
+    Ok((mask - mean)?.abs()?)
 }
 
 /// Initial log-variance of the posterior: `std = exp(-3) ~ 0.05`.
@@ -275,6 +295,40 @@ mod tests {
     use crate::Architecture;
 
     #[test]
+    fn outline_peaks_at_corners() {
+        // A 3x3 square in a 7x7 mask.
+        let mut mask = vec![0f32; 49];
+        for y in 2..5 {
+            for x in 2..5 {
+                mask[y * 7 + x] = 1.0;
+            }
+        }
+        let mask = Tensor::from_vec(mask, (1, 1, 7, 7), &Device::Cpu).unwrap();
+        let o: Vec<f32> = outline(&mask)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let at = |x: usize, y: usize| o[y * 7 + x];
+        assert!((at(2, 2) - 5.0 / 9.0).abs() < 1e-6, "corner {}", at(2, 2));
+        assert!((at(3, 2) - 3.0 / 9.0).abs() < 1e-6, "edge {}", at(3, 2));
+        assert!(
+            at(3, 3) < 1e-6 && at(0, 0) < 1e-6,
+            "centre and far background"
+        );
+        assert!(
+            (at(1, 3) - 3.0 / 9.0).abs() < 1e-6,
+            "just outside {}",
+            at(1, 3)
+        );
+        let (w, total) = pixel_weights(&mask, 10.0, 9.0).unwrap();
+        let w: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        assert!((w[2 * 7 + 2] - 16.0).abs() < 1e-5 && (w[0] - 1.0).abs() < 1e-6);
+        assert!((total - f64::from(w.iter().sum::<f32>())).abs() < 1e-3);
+    }
+
+    #[test]
     fn overfits_one_batch() {
         let cfg = TrainConfig {
             arch: Architecture::tiny(),
@@ -294,7 +348,7 @@ mod tests {
             let vae = AutoencoderKL::new(vb.clone(), &config).unwrap();
             let z = vae.encode(&data.images).unwrap().mean;
             let recon = vae.decode(&z).unwrap();
-            let (ones, total) = pixel_weights(&data.foreground, 0.0).unwrap();
+            let (ones, total) = pixel_weights(&data.foreground, 0.0, 0.0).unwrap();
             let loss = reconstruction_loss(&recon, &data.images, &ones, total).unwrap();
             losses.push(loss.to_scalar::<f32>().unwrap());
             opt.backward_step(&loss).unwrap();
