@@ -390,11 +390,11 @@ impl TrainConfig {
         for round in &self.diffusion_rounds {
             round.stage.check("diffusion round")?;
         }
-        let rounds = &self.diffusion_rounds;
         non_negative(
             "outline_weight",
             self.decoder.iter().map(|r| r.outline_weight),
         )?;
+        let rounds = &self.diffusion_rounds;
         non_negative(
             "min_snr_floor",
             std::iter::once(self.min_snr_floor)

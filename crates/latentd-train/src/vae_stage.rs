@@ -198,7 +198,7 @@ pub(crate) fn pixel_weights(
 /// neighbourhood (edges repeated outwards): 0 inside and far outside an
 /// object, largest at its corners (5/9 at a square's), then along its edges
 /// on both sides.
-pub(crate) fn outline(mask: &Tensor) -> Result<Tensor> {
+fn outline(mask: &Tensor) -> Result<Tensor> {
     let mean = mask
         .pad_with_same(2, 1, 1)?
         .pad_with_same(3, 1, 1)?
