@@ -7,13 +7,20 @@ use std::time::Duration;
 use candle_core::Device;
 use futures_util::StreamExt;
 use latentd_engine::{Engine, EngineConfig};
-use latentd_models::pipeline::StableDiffusion;
+use latentd_models::pipeline::{load_model, DiffusionModel};
 use latentd_server::http::{AppState, RunningServer};
 use serde_json::Value;
 
 /// The tiny SD1-style fixture pipeline.
 pub fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/sd1-tiny")
+    fixture("sd1-tiny")
+}
+
+/// A fixture folder by name, e.g. `ldm-tiny`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// Server options for a test.
@@ -22,6 +29,8 @@ pub struct Options {
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
     pub grace: Duration,
+    /// Fixture folders to serve as `(id, folder name)`; empty serves `sd1-tiny` alone.
+    pub models: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -35,6 +44,7 @@ impl Default for Options {
             api_key: None,
             max_body_bytes: 16 * 1024 * 1024,
             grace: Duration::from_secs(30),
+            models: Vec::new(),
         }
     }
 }
@@ -49,8 +59,15 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(opts: Options) -> Self {
-        let pipe = Arc::new(StableDiffusion::load(&fixture_dir(), &Device::Cpu).unwrap());
-        let engine = Engine::start(vec![pipe], opts.config).unwrap();
+        let models: Vec<Arc<dyn DiffusionModel>> = if opts.models.is_empty() {
+            vec![load_model(&fixture_dir(), None, &Device::Cpu).unwrap()]
+        } else {
+            opts.models
+                .iter()
+                .map(|(id, folder)| load_model(&fixture(folder), Some(id), &Device::Cpu).unwrap())
+                .collect()
+        };
+        let engine = Engine::start(vec![models], opts.config).unwrap();
         let state = AppState::new(engine.clone(), opts.api_key, opts.max_body_bytes);
         let server = RunningServer::start(state, "127.0.0.1:0".parse().unwrap(), opts.grace)
             .await

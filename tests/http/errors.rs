@@ -37,7 +37,6 @@ async fn every_invalid_field_is_422() {
         json!({"prompt": "x", "n": 0}),
         json!({"prompt": "x", "n": 99}),
         json!({"prompt": "x", "scheduler": "lms"}),
-        json!({"prompt": "x", "model": "no-such-model"}),
         json!({"prompt": "x", "guidance_scale": 500.0}),
         json!({"prompt": "x", "guidance_scale": -1.0}),
         json!({"prompt": "x", "eta": 2.0}),
@@ -49,6 +48,8 @@ async fn every_invalid_field_is_422() {
         json!({"prompt": "x", "seed": -1}),
         json!({"prompt": "x", "cfg": 7}),
         json!({"steps": 3}),
+        json!({"prompt": "x", "image": "not base64 %%%"}),
+        json!({"prompt": "x", "image": "aGVsbG8="}),
     ];
     for body in bad {
         let v = expect(
@@ -59,6 +60,16 @@ async fn every_invalid_field_is_422() {
         .await;
         let _ = v;
         expect(s.post("/v1/jobs", body).await, 422, "invalid_request").await;
+    }
+    // An unknown model is a 404 that names the served ones.
+    for path in ["/v1/generate", "/v1/jobs", "/v1/images/generations"] {
+        let body = json!({"prompt": "x", "model": "no-such-model"});
+        let v = expect(s.post(path, body).await, 404, "model_not_found").await;
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("no-such-model") && message.contains("sd1-tiny"),
+            "{v}"
+        );
     }
     // Nothing was queued by any of them.
     assert_eq!(s.engine.queue_len(), 0);

@@ -5,7 +5,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use latentd_models::pipeline::{ModelInfo, StableDiffusion};
+use latentd_models::pipeline::{DiffusionModel, ModelInfo};
 use latentd_models::schedulers::build_scheduler;
 
 use crate::config::EngineConfig;
@@ -14,7 +14,7 @@ use crate::job::{Event, Job, JobSnapshot};
 use crate::request::{validate, GenerateRequest, ValidRequest};
 use crate::seed::random_seed;
 use crate::store::JobStore;
-use crate::worker::{self, job_shape, EngineStats, QueueState, Shared, Stats};
+use crate::worker::{self, job_shape, EngineStats, Models, QueueState, Shared, Stats};
 
 /// The serving core. Cheap to clone; all clones drive the same workers.
 #[derive(Clone)]
@@ -25,28 +25,51 @@ pub struct Engine {
 struct Inner {
     shared: Arc<Shared>,
     store: JobStore,
-    info: ModelInfo,
-    pipe: Arc<StableDiffusion>,
+    infos: Vec<ModelInfo>,
+    /// The first worker's models: validation asks them (e.g. to count tokens).
+    models: Models,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Engine {
-    /// Starts one worker thread per pipeline (one pipeline per device, all the same
-    /// model) and the PNG encoder thread.
+    /// Starts one worker thread per device and the PNG encoder thread. `workers` holds,
+    /// for each device, the served models loaded on it, in the same order on every
+    /// device (the first is the default model).
     pub fn start(
-        pipes: Vec<Arc<StableDiffusion>>,
+        workers: Vec<Vec<Arc<dyn DiffusionModel>>>,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
-        let first = pipes.first().cloned().ok_or_else(|| {
-            EngineError::Internal("the engine needs at least one model instance".into())
-        })?;
+        let first: Models = workers.first().cloned().unwrap_or_default();
+        if first.is_empty() {
+            return Err(EngineError::Internal(
+                "the engine needs at least one model on one device".into(),
+            ));
+        }
+        let infos: Vec<ModelInfo> = first.iter().map(|m| m.info().clone()).collect();
+        for (i, info) in infos.iter().enumerate() {
+            if infos[..i].iter().any(|other| other.name == info.name) {
+                return Err(EngineError::Internal(format!(
+                    "two models are named `{}`; give each a distinct name",
+                    info.name
+                )));
+            }
+        }
+        for models in &workers {
+            let names: Vec<&str> = models.iter().map(|m| m.info().name.as_str()).collect();
+            let expected: Vec<&str> = infos.iter().map(|i| i.name.as_str()).collect();
+            if names != expected {
+                return Err(EngineError::Internal(
+                    "every device must hold the same models in the same order".into(),
+                ));
+            }
+        }
         let shared = Arc::new(Shared {
             queue: Mutex::new(QueueState {
                 waiting: VecDeque::new(),
                 accepting: true,
                 stop: false,
-                active_rows: vec![0; pipes.len()],
-                active_row_steps: vec![0; pipes.len()],
+                active_rows: vec![0; workers.len()],
+                active_row_steps: vec![0; workers.len()],
             }),
             wake: Condvar::new(),
             stats: Mutex::new(Stats {
@@ -58,12 +81,12 @@ impl Engine {
         let (encoder, encoder_thread) =
             crate::encoder::spawn().map_err(|e| EngineError::Internal(e.to_string()))?;
         let mut threads = vec![encoder_thread];
-        for (index, pipe) in pipes.into_iter().enumerate() {
+        for (index, models) in workers.into_iter().enumerate() {
             let shared = shared.clone();
             let encoder = encoder.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("latentd-worker-{index}"))
-                .spawn(move || worker::run(index, pipe, shared, encoder))
+                .spawn(move || worker::run(index, models, shared, encoder))
                 .map_err(|e| EngineError::Internal(e.to_string()))?;
             threads.push(handle);
         }
@@ -71,16 +94,39 @@ impl Engine {
             inner: Arc::new(Inner {
                 shared,
                 store: JobStore::new(config.finished_ttl, config.finished_max),
-                info: first.info().clone(),
-                pipe: first,
+                infos,
+                models: first,
                 threads: Mutex::new(threads),
             }),
         })
     }
 
-    /// The served model.
-    pub fn model(&self) -> &ModelInfo {
-        &self.inner.info
+    /// The served models; the first is the default.
+    pub fn models(&self) -> &[ModelInfo] {
+        &self.inner.infos
+    }
+
+    /// The model a request names (`None`: the default one) and its index.
+    pub fn model(&self, name: Option<&str>) -> Result<(usize, &ModelInfo), EngineError> {
+        let infos = &self.inner.infos;
+        match name {
+            None => infos
+                .first()
+                .map(|info| (0, info))
+                .ok_or_else(|| EngineError::Internal("no model is served".into())),
+            Some(name) => infos
+                .iter()
+                .enumerate()
+                .find(|(_, info)| info.name == name)
+                .ok_or_else(|| EngineError::ModelNotFound {
+                    name: name.to_string(),
+                    available: infos
+                        .iter()
+                        .map(|i| i.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }),
+        }
     }
 
     /// The engine's limits.
@@ -91,18 +137,17 @@ impl Engine {
     /// Validates a request without submitting it, including what its scheduler
     /// accepts (e.g. no more steps than the model was trained with).
     pub fn validate(&self, req: &GenerateRequest) -> Result<ValidRequest, EngineError> {
-        let tokenizer = self.inner.pipe.tokenizer();
-        let valid = validate(req, &self.inner.info, self.config(), |text| {
-            tokenizer.count_tokens(text).ok()
+        let (index, info) = self.model(req.model.as_deref())?;
+        let model = self
+            .inner
+            .models
+            .get(index)
+            .ok_or_else(|| EngineError::Internal("the model is not loaded".into()))?;
+        let valid = validate(req, index, info, self.config(), |text| {
+            model.count_tokens(text).ok()
         })?;
         let p = &valid.params;
-        build_scheduler(
-            p.scheduler,
-            self.inner.pipe.scheduler_config(),
-            p.steps,
-            p.eta,
-        )
-        .map_err(|e| {
+        build_scheduler(p.scheduler, model.scheduler_config(), p.steps, p.eta).map_err(|e| {
             let message = match e {
                 latentd_models::Error::InvalidArgument(m) => m,
                 other => other.to_string(),
@@ -216,11 +261,10 @@ impl Engine {
     }
 
     fn eta_secs(&self, queue: &QueueState) -> u64 {
-        let factor = self.inner.info.vae_scale_factor;
         let queued: usize = queue
             .waiting
             .iter()
-            .map(|j| job_shape(j, factor).0 * j.request().params.steps)
+            .map(|j| job_shape(j).0 * j.request().params.steps)
             .sum();
         let row_steps = queued + queue.active_row_steps.iter().sum::<usize>();
         let ms = self

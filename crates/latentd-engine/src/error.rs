@@ -38,9 +38,19 @@ pub enum ValidationError {
     /// Unknown scheduler name.
     #[error("unknown scheduler `{name}`; available: {available}")]
     UnknownScheduler { name: String, available: String },
-    /// Unknown model id.
-    #[error("unknown model `{name}`; available: {available}")]
-    UnknownModel { name: String, available: String },
+    /// The model does not take this field.
+    #[error("model `{model}` does not take `{field}`: {reason}")]
+    NotAccepted {
+        field: &'static str,
+        model: String,
+        reason: String,
+    },
+    /// The model needs an input image and none was given.
+    #[error("model `{model}` needs an input image (`image`)")]
+    ImageRequired { model: String },
+    /// The input image could not be read.
+    #[error("image: {0}")]
+    Image(String),
     /// Any other invalid field.
     #[error("{0}")]
     Other(String),
@@ -58,6 +68,9 @@ pub enum EngineError {
         queued: usize,
         retry_after_secs: u64,
     },
+    /// No served model has this id.
+    #[error("unknown model `{name}`; available: {available}")]
+    ModelNotFound { name: String, available: String },
     /// No job with this id (or it has expired).
     #[error("no job with id `{0}`")]
     JobNotFound(String),
@@ -81,6 +94,7 @@ impl EngineError {
         match self {
             EngineError::Invalid(_) => "invalid_request",
             EngineError::QueueFull { .. } => "queue_full",
+            EngineError::ModelNotFound { .. } => "model_not_found",
             EngineError::JobNotFound(_) => "job_not_found",
             EngineError::ImageNotFound { .. } => "image_not_found",
             EngineError::ShuttingDown => "shutting_down",

@@ -379,7 +379,11 @@ mod tests {
                     seed: 3,
                     n: 2,
                     eta: 0.0,
+                    image: None,
                 },
+                model_index: 0,
+                rows: 4,
+                latent_size: (8, 8),
             },
         )
     }

@@ -7,6 +7,7 @@ pub mod config;
 mod encoder;
 pub mod engine;
 pub mod error;
+pub mod input_image;
 pub mod job;
 pub mod planner;
 pub mod png_meta;

@@ -5,13 +5,21 @@
 //!   stay within `max_rows`. The head of the queue is never overtaken, so a big job
 //!   cannot starve. A job larger than `max_rows` on its own is admitted when nothing
 //!   else is in flight, and runs alone.
-//! - **Running**: rows in one UNet call must share a group (latent shape). The group
+//! - **Running**: rows in one UNet call must share a group (model and latent shape). The group
 //!   of the job that has waited longest for a step runs, with every active job of that
 //!   group. Since rows in flight never exceed the budget (except a lone oversized job),
 //!   every job of the chosen group fits.
 
-/// Rows in one UNet call must share this: latent height and width.
-pub type GroupKey = (usize, usize);
+/// Rows in one denoiser call must share this: the model and the latent size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupKey {
+    /// Index of the model among the engine's models.
+    pub model: usize,
+    /// Latent height.
+    pub height: usize,
+    /// Latent width.
+    pub width: usize,
+}
 
 /// An admitted job as the planner sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,8 +127,21 @@ pub fn plan(active: &[ActiveJob], waiting: &[WaitingJob], max_rows: usize, tick:
 mod tests {
     use super::*;
 
-    const A: GroupKey = (8, 8);
-    const B: GroupKey = (8, 12);
+    const A: GroupKey = GroupKey {
+        model: 0,
+        height: 8,
+        width: 8,
+    };
+    const B: GroupKey = GroupKey {
+        model: 0,
+        height: 8,
+        width: 12,
+    };
+    const C: GroupKey = GroupKey {
+        model: 1,
+        height: 8,
+        width: 8,
+    };
 
     fn w(key: u64, rows: usize, group: GroupKey) -> WaitingJob {
         WaitingJob { key, rows, group }
@@ -187,6 +208,16 @@ mod tests {
         assert_eq!(p.group, Some(A));
         assert_eq!(p.run, vec![1, 3]);
         assert_eq!(p.rows, 4);
+    }
+
+    #[test]
+    fn models_never_share_a_call() {
+        let active = [a(1, 2, A, 4), a(2, 2, C, 4), a(3, 2, A, 4)];
+        let p = plan(&active, &[], 8, 5);
+        assert_eq!((p.group, p.run.clone()), (Some(A), vec![1, 3]));
+        let active = [a(1, 2, A, 5), a(2, 2, C, 4), a(3, 2, A, 5)];
+        let p = plan(&active, &[], 8, 6);
+        assert_eq!((p.group, p.run), (Some(C), vec![2]));
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct ImageMetadata {
     pub index: usize,
     /// DDIM eta.
     pub eta: f64,
+    /// `WIDTHxHEIGHT` of the input image, for image-conditioned models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_image: Option<String>,
 }
 
 impl ImageMetadata {
@@ -56,6 +59,10 @@ impl ImageMetadata {
             n: params.n,
             index,
             eta: params.eta,
+            input_image: params
+                .image
+                .as_ref()
+                .map(|image| format!("{}x{}", image.width, image.height)),
         }
     }
 
@@ -77,6 +84,9 @@ impl ImageMetadata {
             self.index,
             self.n
         ));
+        if let Some(input) = &self.input_image {
+            s.push_str(&format!(", Input image: {input}"));
+        }
         s
     }
 }
@@ -192,6 +202,7 @@ mod tests {
             seed: u64::MAX,
             n: 2,
             eta: 0.0,
+            image: None,
         }
     }
 

@@ -1,6 +1,8 @@
 //! The typed gate between what a client sends and what the engine runs.
 
-use latentd_models::pipeline::{GenerationParams, ModelInfo};
+use std::sync::Arc;
+
+use latentd_models::pipeline::{GenerationParams, ModelInfo, RgbImage};
 use latentd_models::schedulers::SchedulerKind;
 
 use crate::config::EngineConfig;
@@ -10,10 +12,10 @@ use crate::seed::random_seed;
 /// A generation request as a client states it; unset fields take defaults.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerateRequest {
-    /// Model id; `None` means the served model.
+    /// Model id; `None` means the first served model.
     pub model: Option<String>,
-    /// The prompt.
-    pub prompt: String,
+    /// The prompt (required by text-conditioned models, refused by the others).
+    pub prompt: Option<String>,
     /// The negative prompt.
     pub negative_prompt: Option<String>,
     /// Width in pixels (default: the model's native width).
@@ -32,6 +34,8 @@ pub struct GenerateRequest {
     pub n: Option<usize>,
     /// DDIM eta.
     pub eta: Option<f64>,
+    /// The input image of image-conditioned models, decoded.
+    pub image: Option<Arc<RgbImage>>,
 }
 
 /// A request that passed validation: exactly what the worker will run.
@@ -39,76 +43,61 @@ pub struct GenerateRequest {
 pub struct ValidRequest {
     /// Model id.
     pub model: String,
+    /// Index of the model among the engine's models.
+    pub model_index: usize,
     /// The generation parameters, defaults filled in and seed chosen.
     pub params: GenerationParams,
+    /// Rows the job adds to each denoiser call.
+    pub rows: usize,
+    /// Latent height and width.
+    pub latent_size: (usize, usize),
 }
 
 /// Prompts longer than this many bytes are refused before tokenizing them.
 const MAX_PROMPT_BYTES: usize = 16 * 1024;
 
-/// Checks a request against the model and the configured limits and fills in defaults.
+/// Checks a request against the model (number `model_index` of the engine's) and the
+/// configured limits and fills in defaults.
 ///
 /// `count_tokens` tells how many content tokens a prompt has.
 pub fn validate(
     req: &GenerateRequest,
+    model_index: usize,
     model: &ModelInfo,
     config: &EngineConfig,
     count_tokens: impl Fn(&str) -> Option<usize>,
 ) -> Result<ValidRequest, ValidationError> {
-    if let Some(name) = &req.model {
-        if name != &model.name {
-            return Err(ValidationError::UnknownModel {
-                name: name.clone(),
-                available: model.name.clone(),
-            });
+    check_conditioning(req, model)?;
+    if let Some(max_tokens) = model.max_prompt_tokens {
+        let prompt = req.prompt.as_deref().unwrap_or("");
+        if prompt.trim().is_empty() {
+            return Err(ValidationError::EmptyPrompt);
         }
-    }
-    if req.prompt.trim().is_empty() {
-        return Err(ValidationError::EmptyPrompt);
-    }
-    let max_tokens = model.max_prompt_tokens;
-    for text in std::iter::once(&req.prompt).chain(req.negative_prompt.as_ref()) {
-        let tokens = if text.len() > MAX_PROMPT_BYTES {
-            None
-        } else {
-            count_tokens(text)
-        };
-        match tokens {
-            Some(t) if t <= max_tokens => {}
-            Some(t) => {
-                return Err(ValidationError::PromptTooLong {
-                    tokens: t,
-                    max: max_tokens,
-                })
-            }
-            None => {
-                return Err(ValidationError::PromptTooLong {
-                    tokens: text.len(),
-                    max: max_tokens,
-                })
+        for text in std::iter::once(prompt).chain(req.negative_prompt.as_deref()) {
+            let tokens = if text.len() > MAX_PROMPT_BYTES {
+                None
+            } else {
+                count_tokens(text)
+            };
+            match tokens {
+                Some(t) if t <= max_tokens => {}
+                Some(t) => {
+                    return Err(ValidationError::PromptTooLong {
+                        tokens: t,
+                        max: max_tokens,
+                    })
+                }
+                None => {
+                    return Err(ValidationError::PromptTooLong {
+                        tokens: text.len(),
+                        max: max_tokens,
+                    })
+                }
             }
         }
     }
 
-    let multiple = model.vae_scale_factor.max(8);
-    let width = req.width.unwrap_or(model.native_width);
-    let height = req.height.unwrap_or(model.native_height);
-    for (field, value, max) in [
-        ("width", width, config.max_width),
-        ("height", height, config.max_height),
-    ] {
-        if value == 0 || !value.is_multiple_of(multiple) {
-            return Err(ValidationError::SizeNotMultiple {
-                field,
-                value,
-                multiple,
-            });
-        }
-        if value > max {
-            return Err(ValidationError::SizeTooLarge { field, value, max });
-        }
-    }
-
+    let (width, height) = output_size(req, model, config)?;
     let steps = req.steps.unwrap_or(config.default_steps);
     if steps == 0 || steps > config.max_steps {
         return Err(ValidationError::Steps {
@@ -123,7 +112,12 @@ pub fn validate(
             max: config.max_n,
         });
     }
-    let guidance_scale = req.guidance_scale.unwrap_or(config.default_guidance);
+    let guidance_scale = if model.takes_guidance() {
+        req.guidance_scale.unwrap_or(config.default_guidance)
+    } else {
+        // Reported in the PNG parameters; no unconditional row runs.
+        1.0
+    };
     if !guidance_scale.is_finite() || !(0.0..=config.max_guidance).contains(&guidance_scale) {
         return Err(ValidationError::Guidance {
             value: guidance_scale,
@@ -148,39 +142,180 @@ pub fn validate(
                 })?
         }
     };
+    let params = GenerationParams {
+        prompt: req.prompt.clone().unwrap_or_default(),
+        negative_prompt: req.negative_prompt.clone(),
+        width,
+        height,
+        steps,
+        guidance_scale,
+        scheduler,
+        seed: req.seed.unwrap_or_else(random_seed),
+        n,
+        eta,
+        image: req.image.clone(),
+    };
     Ok(ValidRequest {
         model: model.name.clone(),
-        params: GenerationParams {
-            prompt: req.prompt.clone(),
-            negative_prompt: req.negative_prompt.clone(),
-            width,
-            height,
-            steps,
-            guidance_scale,
-            scheduler,
-            seed: req.seed.unwrap_or_else(random_seed),
-            n,
-            eta,
-        },
+        model_index,
+        rows: model.rows(&params),
+        latent_size: model.latent_size(width, height),
+        params,
     })
+}
+
+/// Refuses inputs the model does not take, and requires the ones it needs.
+fn check_conditioning(req: &GenerateRequest, model: &ModelInfo) -> Result<(), ValidationError> {
+    let refuse = |field: &'static str, reason: &str| ValidationError::NotAccepted {
+        field,
+        model: model.name.clone(),
+        reason: reason.to_string(),
+    };
+    let family = model.family.capability();
+    if !model.takes_prompt() {
+        let reason = format!("it is a {family} model and reads no text");
+        if req.prompt.is_some() {
+            return Err(refuse("prompt", &reason));
+        }
+        if req.negative_prompt.is_some() {
+            return Err(refuse("negative_prompt", &reason));
+        }
+    }
+    if !model.takes_guidance() && req.guidance_scale.is_some() {
+        return Err(refuse(
+            "guidance_scale",
+            &format!("it is a {family} model without classifier-free guidance"),
+        ));
+    }
+    match (&req.image, model.takes_image()) {
+        (Some(_), false) => Err(refuse(
+            "image",
+            &format!("it is a {family} model and takes no input image"),
+        )),
+        (None, true) => Err(ValidationError::ImageRequired {
+            model: model.name.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The output size: the request's (or the model's native one) for generated images;
+/// the input image's size times the model's factor for super-resolution.
+fn output_size(
+    req: &GenerateRequest,
+    model: &ModelInfo,
+    config: &EngineConfig,
+) -> Result<(usize, usize), ValidationError> {
+    let (width, height) = match &req.image {
+        Some(image) if model.takes_image() => {
+            let f = model.vae_scale_factor;
+            let (width, height) = (image.width * f, image.height * f);
+            for (field, given, value) in
+                [("width", req.width, width), ("height", req.height, height)]
+            {
+                if given.is_some_and(|g| g != value) {
+                    return Err(ValidationError::Other(format!(
+                        "{field} is fixed by the input image: {} upscales {}x{} to {width}x{height}",
+                        model.name, image.width, image.height
+                    )));
+                }
+            }
+            (width, height)
+        }
+        _ => (
+            req.width.unwrap_or(model.native_width),
+            req.height.unwrap_or(model.native_height),
+        ),
+    };
+    let multiple = model.size_multiple;
+    for (field, value, max) in [
+        ("width", width, config.max_width),
+        ("height", height, config.max_height),
+    ] {
+        if value == 0 || !value.is_multiple_of(multiple) {
+            return Err(if req.image.is_some() {
+                let f = model.vae_scale_factor.max(1);
+                ValidationError::Other(format!(
+                    "the input image's {field} must be a positive multiple of {}, got {}",
+                    (multiple / f).max(1),
+                    value / f
+                ))
+            } else {
+                ValidationError::SizeNotMultiple {
+                    field,
+                    value,
+                    multiple,
+                }
+            });
+        }
+        if value > max {
+            return Err(ValidationError::SizeTooLarge { field, value, max });
+        }
+    }
+    Ok((width, height))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use latentd_models::pipeline::{
+        AutoencoderKind, ConditioningKind, Family, GuidanceRule, SamplingRules,
+    };
+
     fn model() -> ModelInfo {
         ModelInfo {
             name: "tiny".into(),
-            family: "stable-diffusion-1".into(),
+            family: Family::StableDiffusion1,
+            conditioning: ConditioningKind::Text,
+            autoencoder: AutoencoderKind::Kl,
             native_width: 32,
             native_height: 32,
             vae_scale_factor: 4,
+            size_multiple: 8,
             latent_channels: 4,
-            max_prompt_tokens: 75,
+            max_prompt_tokens: Some(75),
+            rules: SamplingRules {
+                guidance: GuidanceRule::AboveOne,
+                scale_initial_noise: true,
+                scale_model_input: true,
+            },
             default_scheduler: SchedulerKind::Pndm,
             prediction_type: "epsilon".into(),
         }
+    }
+
+    fn unconditional() -> ModelInfo {
+        ModelInfo {
+            name: "faces".into(),
+            family: Family::LdmUnconditional,
+            conditioning: ConditioningKind::None,
+            autoencoder: AutoencoderKind::Vq,
+            max_prompt_tokens: None,
+            rules: SamplingRules {
+                guidance: GuidanceRule::Never,
+                ..model().rules
+            },
+            ..model()
+        }
+    }
+
+    fn upscaler() -> ModelInfo {
+        ModelInfo {
+            name: "sr".into(),
+            family: Family::LdmSuperResolution,
+            conditioning: ConditioningKind::Image,
+            size_multiple: 16,
+            ..unconditional()
+        }
+    }
+
+    fn image(width: usize, height: usize) -> Option<Arc<RgbImage>> {
+        Some(Arc::new(RgbImage {
+            width,
+            height,
+            data: vec![0; width * height * 3],
+        }))
     }
 
     fn words(s: &str) -> Option<usize> {
@@ -189,7 +324,7 @@ mod tests {
 
     fn req() -> GenerateRequest {
         GenerateRequest {
-            prompt: "a red circle".into(),
+            prompt: Some("a red circle".into()),
             ..Default::default()
         }
     }
@@ -197,7 +332,7 @@ mod tests {
     #[test]
     fn fills_defaults_from_model_and_config() {
         let cfg = EngineConfig::default();
-        let v = validate(&req(), &model(), &cfg, words).unwrap();
+        let v = validate(&req(), 0, &model(), &cfg, words).unwrap();
         assert_eq!(v.model, "tiny");
         assert_eq!((v.params.width, v.params.height), (32, 32));
         assert_eq!(v.params.steps, cfg.default_steps);
@@ -208,7 +343,7 @@ mod tests {
             ..req()
         };
         assert_eq!(
-            validate(&seeded, &model(), &cfg, words)
+            validate(&seeded, 0, &model(), &cfg, words)
                 .unwrap()
                 .params
                 .seed,
@@ -226,14 +361,14 @@ mod tests {
         let cases: Vec<(GenerateRequest, Check)> = vec![
             (
                 GenerateRequest {
-                    prompt: "  ".into(),
+                    prompt: Some("  ".into()),
                     ..req()
                 },
                 |e| matches!(e, ValidationError::EmptyPrompt),
             ),
             (
                 GenerateRequest {
-                    prompt: "w ".repeat(80),
+                    prompt: Some("w ".repeat(80)),
                     ..req()
                 },
                 |e| matches!(e, ValidationError::PromptTooLong { tokens: 80, .. }),
@@ -325,14 +460,14 @@ mod tests {
             ),
             (
                 GenerateRequest {
-                    model: Some("sdxl".into()),
+                    image: image(8, 8),
                     ..req()
                 },
-                |e| matches!(e, ValidationError::UnknownModel { .. }),
+                |e| matches!(e, ValidationError::NotAccepted { field: "image", .. }),
             ),
         ];
         for (r, check) in cases {
-            let err = validate(&r, &model(), &cfg, words).unwrap_err();
+            let err = validate(&r, 0, &model(), &cfg, words).unwrap_err();
             assert!(check(&err), "{r:?} gave {err:?}");
         }
     }
@@ -346,12 +481,82 @@ mod tests {
                 ..req()
             };
             assert_eq!(
-                validate(&r, &model(), &cfg, words)
+                validate(&r, 0, &model(), &cfg, words)
                     .unwrap()
                     .params
                     .scheduler,
                 kind
             );
         }
+    }
+
+    #[test]
+    fn unconditional_models_refuse_text_and_guidance() {
+        let cfg = EngineConfig::default();
+        let none = GenerateRequest::default();
+        let v = validate(&none, 2, &unconditional(), &cfg, words).unwrap();
+        assert_eq!((v.model_index, v.rows, v.latent_size), (2, 1, (8, 8)));
+        assert_eq!(v.params.prompt, "");
+        for (r, field) in [
+            (req(), "prompt"),
+            (
+                GenerateRequest {
+                    negative_prompt: Some("x".into()),
+                    ..none.clone()
+                },
+                "negative_prompt",
+            ),
+            (
+                GenerateRequest {
+                    guidance_scale: Some(3.0),
+                    ..none.clone()
+                },
+                "guidance_scale",
+            ),
+        ] {
+            let err = validate(&r, 0, &unconditional(), &cfg, words).unwrap_err();
+            assert!(
+                matches!(&err, ValidationError::NotAccepted { field: f, .. } if *f == field),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("faces"), "{err}");
+        }
+    }
+
+    #[test]
+    fn super_resolution_takes_its_size_from_the_image() {
+        let cfg = EngineConfig::default();
+        let r = GenerateRequest {
+            image: image(8, 12),
+            n: Some(2),
+            ..Default::default()
+        };
+        let v = validate(&r, 0, &upscaler(), &cfg, words).unwrap();
+        assert_eq!((v.params.width, v.params.height), (32, 48));
+        assert_eq!((v.latent_size, v.rows), ((12, 8), 2));
+        let missing = validate(&GenerateRequest::default(), 0, &upscaler(), &cfg, words);
+        assert!(matches!(
+            missing,
+            Err(ValidationError::ImageRequired { .. })
+        ));
+        let wrong_size = GenerateRequest {
+            width: Some(64),
+            ..r.clone()
+        };
+        assert!(validate(&wrong_size, 0, &upscaler(), &cfg, words).is_err());
+        let odd = GenerateRequest {
+            image: image(6, 8),
+            ..r.clone()
+        };
+        let err = validate(&odd, 0, &upscaler(), &cfg, words).unwrap_err();
+        assert!(err.to_string().contains("multiple of 4"), "{err}");
+        let huge = GenerateRequest {
+            image: image(512, 8),
+            ..r
+        };
+        assert!(matches!(
+            validate(&huge, 0, &upscaler(), &cfg, words),
+            Err(ValidationError::SizeTooLarge { .. })
+        ));
     }
 }

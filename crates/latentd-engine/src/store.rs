@@ -112,7 +112,11 @@ mod tests {
                     seed: 0,
                     n: 1,
                     eta: 0.0,
+                    image: None,
                 },
+                model_index: 0,
+                rows: 4,
+                latent_size: (8, 8),
             },
         )
     }

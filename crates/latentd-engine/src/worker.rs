@@ -1,10 +1,13 @@
 //! The denoising worker: one dedicated OS thread per device, running engine ticks.
 //!
 //! Each tick: drop cancelled jobs, plan (admit from the shared queue, pick the rows
-//! to run), encode the newcomers' prompts in one call, run ONE UNet call over the
-//! chosen rows (per-row timesteps), let each job apply its own guidance and scheduler
-//! update, publish progress, and retire finished jobs (batched VAE decode; PNG
-//! encoding is handed to the encoder thread).
+//! to run), encode the newcomers' conditioning in one call per model, run ONE denoiser
+//! call over the chosen rows (one model, per-row timesteps and conditioning), let each
+//! job apply its own guidance and scheduler update, publish progress, and retire
+//! finished jobs (batched decode; PNG encoding is handed to the encoder thread).
+//!
+//! The worker knows models only through [`DiffusionModel`]; it holds every served
+//! model for its device.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -13,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
-use latentd_models::pipeline::{Denoiser, StableDiffusion};
+use latentd_models::pipeline::{ConditionInput, Denoiser, DiffusionModel, RgbImage};
 
 use crate::config::EngineConfig;
 use crate::encoder::EncodeTask;
@@ -78,12 +81,16 @@ impl Shared {
     }
 }
 
-/// Rows a job adds to a model call and the latent shape group it belongs to.
-pub(crate) fn job_shape(job: &Job, vae_scale_factor: usize) -> (usize, GroupKey) {
-    let p = &job.request().params;
-    let rows = if p.uses_guidance() { 2 * p.n } else { p.n };
-    let f = vae_scale_factor.max(1);
-    (rows, (p.height / f, p.width / f))
+/// Rows a job adds to a model call and the group (model, latent shape) it belongs to.
+pub(crate) fn job_shape(job: &Job) -> (usize, GroupKey) {
+    let request = job.request();
+    let (height, width) = request.latent_size;
+    let group = GroupKey {
+        model: request.model_index,
+        height,
+        width,
+    };
+    (request.rows, group)
 }
 
 struct Active {
@@ -95,16 +102,14 @@ struct Active {
     started: Instant,
 }
 
+/// The served models of one device, in the engine's order.
+pub(crate) type Models = Vec<Arc<dyn DiffusionModel>>;
+
 /// The worker loop. Returns when the engine shuts down.
-pub(crate) fn run(
-    index: usize,
-    pipe: Arc<StableDiffusion>,
-    shared: Arc<Shared>,
-    encoder: Sender<EncodeTask>,
-) {
+pub(crate) fn run(index: usize, models: Models, shared: Arc<Shared>, encoder: Sender<EncodeTask>) {
     let mut worker = Worker {
         index,
-        pipe,
+        models,
         shared,
         encoder,
         active: Vec::new(),
@@ -117,7 +122,7 @@ pub(crate) fn run(
 
 struct Worker {
     index: usize,
-    pipe: Arc<StableDiffusion>,
+    models: Models,
     shared: Arc<Shared>,
     encoder: Sender<EncodeTask>,
     active: Vec<Active>,
@@ -160,7 +165,6 @@ impl Worker {
     /// Plans the tick under the queue lock and takes the admitted jobs off the queue.
     /// Waits while idle; `None` means exit.
     fn plan(&mut self) -> Option<(Vec<Arc<Job>>, Vec<u64>)> {
-        let factor = self.pipe.info().vae_scale_factor;
         let mut queue = self.shared.lock_queue();
         loop {
             queue.waiting.retain(|job| {
@@ -215,7 +219,7 @@ impl Worker {
             .waiting
             .iter()
             .map(|job| {
-                let (rows, group) = job_shape(job, factor);
+                let (rows, group) = job_shape(job);
                 WaitingJob {
                     key: job.seq(),
                     rows,
@@ -235,48 +239,55 @@ impl Worker {
         Some((admitted, plan.run))
     }
 
-    /// Encodes the newcomers' prompts in one batch and builds their samplers.
-    fn admit(&mut self, jobs: Vec<Arc<Job>>) {
-        if jobs.is_empty() {
-            return;
+    /// Encodes the newcomers' conditioning, one call per model, and builds their samplers.
+    fn admit(&mut self, mut jobs: Vec<Arc<Job>>) {
+        while let Some(first) = jobs.first() {
+            let model = first.request().model_index;
+            let (same, rest): (Vec<Arc<Job>>, Vec<Arc<Job>>) = jobs
+                .into_iter()
+                .partition(|j| j.request().model_index == model);
+            jobs = rest;
+            self.admit_model(model, same);
         }
-        let factor = self.pipe.info().vae_scale_factor;
-        let mut prompts: Vec<&str> = Vec::new();
-        for job in &jobs {
-            let p = &job.request().params;
-            prompts.push(&p.prompt);
-            if p.uses_guidance() {
-                prompts.push(p.negative_prompt.as_deref().unwrap_or(""));
+    }
+
+    fn admit_model(&mut self, model_index: usize, jobs: Vec<Arc<Job>>) {
+        let Some(model) = self.models.get(model_index).cloned() else {
+            for job in &jobs {
+                fail(
+                    job,
+                    "internal",
+                    "the job's model is not loaded on this worker",
+                );
             }
-        }
-        let encoded = guarded(|| self.pipe.encode_prompts(&prompts));
-        let embeddings = match encoded {
-            Ok(e) => e,
+            return;
+        };
+        let info = model.info();
+        let inputs: Vec<ConditionInput> = jobs
+            .iter()
+            .map(|job| ConditionInput::of(info, &job.request().params))
+            .collect();
+        let conditioning = match guarded(|| model.encode(&inputs)) {
+            Ok(c) if c.len() == jobs.len() => c,
+            Ok(_) => {
+                for job in &jobs {
+                    fail(job, "internal", "conditioning came back for the wrong jobs");
+                }
+                return;
+            }
             Err(message) => {
                 for job in &jobs {
-                    fail(job, "internal", &format!("text encoding failed: {message}"));
+                    fail(job, "internal", &format!("conditioning failed: {message}"));
                 }
                 return;
             }
         };
-        let mut row = 0;
-        for job in jobs {
-            let p = &job.request().params;
-            let cond = embeddings.narrow(0, row, 1);
-            let uncond = if p.uses_guidance() {
-                Some(embeddings.narrow(0, row + 1, 1))
-            } else {
-                None
-            };
-            row += if p.uses_guidance() { 2 } else { 1 };
-            let built = guarded(|| {
-                let cond = cond?;
-                let uncond = uncond.transpose()?;
-                Denoiser::new(&self.pipe, p, &cond, uncond.as_ref())
-            });
+        drop(inputs);
+        for (job, conditioning) in jobs.into_iter().zip(conditioning) {
+            let built = guarded(|| Denoiser::new(&*model, &job.request().params, conditioning));
             match built {
                 Ok(denoiser) => {
-                    let (rows, group) = job_shape(&job, factor);
+                    let (rows, group) = job_shape(&job);
                     job.set_total(denoiser.total_steps());
                     job.push(Event::Started);
                     job.span().in_scope(|| {
@@ -296,7 +307,11 @@ impl Worker {
                         started: Instant::now(),
                     });
                 }
-                Err(message) => fail(&job, "invalid_request", &message),
+                Err(message) => fail(
+                    &job,
+                    "internal",
+                    &format!("cannot start the job: {message}"),
+                ),
             }
         }
     }
@@ -340,10 +355,22 @@ impl Worker {
         }
     }
 
-    /// One batched model call; when it fails, each job is retried alone so that a
-    /// failure stays with the job that caused it.
+    /// The model of an active job.
+    fn model_of(&self, active: &Active) -> latentd_models::Result<&Arc<dyn DiffusionModel>> {
+        self.models.get(active.group.model).ok_or_else(|| {
+            latentd_models::Error::InvalidArgument("the job's model is not loaded".into())
+        })
+    }
+
+    /// One batched model call (the planner gives rows of one model); when it fails,
+    /// each job is retried alone so that a failure stays with the job that caused it.
     fn predict_batch(&self, run: &[usize]) -> Vec<Result<Tensor, String>> {
         let batch = guarded(|| {
+            let first = run
+                .first()
+                .map(|&i| &self.active[i])
+                .ok_or_else(|| latentd_models::Error::InvalidArgument("nothing to run".into()))?;
+            let model = self.model_of(first)?;
             let mut latents = Vec::with_capacity(run.len());
             let mut contexts = Vec::with_capacity(run.len());
             let mut timesteps = Vec::new();
@@ -351,12 +378,16 @@ impl Worker {
                 let d = &self.active[i].denoiser;
                 let input = d.model_input()?;
                 latents.push(input.latents);
-                contexts.push(d.context().clone());
+                contexts.extend(d.context().cloned());
                 timesteps.extend(input.timesteps);
             }
             let latents = Tensor::cat(&latents, 0)?;
-            let contexts = Tensor::cat(&contexts, 0)?;
-            let out = self.pipe.predict(&latents, &timesteps, &contexts)?;
+            let contexts = if contexts.is_empty() {
+                None
+            } else {
+                Some(Tensor::cat(&contexts, 0)?)
+            };
+            let out = model.predict(&latents, &timesteps, contexts.as_ref())?;
             let mut offset = 0;
             let mut split = Vec::with_capacity(run.len());
             for &i in run {
@@ -373,11 +404,14 @@ impl Worker {
                 tracing::warn!(%message, "batched model call failed; retrying each job alone");
                 run.iter()
                     .map(|&i| {
-                        let d = &self.active[i].denoiser;
+                        let a = &self.active[i];
                         guarded(|| {
-                            let input = d.model_input()?;
-                            self.pipe
-                                .predict(&input.latents, &input.timesteps, d.context())
+                            let input = a.denoiser.model_input()?;
+                            self.model_of(a)?.predict(
+                                &input.latents,
+                                &input.timesteps,
+                                a.denoiser.context(),
+                            )
                         })
                     })
                     .collect()
@@ -412,8 +446,11 @@ impl Worker {
 
     fn decode_group(&self, jobs: Vec<Active>) {
         let decoded = guarded(|| {
+            let first = jobs.first().ok_or_else(|| {
+                latentd_models::Error::InvalidArgument("nothing to decode".into())
+            })?;
             let latents: Vec<&Tensor> = jobs.iter().map(|a| a.denoiser.latents()).collect();
-            let images = self.pipe.decode(&Tensor::cat(&latents, 0)?)?;
+            let images = self.model_of(first)?.decode(&Tensor::cat(&latents, 0)?)?;
             Ok(images)
         });
         match decoded {
@@ -442,7 +479,7 @@ impl Worker {
         }
     }
 
-    fn hand_to_encoder(&self, job: Arc<Job>, images: Vec<latentd_models::pipeline::RgbImage>) {
+    fn hand_to_encoder(&self, job: Arc<Job>, images: Vec<RgbImage>) {
         let task = EncodeTask { job, images };
         if let Err(std::sync::mpsc::SendError(task)) = self.encoder.send(task) {
             // The encoder thread is gone; encode here rather than lose the result.

@@ -7,7 +7,7 @@ mod pipeline_runs;
 use std::path::PathBuf;
 
 use candle_core::Device;
-use latentd_models::pipeline::StableDiffusion;
+use latentd_models::pipeline::{load_model, DiffusionModel, Family, StableDiffusion};
 use latentd_models::schedulers::SchedulerKind;
 
 fn fixtures() -> PathBuf {
@@ -15,8 +15,8 @@ fn fixtures() -> PathBuf {
 }
 
 fn check_runs(name: &str) {
-    let pipe = StableDiffusion::load(&fixtures().join(name), &Device::Cpu).unwrap();
-    pipeline_runs::check_reference_runs(&pipe, &fixtures().join("refs"), name);
+    let pipe = load_model(&fixtures().join(name), None, &Device::Cpu).unwrap();
+    pipeline_runs::check_reference_runs(&*pipe, &fixtures().join("refs"), name);
 }
 
 #[test]
@@ -34,12 +34,13 @@ fn loader_reads_configs_from_the_folder() {
     let sd1 = StableDiffusion::load(&fixtures().join("sd1-tiny"), &Device::Cpu).unwrap();
     let info = sd1.info();
     assert_eq!(info.name, "sd1-tiny");
-    assert_eq!(info.family, "stable-diffusion-1");
+    assert_eq!(info.family, Family::StableDiffusion1);
+    assert_eq!(info.max_prompt_tokens, Some(75));
     assert_eq!(info.default_scheduler, SchedulerKind::Pndm);
     assert_eq!(info.prediction_type, "epsilon");
     assert_eq!((info.native_width, info.vae_scale_factor), (32, 4));
     let sd2 = StableDiffusion::load(&fixtures().join("sd2-tiny"), &Device::Cpu).unwrap();
-    assert_eq!(sd2.info().family, "stable-diffusion-2");
+    assert_eq!(sd2.info().family, Family::StableDiffusion2);
     assert_eq!(sd2.info().default_scheduler, SchedulerKind::Ddim);
     assert_eq!(sd2.info().prediction_type, "v_prediction");
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use latentd_engine::png_meta::{encode_png, ImageMetadata};
-use latentd_models::pipeline::{GenerationParams, StableDiffusion};
+use latentd_models::pipeline::{generate, DiffusionModel, GenerationParams, StableDiffusion};
 use latentd_models::schedulers::SchedulerKind;
 use latentd_server::builtin;
 
@@ -40,9 +40,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             seed: i as u64,
             n: 1,
             eta: 0.0,
+            image: None,
         };
         let started = Instant::now();
-        let images = pipe.generate(&params, |_, _| {})?;
+        let images = generate(&pipe, &params, |_, _| {})?;
         let png = encode_png(&images[0], &ImageMetadata::new(&info.name, &params, 0))?;
         let elapsed = started.elapsed();
         assert!(!png.is_empty());

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use latentd_engine::{Engine, EngineConfig};
-use latentd_models::pipeline::StableDiffusion;
+use latentd_models::pipeline::load_model;
 use latentd_server::http::{AppState, RunningServer};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -64,13 +64,13 @@ struct Outcome {
 }
 
 async fn run(args: &Args, rows: usize) -> Outcome {
-    let pipe = Arc::new(StableDiffusion::load(&args.model, &Device::Cpu).expect("model loads"));
+    let model = load_model(&args.model, None, &Device::Cpu).expect("model loads");
     let config = EngineConfig {
         max_batch_rows: rows,
         max_queue: args.max_queue,
         ..EngineConfig::default()
     };
-    let engine = Engine::start(vec![pipe], config).expect("engine starts");
+    let engine = Engine::start(vec![vec![model]], config).expect("engine starts");
     let state = AppState::new(engine.clone(), None, 1 << 20);
     let server = RunningServer::start(
         state,

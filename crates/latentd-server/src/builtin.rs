@@ -97,7 +97,7 @@ fn cache_base() -> PathBuf {
 mod tests {
     use super::*;
     use candle_core::Device;
-    use latentd_models::pipeline::StableDiffusion;
+    use latentd_models::pipeline::{DiffusionModel, StableDiffusion};
 
     /// The files of a fixture folder, as build.rs would embed them.
     fn fixture_files() -> Vec<(String, Vec<u8>)> {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use candle_core::Device;
-use latentd_models::pipeline::{GenerationParams, StableDiffusion};
+use latentd_models::pipeline::{generate, DiffusionModel, GenerationParams, StableDiffusion};
 use latentd_models::schedulers::SchedulerKind;
 use latentd_server::builtin;
 
@@ -74,8 +74,9 @@ fn generate_without_model_uses_the_builtin_model() {
         seed: 3,
         n: 1,
         eta: meta.eta,
+        image: None,
     };
-    let images = pipe.generate(&p, |_, _| {}).unwrap();
+    let images = generate(&pipe, &p, |_, _| {}).unwrap();
     assert_eq!(images[0].data, png.image.data);
     let _ = std::fs::remove_dir_all(&dir);
 }

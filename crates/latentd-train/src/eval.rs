@@ -9,7 +9,7 @@ use latentd_demo::{
     analyse, caption, parse, render, sample_split, Arrangement, Rng, SamplerConfig, SceneSpec,
     Split,
 };
-use latentd_models::pipeline::StableDiffusion;
+use latentd_models::pipeline::{DiffusionModel, StableDiffusion};
 use serde::{Deserialize, Serialize};
 
 use crate::data::to_planar;

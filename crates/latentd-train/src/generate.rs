@@ -4,8 +4,9 @@
 //! one UNet call per step (the engine's step-level batching), which is much
 //! faster on a CPU than one small call per image.
 
-use candle_core::Tensor;
-use latentd_models::pipeline::{Denoiser, GenerationParams, RgbImage, StableDiffusion};
+use latentd_models::pipeline::{
+    generate_batch, DiffusionModel, GenerationParams, RgbImage, StableDiffusion,
+};
 
 use crate::Result;
 
@@ -33,6 +34,7 @@ pub fn params(pipe: &StableDiffusion, prompt: &str, seed: u64, guidance: f64) ->
         seed,
         n: 1,
         eta: 0.0,
+        image: None,
     }
 }
 
@@ -44,41 +46,12 @@ pub fn generate(
     chunk: usize,
 ) -> Result<Vec<RgbImage>> {
     let mut images = Vec::with_capacity(jobs.len());
-    let unconditional = pipe.encode_prompts(&[""])?;
     for group in jobs.chunks(chunk.max(1)) {
-        let prompts: Vec<&str> = group.iter().map(|j| j.prompt.as_str()).collect();
-        let conditional = pipe.encode_prompts(&prompts)?;
-        let mut denoisers = group
+        let params: Vec<GenerationParams> = group
             .iter()
-            .enumerate()
-            .map(|(i, job)| {
-                let p = params(pipe, &job.prompt, job.seed, guidance);
-                let uncond = p.uses_guidance().then_some(&unconditional);
-                Denoiser::new(pipe, &p, &conditional.narrow(0, i, 1)?, uncond)
-            })
-            .collect::<latentd_models::Result<Vec<_>>>()?;
-        while denoisers.iter().any(|d| !d.is_finished()) {
-            let inputs = denoisers
-                .iter()
-                .map(Denoiser::model_input)
-                .collect::<latentd_models::Result<Vec<_>>>()?;
-            let latents: Vec<&Tensor> = inputs.iter().map(|i| &i.latents).collect();
-            let contexts: Vec<&Tensor> = denoisers.iter().map(Denoiser::context).collect();
-            let timesteps: Vec<f32> = inputs.iter().flat_map(|i| i.timesteps.clone()).collect();
-            let output = pipe.predict(
-                &Tensor::cat(&latents, 0)?,
-                &timesteps,
-                &Tensor::cat(&contexts, 0)?,
-            )?;
-            let mut row = 0;
-            for denoiser in &mut denoisers {
-                let rows = denoiser.rows();
-                denoiser.advance(&output.narrow(0, row, rows)?)?;
-                row += rows;
-            }
-        }
-        let finals: Vec<&Tensor> = denoisers.iter().map(Denoiser::latents).collect();
-        images.extend(pipe.decode(&Tensor::cat(&finals, 0)?)?);
+            .map(|job| params(pipe, &job.prompt, job.seed, guidance))
+            .collect();
+        images.extend(generate_batch(pipe, &params)?.into_iter().flatten());
     }
     Ok(images)
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use latentd_models::pipeline::StableDiffusion;
+use latentd_models::pipeline::{DiffusionModel, StableDiffusion};
 use latentd_train::eval::{evaluate_pipeline, held_out_captions, reconstruction_psnr};
 use latentd_train::generate::{generate, Job};
 use latentd_train::{train, Silent, TrainConfig};

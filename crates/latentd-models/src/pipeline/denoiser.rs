@@ -1,14 +1,16 @@
 //! One job's sampling state, advanced one model call at a time.
 //!
 //! A [`Denoiser`] owns everything that makes a job's result its own: its scheduler
-//! (with multistep history), its torch-compatible generator, its latents, its text
-//! context and guidance scale. The caller decides which model call its rows join,
-//! so rows of many jobs at different steps can share one UNet call.
+//! (with multistep history), its torch-compatible generator, its latents, its
+//! conditioning and guidance scale. It knows no model family: the model's
+//! [`SamplingRules`](super::SamplingRules) say how the reference pipeline drives the
+//! scheduler. The caller decides which model call its rows join, so rows of many jobs
+//! at different steps can share one denoiser call.
 
 use candle_core::Tensor;
 
+use super::model::{Conditioning, DiffusionModel, SamplingRules};
 use super::params::GenerationParams;
-use super::stable_diffusion::StableDiffusion;
 use crate::rng::TorchRng;
 use crate::schedulers::{build_scheduler, Scheduler};
 use crate::{Error, Result};
@@ -16,7 +18,8 @@ use crate::{Error, Result};
 /// Inputs a job contributes to one model call.
 #[derive(Debug)]
 pub struct ModelInput {
-    /// `[rows, C, h, w]`: unconditional rows first, then conditional ones, when guided.
+    /// `[rows, C, h, w]` (latents with any image channels concatenated):
+    /// unconditional rows first, then conditional ones, when guided.
     pub latents: Tensor,
     /// One timestep per row.
     pub timesteps: Vec<f32>,
@@ -27,7 +30,9 @@ pub struct Denoiser {
     scheduler: Box<dyn Scheduler>,
     rng: TorchRng,
     latents: Tensor,
-    context: Tensor,
+    context: Option<Tensor>,
+    concat: Option<Tensor>,
+    rules: SamplingRules,
     guidance_scale: f64,
     guided: bool,
     n: usize,
@@ -35,44 +40,59 @@ pub struct Denoiser {
 }
 
 impl Denoiser {
-    /// Draws the initial noise and prepares the scheduler.
-    ///
-    /// `cond` is the prompt's embedding `[1, T, D]`; `uncond` the negative prompt's,
-    /// required when `params` uses guidance.
+    /// Draws the initial noise and prepares the scheduler for a job on `model` with
+    /// its encoded `conditioning` (from [`DiffusionModel::encode`]).
     pub fn new(
-        pipe: &StableDiffusion,
+        model: &dyn DiffusionModel,
         params: &GenerationParams,
-        cond: &Tensor,
-        uncond: Option<&Tensor>,
+        conditioning: Conditioning,
     ) -> Result<Self> {
-        params.check(pipe.info().vae_scale_factor)?;
+        let info = model.info();
+        params.check(info.size_multiple)?;
         let scheduler = build_scheduler(
             params.scheduler,
-            pipe.scheduler_config(),
+            model.scheduler_config(),
             params.steps,
             params.eta,
         )?;
         let mut rng = TorchRng::new(params.seed);
-        let shape = pipe.latent_shape(params.n, params.width, params.height);
-        let noise = rng.randn_tensor(&shape, pipe.device())?;
-        let latents = (noise * scheduler.init_noise_sigma())?;
+        let noise = rng.randn_tensor(&info.latent_shape(params), model.device())?;
+        let noise = noise.to_dtype(model.dtype())?;
+        let latents = if info.rules.scale_initial_noise {
+            (noise * scheduler.init_noise_sigma())?
+        } else {
+            noise
+        };
 
         let n = params.n;
-        let cond = cond.repeat((n, 1, 1))?;
-        let guided = params.uses_guidance();
-        let context = if guided {
-            let uncond = uncond.ok_or_else(|| {
-                Error::InvalidArgument("guidance needs the negative prompt's embedding".into())
-            })?;
-            Tensor::cat(&[&uncond.repeat((n, 1, 1))?, &cond], 0)?
-        } else {
-            cond
+        let guided = info.is_guided(params.guidance_scale);
+        let context = match conditioning.text {
+            None => None,
+            Some(cond) => {
+                let cond = cond.repeat((n, 1, 1))?;
+                if guided {
+                    let uncond = conditioning.negative_text.ok_or_else(|| {
+                        Error::InvalidArgument(
+                            "guidance needs the negative prompt's embedding".into(),
+                        )
+                    })?;
+                    Some(Tensor::cat(&[&uncond.repeat((n, 1, 1))?, &cond], 0)?)
+                } else {
+                    Some(cond)
+                }
+            }
+        };
+        let concat = match conditioning.concat {
+            Some(c) => Some(c.repeat((n, 1, 1, 1))?.to_dtype(model.dtype())?),
+            None => None,
         };
         Ok(Self {
             scheduler,
             rng,
             latents,
             context,
+            concat,
+            rules: info.rules,
             guidance_scale: params.guidance_scale,
             guided,
             n,
@@ -104,9 +124,9 @@ impl Denoiser {
         self.step >= self.total_steps()
     }
 
-    /// The text context of this job's rows, `[rows, T, D]`.
-    pub fn context(&self) -> &Tensor {
-        &self.context
+    /// The text context of this job's rows, `[rows, T, D]` (text-conditioned models).
+    pub fn context(&self) -> Option<&Tensor> {
+        self.context.as_ref()
     }
 
     /// The current latents `[n, C, h, w]` (the final ones once finished).
@@ -119,11 +139,19 @@ impl Denoiser {
         let t = *self.scheduler.timesteps().get(self.step).ok_or_else(|| {
             Error::InvalidArgument("the job has already made all its model calls".into())
         })?;
-        let scaled = self.scheduler.scale_model_input(&self.latents, self.step)?;
-        let latents = if self.guided {
-            Tensor::cat(&[&scaled, &scaled], 0)?
+        let input = match &self.concat {
+            Some(image) => Tensor::cat(&[&self.latents, image], 1)?,
+            None => self.latents.clone(),
+        };
+        let input = if self.rules.scale_model_input {
+            self.scheduler.scale_model_input(&input, self.step)?
         } else {
-            scaled
+            input
+        };
+        let latents = if self.guided {
+            Tensor::cat(&[&input, &input], 0)?
+        } else {
+            input
         };
         Ok(ModelInput {
             latents,
@@ -152,42 +180,5 @@ impl Denoiser {
             .step(&prediction, self.step, &self.latents, &mut self.rng)?;
         self.step += 1;
         Ok(())
-    }
-}
-
-impl StableDiffusion {
-    /// Runs a whole generation on its own, calling `on_step(done, total)` after each
-    /// model call. The engine uses the same [`Denoiser`] steps, batched across jobs.
-    pub fn generate(
-        &self,
-        params: &GenerationParams,
-        mut on_step: impl FnMut(usize, usize),
-    ) -> Result<Vec<super::RgbImage>> {
-        let latents = self.generate_latents(params, &mut on_step)?;
-        self.decode(&latents)
-    }
-
-    /// Like [`StableDiffusion::generate`], returning the final latents undecoded.
-    pub fn generate_latents(
-        &self,
-        params: &GenerationParams,
-        mut on_step: impl FnMut(usize, usize),
-    ) -> Result<Tensor> {
-        let negative = params.negative_prompt.as_deref().unwrap_or("");
-        let (cond, uncond) = if params.uses_guidance() {
-            let both = self.encode_prompts(&[&params.prompt, negative])?;
-            (both.narrow(0, 0, 1)?, Some(both.narrow(0, 1, 1)?))
-        } else {
-            (self.encode_prompts(&[&params.prompt])?, None)
-        };
-        let mut job = Denoiser::new(self, params, &cond, uncond.as_ref())?;
-        let total = job.total_steps();
-        while !job.is_finished() {
-            let input = job.model_input()?;
-            let out = self.predict(&input.latents, &input.timesteps, job.context())?;
-            job.advance(&out)?;
-            on_step(job.steps_done(), total);
-        }
-        Ok(job.latents().clone())
     }
 }

@@ -1,13 +1,24 @@
-//! The Stable Diffusion pipeline: loading a diffusers folder and sampling with it.
+//! Pipelines: the model abstraction, loading diffusers folders and sampling with them.
 
 mod denoiser;
+mod image;
+mod model;
 mod model_index;
 mod params;
+mod registry;
+mod run;
 mod stable_diffusion;
 mod weights;
 
 pub use denoiser::{Denoiser, ModelInput};
-pub use model_index::{ModelIndex, SUPPORTED_PIPELINES};
+pub use image::{max_abs_diff, to_rgb8, RgbImage};
+pub use model::{
+    AutoencoderKind, ConditionInput, Conditioning, ConditioningKind, DiffusionModel, Family,
+    GuidanceRule, ModelInfo, SamplingRules,
+};
+pub use model_index::ModelIndex;
 pub use params::GenerationParams;
-pub use stable_diffusion::{max_abs_diff, to_rgb8, ModelInfo, RgbImage, StableDiffusion};
+pub use registry::{folder_name, load_model, supported_pipelines};
+pub use run::{generate, generate_batch, generate_latents};
+pub use stable_diffusion::StableDiffusion;
 pub use weights::WeightFiles;

@@ -5,10 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::schedulers::{SchedulerConfig, SchedulerKind};
 use crate::{Error, Result};
-
-/// Pipeline classes whose folders this crate serves with the Stable Diffusion pipeline.
-pub const SUPPORTED_PIPELINES: &[&str] = &["StableDiffusionPipeline"];
 
 /// The parsed `model_index.json` of a diffusers pipeline folder.
 #[derive(Debug, Clone)]
@@ -93,6 +91,25 @@ impl ModelIndex {
                 message: "the pipeline has no such component".to_string(),
             }),
         }
+    }
+
+    /// The folder's `scheduler/scheduler_config.json` and the scheduler kind its
+    /// `scheduler` component names (the default for requests that name none).
+    pub fn scheduler(&self, dir: &Path) -> Result<(SchedulerConfig, SchedulerKind)> {
+        let class = self
+            .components
+            .get("scheduler")
+            .map(|(_, class)| class.as_str())
+            .unwrap_or_default();
+        let kind =
+            SchedulerKind::from_class_name(class).ok_or_else(|| Error::UnsupportedConfig {
+                path: self.path.clone(),
+                key: "scheduler".into(),
+                message: format!("scheduler class {class} is not supported"),
+            })?;
+        let config =
+            SchedulerConfig::from_file(&dir.join("scheduler").join("scheduler_config.json"))?;
+        Ok((config, kind))
     }
 
     /// Checks that the pipeline class is one this crate serves.

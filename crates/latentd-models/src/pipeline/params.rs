@@ -1,12 +1,15 @@
 //! What one generation asks for, checked against what a model can do.
 
+use std::sync::Arc;
+
+use super::image::RgbImage;
 use crate::schedulers::SchedulerKind;
 use crate::{Error, Result};
 
-/// The parameters of one text-to-image generation (one job, `n` images).
+/// The parameters of one generation (one job, `n` images).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationParams {
-    /// The text to follow.
+    /// The text to follow (empty for models that read no text).
     pub prompt: String,
     /// Text to steer away from; `None` means the empty prompt, as in diffusers.
     pub negative_prompt: Option<String>,
@@ -26,14 +29,12 @@ pub struct GenerationParams {
     pub n: usize,
     /// DDIM eta (0 = deterministic); ignored by the other schedulers.
     pub eta: f64,
+    /// The input image of image-conditioned models (e.g. the low-resolution image of
+    /// super-resolution), shared by the job's `n` images.
+    pub image: Option<Arc<RgbImage>>,
 }
 
 impl GenerationParams {
-    /// Whether this job runs an unconditional row beside each conditional one.
-    pub fn uses_guidance(&self) -> bool {
-        self.guidance_scale > 1.0
-    }
-
     /// Checks what the model itself requires; the server adds its own configured limits.
     pub fn check(&self, size_multiple: usize) -> Result<()> {
         let multiple = size_multiple.max(8);
@@ -82,18 +83,13 @@ mod tests {
             seed: 0,
             n: 1,
             eta: 0.0,
+            image: None,
         }
     }
 
     #[test]
     fn accepts_valid_params() {
         params().check(8).unwrap();
-        assert!(params().uses_guidance());
-        assert!(!GenerationParams {
-            guidance_scale: 1.0,
-            ..params()
-        }
-        .uses_guidance());
     }
 
     #[test]

@@ -3,49 +3,23 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
-use super::model_index::{ModelIndex, SUPPORTED_PIPELINES};
+use super::image::{to_rgb8, RgbImage};
+use super::model::{
+    encode_text_jobs, AutoencoderKind, ConditionInput, Conditioning, ConditioningKind,
+    DiffusionModel, Family, GuidanceRule, ModelInfo, SamplingRules,
+};
+use super::model_index::ModelIndex;
 use super::weights::WeightFiles;
-use crate::schedulers::{SchedulerConfig, SchedulerKind};
+use crate::schedulers::SchedulerConfig;
 use crate::text::{ClipTextConfig, ClipTextModel, ClipTokenizer, HiddenAct};
 use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
 use crate::{Error, Result};
 
-/// An 8-bit RGB image, row-major, 3 bytes per pixel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RgbImage {
-    /// Width in pixels.
-    pub width: usize,
-    /// Height in pixels.
-    pub height: usize,
-    /// `width * height * 3` bytes.
-    pub data: Vec<u8>,
-}
-
-/// What a loaded model is and what it accepts.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelInfo {
-    /// Model id (the folder name unless given).
-    pub name: String,
-    /// Model family, e.g. `stable-diffusion-1` or `stable-diffusion-2`.
-    pub family: String,
-    /// The size the UNet was configured for, in pixels.
-    pub native_width: usize,
-    /// The size the UNet was configured for, in pixels.
-    pub native_height: usize,
-    /// Pixels per latent cell along each axis.
-    pub vae_scale_factor: usize,
-    /// Channels of the latent space.
-    pub latent_channels: usize,
-    /// Tokens per prompt the text encoder sees (longer prompts are truncated).
-    pub max_prompt_tokens: usize,
-    /// The scheduler the folder ships with.
-    pub default_scheduler: SchedulerKind,
-    /// `epsilon` or `v_prediction`.
-    pub prediction_type: String,
-}
+/// The class name of the pipelines this loader serves.
+pub(crate) const PIPELINE_CLASS: &str = "StableDiffusionPipeline";
 
 /// A Stable Diffusion 1.x/2.x pipeline loaded from a diffusers folder.
 pub struct StableDiffusion {
@@ -61,41 +35,22 @@ pub struct StableDiffusion {
 
 impl StableDiffusion {
     /// Loads a diffusers-layout folder (`model_index.json`, `unet/`, `vae/`,
-    /// `text_encoder/`, `tokenizer/`, `scheduler/`) onto `device` in float32.
+    /// `text_encoder/`, `tokenizer/`, `scheduler/`) onto `device` in float32, named
+    /// after the folder.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let name = dir
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "model".to_string());
-        Self::load_named(dir, &name, device)
+        Self::load_named(dir, &super::registry::folder_name(dir), device)
     }
 
     /// Like [`StableDiffusion::load`], with an explicit model id.
     pub fn load_named(dir: &Path, name: &str, device: &Device) -> Result<Self> {
         let dtype = DType::F32;
         let index = ModelIndex::from_dir(dir)?;
-        index.require_pipeline(SUPPORTED_PIPELINES)?;
+        index.require_pipeline(&[PIPELINE_CLASS])?;
         index.require("unet", &["UNet2DConditionModel"])?;
         index.require("vae", &["AutoencoderKL"])?;
         index.require("text_encoder", &["CLIPTextModel"])?;
         index.require("tokenizer", &["CLIPTokenizer", "CLIPTokenizerFast"])?;
-        let scheduler_class = index
-            .components
-            .get("scheduler")
-            .map(|(_, class)| class.clone())
-            .unwrap_or_default();
-
-        let scheduler_path = dir.join("scheduler").join("scheduler_config.json");
-        let scheduler_config = SchedulerConfig::from_file(&scheduler_path)?;
-        let default_scheduler =
-            SchedulerKind::from_class_name(&scheduler_class).ok_or_else(|| {
-                Error::UnsupportedConfig {
-                    path: index.path().to_path_buf(),
-                    key: "scheduler".into(),
-                    message: format!("scheduler class {scheduler_class} is not supported"),
-                }
-            })?;
+        let (scheduler_config, default_scheduler) = index.scheduler(dir)?;
 
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
 
@@ -130,6 +85,28 @@ impl StableDiffusion {
                 ),
             });
         }
+        if tokenizer.max_length() > text_config.max_position_embeddings {
+            return Err(Error::UnsupportedConfig {
+                path: dir.join("tokenizer"),
+                key: "model_max_length".into(),
+                message: format!(
+                    "{} tokens is more than the text encoder's {} positions",
+                    tokenizer.max_length(),
+                    text_config.max_position_embeddings
+                ),
+            });
+        }
+        if unet.config().in_channels != vae.config().latent_channels {
+            return Err(Error::UnsupportedConfig {
+                path: unet_dir.join("config.json"),
+                key: "in_channels".into(),
+                message: format!(
+                    "{} input channels for {} latent channels (inpainting UNets are not supported yet)",
+                    unet.config().in_channels,
+                    vae.config().latent_channels
+                ),
+            });
+        }
         let vae_scale_factor = vae.downsampling_factor();
         // diffusers' pipelines derive the default size from the UNet's sample_size.
         let (native_h, native_w) = unet
@@ -138,18 +115,26 @@ impl StableDiffusion {
             .map(|s| s.height_width())
             .unwrap_or((64, 64));
         let family = if text_config.hidden_act == HiddenAct::QuickGelu {
-            "stable-diffusion-1"
+            Family::StableDiffusion1
         } else {
-            "stable-diffusion-2"
+            Family::StableDiffusion2
         };
         let info = ModelInfo {
             name: name.to_string(),
-            family: family.to_string(),
+            family,
+            conditioning: ConditioningKind::Text,
+            autoencoder: AutoencoderKind::Kl,
             native_width: native_w * vae_scale_factor,
             native_height: native_h * vae_scale_factor,
             vae_scale_factor,
-            latent_channels: unet.config().in_channels,
-            max_prompt_tokens: tokenizer.max_length().saturating_sub(2),
+            size_multiple: vae_scale_factor.max(8),
+            latent_channels: vae.config().latent_channels,
+            max_prompt_tokens: Some(tokenizer.max_length().saturating_sub(2)),
+            rules: SamplingRules {
+                guidance: GuidanceRule::AboveOne,
+                scale_initial_noise: true,
+                scale_model_input: true,
+            },
             default_scheduler,
             prediction_type: scheduler_config.prediction_type().to_string(),
         };
@@ -166,29 +151,9 @@ impl StableDiffusion {
         })
     }
 
-    /// What this model is and accepts.
-    pub fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    /// The folder's scheduler configuration, shared by every scheduler kind.
-    pub fn scheduler_config(&self) -> &SchedulerConfig {
-        &self.scheduler_config
-    }
-
     /// The tokenizer, e.g. to validate prompt length.
     pub fn tokenizer(&self) -> &ClipTokenizer {
         &self.tokenizer
-    }
-
-    /// The device the model runs on.
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// The compute dtype.
-    pub fn dtype(&self) -> DType {
-        self.dtype
     }
 
     /// Encodes prompts into text embeddings `[P, T, D]`, one row per prompt.
@@ -206,69 +171,57 @@ impl StableDiffusion {
         self.text_encoder.forward(&ids)
     }
 
-    /// One UNet call over rows that may be at different timesteps:
-    /// latents `[B, C, h, w]`, one timestep per row, context `[B, T, D]`.
-    pub fn predict(&self, latents: &Tensor, timesteps: &[f32], context: &Tensor) -> Result<Tensor> {
-        let _span = tracing::debug_span!("unet", rows = timesteps.len()).entered();
-        let t = Tensor::new(timesteps, &self.device)?.to_dtype(self.dtype)?;
-        self.unet.forward(latents, &t, context)
-    }
-
-    /// Decodes final latents `[n, C, h, w]` (as the sampler leaves them) into images.
-    pub fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
-        let _span = tracing::debug_span!("vae_decode", n = latents.dim(0)?).entered();
-        let scaled = (latents / self.vae.config().scaling_factor)?;
-        let images = self.vae.decode(&scaled)?;
-        to_rgb8(&images)
-    }
-
     /// Encodes images `[n, 3, H, W]` in [-1, 1] to the mean of their latent distribution,
     /// scaled as the sampler expects latents.
     pub fn encode_images(&self, images: &Tensor) -> Result<Tensor> {
         let dist = self.vae.encode(images)?;
         Ok((dist.mean * self.vae.config().scaling_factor)?)
     }
-
-    /// Shape of the latents for an image of `width` x `height`.
-    pub fn latent_shape(&self, n: usize, width: usize, height: usize) -> [usize; 4] {
-        let f = self.info.vae_scale_factor;
-        [n, self.info.latent_channels, height / f, width / f]
-    }
 }
 
-/// Converts decoder output `[n, 3, H, W]` in [-1, 1] to 8-bit images the way diffusers'
-/// image processor does: `(x / 2 + 0.5).clamp(0, 1)`, then `round(x * 255)`.
-pub fn to_rgb8(images: &Tensor) -> Result<Vec<RgbImage>> {
-    let (n, c, h, w) = images.dims4()?;
-    if c != 3 {
-        return Err(Error::InvalidArgument(format!(
-            "expected 3 image channels, got {c}"
-        )));
+impl DiffusionModel for StableDiffusion {
+    fn info(&self) -> &ModelInfo {
+        &self.info
     }
-    let unit = ((images.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
-    // NHWC so each image's bytes are contiguous, row-major RGB.
-    let nhwc = unit.permute((0, 2, 3, 1))?.contiguous()?;
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let values = nhwc.get(i)?.flatten_all()?.to_vec1::<f32>()?;
-        let data = values.iter().map(|v| (v * 255.0).round() as u8).collect();
-        out.push(RgbImage {
-            width: w,
-            height: h,
-            data,
-        });
+
+    fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
     }
-    Ok(out)
-}
 
-/// Largest absolute difference between two tensors of the same shape.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    let d = (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?.abs()?;
-    Ok(d.flatten_all()?.max(D::Minus1)?.to_scalar::<f32>()?)
-}
+    fn device(&self) -> &Device {
+        &self.device
+    }
 
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn check<T: Send + Sync>() {}
-    check::<StableDiffusion>();
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn count_tokens(&self, text: &str) -> Result<usize> {
+        self.tokenizer.count_tokens(text)
+    }
+
+    fn encode(&self, jobs: &[ConditionInput<'_>]) -> Result<Vec<Conditioning>> {
+        encode_text_jobs(jobs, |prompts| self.encode_prompts(prompts))
+    }
+
+    fn predict(
+        &self,
+        input: &Tensor,
+        timesteps: &[f32],
+        context: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let _span = tracing::debug_span!("unet", rows = timesteps.len()).entered();
+        let context = context.ok_or_else(|| {
+            Error::InvalidArgument("Stable Diffusion's UNet needs a text context".into())
+        })?;
+        let t = Tensor::new(timesteps, &self.device)?.to_dtype(self.dtype)?;
+        self.unet.forward(input, &t, context)
+    }
+
+    fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
+        let _span = tracing::debug_span!("vae_decode", n = latents.dim(0)?).entered();
+        let scaled = (latents / self.vae.config().scaling_factor)?;
+        let images = self.vae.decode(&scaled)?;
+        to_rgb8(&images)
+    }
 }

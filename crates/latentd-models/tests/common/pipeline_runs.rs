@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use latentd_models::pipeline::{max_abs_diff, GenerationParams, StableDiffusion};
+use latentd_models::pipeline::{generate_latents, max_abs_diff, DiffusionModel, GenerationParams};
 use latentd_models::schedulers::SchedulerKind;
 use serde_json::Value;
 
@@ -37,19 +37,20 @@ fn params(run: &Value) -> GenerationParams {
         seed: run["seed"].as_u64().unwrap(),
         n: run["n"].as_u64().unwrap() as usize,
         eta: run["eta"].as_f64().unwrap(),
+        image: None,
     }
 }
 
 /// Runs every recorded run of `refs_dir/{name}.*` on `pipe` and asserts final latents
 /// within 1e-4 of their scale and pixels within 2/255 of diffusers'.
-pub fn check_reference_runs(pipe: &StableDiffusion, refs_dir: &Path, name: &str) {
+pub fn check_reference_runs(pipe: &dyn DiffusionModel, refs_dir: &Path, name: &str) {
     let (json, refs) = load_refs(refs_dir, name);
     let runs = json["runs"].as_array().unwrap();
     assert!(!runs.is_empty());
     for run in runs {
         let id = run["id"].as_str().unwrap();
         let p = params(run);
-        let latents = pipe.generate_latents(&p, |_, _| {}).unwrap();
+        let latents = generate_latents(pipe, &p, |_, _| {}).unwrap();
         let want = &refs[&format!("{id}.latents")];
         let scale = want
             .abs()

@@ -1,12 +1,15 @@
-//! `latentd generate`: one generation from the command line.
+//! `latentd generate`: one generation from the command line, for any model family.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use latentd_models::pipeline::{GenerationParams, StableDiffusion};
+use latentd_engine::request::{validate, GenerateRequest};
+use latentd_engine::{input_image, EngineConfig};
+use latentd_models::pipeline::{generate, load_model};
 use latentd_models::schedulers::SchedulerKind;
 
 use super::{parse_size, EXIT_USAGE};
@@ -15,15 +18,20 @@ use latentd_engine::png_meta::{encode_png, ImageMetadata};
 /// Arguments of `latentd generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// A diffusers-layout pipeline folder (default: the built-in model).
+    /// A diffusers-layout pipeline folder of any supported family (default: the
+    /// built-in model).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// The prompt.
+    /// The prompt (text-conditioned models only).
     #[arg(long)]
-    pub prompt: String,
+    pub prompt: Option<String>,
     /// What to steer away from (default: the empty prompt).
     #[arg(long)]
     pub negative_prompt: Option<String>,
+    /// The input image of image-conditioned models (super-resolution: the image to
+    /// upscale, at its own size), a PNG, JPEG or WebP file.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
     /// Width in pixels, a multiple of 8 (default: the model's native size).
     #[arg(long, value_parser = parse_size)]
     pub width: Option<usize>,
@@ -33,9 +41,10 @@ pub struct GenerateArgs {
     /// Denoising steps.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub steps: u16,
-    /// Classifier-free guidance scale (<= 1 disables guidance).
-    #[arg(long, default_value_t = 7.5)]
-    pub guidance: f64,
+    /// Classifier-free guidance scale (<= 1 disables guidance; default 7.5 for models
+    /// that take guidance).
+    #[arg(long)]
+    pub guidance: Option<f64>,
     /// Scheduler: ddim, pndm, euler, euler-a, dpmpp-2m, dpmpp-2m-karras
     /// (default: the one the model folder ships with).
     #[arg(long)]
@@ -54,6 +63,17 @@ pub struct GenerateArgs {
     pub output: PathBuf,
 }
 
+/// The limits of a local generation: what the flags allow, with sizes up to 4096.
+fn cli_limits() -> EngineConfig {
+    EngineConfig {
+        max_width: 4096,
+        max_height: 4096,
+        max_steps: 1000,
+        max_n: 64,
+        ..EngineConfig::default()
+    }
+}
+
 /// Runs the command; returns the exit code.
 pub fn run(args: GenerateArgs) -> i32 {
     let started = Instant::now();
@@ -64,36 +84,53 @@ pub fn run(args: GenerateArgs) -> i32 {
             return 1;
         }
     };
-    let loaded = match &name {
-        Some(name) => StableDiffusion::load_named(&dir, name, &Device::Cpu),
-        None => StableDiffusion::load(&dir, &Device::Cpu),
-    };
-    let pipe = match loaded {
-        Ok(p) => p,
+    let model = match load_model(&dir, name.as_deref(), &Device::Cpu) {
+        Ok(m) => m,
         Err(e) => {
             eprintln!("error: cannot load model {}: {e}", dir.display());
             return 1;
         }
     };
-    let info = pipe.info().clone();
-    let params = GenerationParams {
+    let image = match &args.image {
+        None => None,
+        Some(path) => match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| input_image::decode(&bytes).map_err(|e| e.to_string()))
+        {
+            Ok(image) => Some(Arc::new(image)),
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", path.display());
+                return EXIT_USAGE;
+            }
+        },
+    };
+    let info = model.info().clone();
+    let request = GenerateRequest {
+        model: None,
         prompt: args.prompt,
         negative_prompt: args.negative_prompt,
-        width: args.width.unwrap_or(info.native_width),
-        height: args.height.unwrap_or(info.native_height),
-        steps: args.steps as usize,
+        width: args.width,
+        height: args.height,
+        steps: Some(args.steps as usize),
         guidance_scale: args.guidance,
-        scheduler: args.scheduler.unwrap_or(info.default_scheduler),
-        seed: args.seed.unwrap_or_else(latentd_engine::seed::random_seed),
-        n: args.n as usize,
-        eta: args.eta,
+        scheduler: args.scheduler.map(|k| k.to_string()),
+        seed: args.seed,
+        n: Some(args.n as usize),
+        eta: Some(args.eta),
+        image,
     };
-    if let Err(e) = params.check(info.vae_scale_factor) {
-        eprintln!("error: {e}");
-        return EXIT_USAGE;
-    }
+    let params = match validate(&request, 0, &info, &cli_limits(), |text| {
+        model.count_tokens(text).ok()
+    }) {
+        Ok(valid) => valid.params,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
     tracing::info!(
         load_ms = started.elapsed().as_millis() as u64,
+        family = %info.family,
         "model loaded"
     );
 
@@ -105,7 +142,7 @@ pub fn run(args: GenerateArgs) -> i32 {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let sampling = Instant::now();
-    let result = pipe.generate(&params, |done, total| {
+    let result = generate(&*model, &params, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });

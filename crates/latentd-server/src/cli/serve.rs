@@ -8,17 +8,25 @@ use std::time::Duration;
 use candle_core::Device;
 use clap::Args;
 use latentd_engine::{Engine, EngineConfig};
-use latentd_models::pipeline::StableDiffusion;
+use latentd_models::pipeline::{load_model, DiffusionModel};
 
 use crate::http::{AppState, RunningServer};
 
 /// Arguments of `latentd serve`; every flag can also be set from the environment.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// A diffusers-layout pipeline folder to serve (default: the built-in model).
-    #[arg(long, env = "LATENTD_MODEL")]
-    pub model: Option<PathBuf>,
-    /// Model id reported by /v1/models and accepted as `model` (default: folder name).
+    /// A diffusers-layout pipeline folder to serve, as `DIR` (named after the folder)
+    /// or `NAME=DIR`; repeat it (or separate with commas) to serve several models, the
+    /// first being the default. Without it the built-in model is served.
+    #[arg(
+        long = "model",
+        env = "LATENTD_MODEL",
+        value_delimiter = ',',
+        value_name = "[NAME=]DIR"
+    )]
+    pub models: Vec<ModelSpec>,
+    /// Model id of the built-in model or of a single unnamed `--model`
+    /// (default: the folder's name).
     #[arg(long, env = "LATENTD_MODEL_NAME")]
     pub model_name: Option<String>,
     /// Address to listen on.
@@ -114,6 +122,63 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     anyhow::bail!("unknown device `{spec}`: expected cpu or cuda:N")
 }
 
+/// One `--model` argument: a folder and the id to serve it under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// The id, when given as `NAME=DIR`.
+    pub name: Option<String>,
+    /// The pipeline folder.
+    pub dir: PathBuf,
+}
+
+impl std::str::FromStr for ModelSpec {
+    type Err = String;
+
+    /// `NAME=DIR`, where NAME has no path separator, or a bare `DIR`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("a model folder must not be empty".into());
+        }
+        match s.split_once('=') {
+            Some((name, dir)) if !name.contains(['/', '\\']) => {
+                if name.is_empty() || dir.is_empty() {
+                    return Err(format!("`{s}`: expected NAME=DIR"));
+                }
+                Ok(Self {
+                    name: Some(name.to_string()),
+                    dir: PathBuf::from(dir),
+                })
+            }
+            _ => Ok(Self {
+                name: None,
+                dir: PathBuf::from(s),
+            }),
+        }
+    }
+}
+
+/// The folders to load and their ids: the `--model` arguments, or the built-in model.
+/// `name` (`--model-name`) names the built-in model or a single unnamed folder.
+pub fn model_sources(
+    specs: &[ModelSpec],
+    name: Option<&str>,
+) -> anyhow::Result<Vec<(PathBuf, Option<String>)>> {
+    if specs.is_empty() {
+        return Ok(vec![model_source(None, name)?]);
+    }
+    if name.is_some() && (specs.len() > 1 || specs[0].name.is_some()) {
+        anyhow::bail!("--model-name names a single unnamed --model; use NAME=DIR for several");
+    }
+    Ok(specs
+        .iter()
+        .map(|spec| {
+            let id = spec.name.clone().or_else(|| name.map(str::to_string));
+            (spec.dir.clone(), id)
+        })
+        .collect())
+}
+
 /// The folder to load and the id to serve it under: `--model`, or the built-in model.
 pub fn model_source(
     model: Option<&std::path::Path>,
@@ -130,22 +195,30 @@ pub fn model_source(
     }
 }
 
-/// Loads one model instance per device and starts the engine.
+/// Loads every model once per device and starts the engine.
 pub fn start_engine(args: &ServeArgs) -> anyhow::Result<Engine> {
-    let (dir, name) = model_source(args.model.as_deref(), args.model_name.as_deref())?;
-    let mut pipes = Vec::new();
+    let sources = model_sources(&args.models, args.model_name.as_deref())?;
+    let mut workers = Vec::new();
     for spec in &args.devices {
         let device = parse_device(spec)?;
-        let started = std::time::Instant::now();
-        let pipe = match &name {
-            Some(name) => StableDiffusion::load_named(&dir, name, &device),
-            None => StableDiffusion::load(&dir, &device),
+        let mut models: Vec<Arc<dyn DiffusionModel>> = Vec::new();
+        for (dir, name) in &sources {
+            let started = std::time::Instant::now();
+            let model = load_model(dir, name.as_deref(), &device)
+                .map_err(|e| anyhow::anyhow!("cannot load model {}: {e}", dir.display()))?;
+            let info = model.info();
+            tracing::info!(
+                device = %spec,
+                load_ms = started.elapsed().as_millis() as u64,
+                model = %info.name,
+                family = %info.family,
+                "model loaded"
+            );
+            models.push(model);
         }
-        .map_err(|e| anyhow::anyhow!("cannot load model {}: {e}", dir.display()))?;
-        tracing::info!(device = %spec, load_ms = started.elapsed().as_millis() as u64, model = %pipe.info().name, "model loaded");
-        pipes.push(Arc::new(pipe));
+        workers.push(models);
     }
-    Engine::start(pipes, args.engine_config()).map_err(|e| anyhow::anyhow!("{e}"))
+    Engine::start(workers, args.engine_config()).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
@@ -184,5 +257,35 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_specs_parse_names_and_bare_folders() {
+        let named: ModelSpec = "faces=/models/ldm-celebahq".parse().unwrap();
+        assert_eq!(named.name.as_deref(), Some("faces"));
+        assert_eq!(named.dir, PathBuf::from("/models/ldm-celebahq"));
+        let bare: ModelSpec = "models/sd15".parse().unwrap();
+        assert_eq!((bare.name, bare.dir), (None, PathBuf::from("models/sd15")));
+        let path_with_eq: ModelSpec = "./a=b/c".parse().unwrap();
+        assert_eq!(path_with_eq.name, None);
+        assert!("=dir".parse::<ModelSpec>().is_err());
+        assert!("name=".parse::<ModelSpec>().is_err());
+        assert!("".parse::<ModelSpec>().is_err());
+    }
+
+    #[test]
+    fn model_name_applies_to_one_unnamed_folder_only() {
+        let one = vec!["dir".parse().unwrap()];
+        let sources = model_sources(&one, Some("x")).unwrap();
+        assert_eq!(sources, vec![(PathBuf::from("dir"), Some("x".to_string()))]);
+        let two: Vec<ModelSpec> = vec!["a".parse().unwrap(), "b=c".parse().unwrap()];
+        assert!(model_sources(&two, Some("x")).is_err());
+        let sources = model_sources(&two, None).unwrap();
+        assert_eq!(sources[1], (PathBuf::from("c"), Some("b".to_string())));
     }
 }

@@ -58,9 +58,9 @@ impl ApiError {
                 let status = match e {
                     EngineError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
                     EngineError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-                    EngineError::JobNotFound(_) | EngineError::ImageNotFound { .. } => {
-                        StatusCode::NOT_FOUND
-                    }
+                    EngineError::ModelNotFound { .. }
+                    | EngineError::JobNotFound(_)
+                    | EngineError::ImageNotFound { .. } => StatusCode::NOT_FOUND,
                     EngineError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
                     EngineError::JobFailed { code, .. } => match code.as_str() {
                         "cancelled" => StatusCode::CONFLICT,

@@ -57,7 +57,7 @@ mod tests {
             Err(ApiError::InvalidField(_))
         ));
         assert!(matches!(
-            parse::<GenerateBody>(b"{}"),
+            parse::<GenerateBody>(b"{\"prompt\":5}"),
             Err(ApiError::InvalidField(_))
         ));
         assert!(matches!(

@@ -77,7 +77,9 @@ pub async fn generate(
             "Accept: image/png returns a single image; use application/json or text/event-stream for n > 1".into(),
         ));
     }
-    let job = state.engine.submit(&body.to_request())?;
+    let job = state
+        .engine
+        .submit(&body.to_request().map_err(EngineError::from)?)?;
     if format == Format::Sse {
         let guard = CancelOnDrop::new(state.engine.clone(), job.clone());
         let mut response = super::sse::respond(job.subscribe(0), Some(guard));

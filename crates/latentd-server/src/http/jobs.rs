@@ -29,7 +29,9 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let job = state.engine.submit(&body.to_request())?;
+    let job = state
+        .engine
+        .submit(&body.to_request().map_err(EngineError::from)?)?;
     let status_url = format!("/v1/jobs/{}", job.id());
     let created = JobCreated {
         id: job.id().to_string(),

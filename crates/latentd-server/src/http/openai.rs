@@ -61,7 +61,7 @@ pub async fn generations(
     };
     let request = GenerateRequest {
         model: body.model.clone(),
-        prompt: body.prompt.clone(),
+        prompt: Some(body.prompt.clone()),
         negative_prompt: body.negative_prompt.clone(),
         width,
         height,
@@ -71,6 +71,7 @@ pub async fn generations(
         seed: body.seed,
         n: body.n.map(|v| v as usize),
         eta: None,
+        image: None,
     };
     let job = state.engine.submit(&request)?;
     finish(&state, &job).await?;

@@ -1,6 +1,8 @@
 //! Request and response bodies of the HTTP API (the OpenAPI schemas).
 
-use latentd_engine::{GenerateRequest, JobSnapshot, JobState};
+use std::sync::Arc;
+
+use latentd_engine::{input_image, GenerateRequest, JobSnapshot, JobState, ValidationError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -10,11 +12,11 @@ use super::error::ErrorDetail;
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateBody {
-    /// Model id (default: the served model).
+    /// Model id (default: the first served model; see `GET /v1/models`).
     pub model: Option<String>,
-    /// What to draw.
+    /// What to draw (text-conditioned models; refused by the others).
     #[schema(example = "a red circle above a blue square")]
-    pub prompt: String,
+    pub prompt: Option<String>,
     /// What to steer away from.
     pub negative_prompt: Option<String>,
     /// Width in pixels, a multiple of 8 (default: the model's native width).
@@ -33,12 +35,19 @@ pub struct GenerateBody {
     pub n: Option<u32>,
     /// DDIM eta between 0 and 1 (default 0).
     pub eta: Option<f64>,
+    /// Input image of image-conditioned models (super-resolution: the low-resolution
+    /// image, upscaled at its own size): base64 PNG, JPEG or WebP, or a data URL.
+    pub image: Option<String>,
 }
 
 impl GenerateBody {
-    /// The engine's view of the request.
-    pub fn to_request(&self) -> GenerateRequest {
-        GenerateRequest {
+    /// The engine's view of the request, with the input image decoded.
+    pub fn to_request(&self) -> Result<GenerateRequest, ValidationError> {
+        let image = match &self.image {
+            Some(text) => Some(Arc::new(input_image::decode_base64(text)?)),
+            None => None,
+        };
+        Ok(GenerateRequest {
             model: self.model.clone(),
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
@@ -50,7 +59,8 @@ impl GenerateBody {
             seed: self.seed,
             n: self.n.map(|v| v as usize),
             eta: self.eta,
-        }
+            image,
+        })
     }
 }
 
@@ -191,10 +201,23 @@ pub struct ModelCard {
     pub created: u64,
     /// Always `latentd`.
     pub owned_by: String,
-    /// Model family, e.g. `stable-diffusion-1`.
+    /// Model family: `stable-diffusion-1`, `stable-diffusion-2`, `ldm-unconditional`,
+    /// `ldm-text-to-image` or `ldm-super-resolution`.
     pub family: String,
-    /// What the model can do, e.g. `text-to-image`.
+    /// What the model can do: `text-to-image`, `unconditional` or `super-resolution`.
     pub capabilities: Vec<String>,
+    /// How the denoiser is conditioned: `text`, `image` or `none`.
+    pub conditioning: String,
+    /// Whether requests take a `prompt` (and `negative_prompt`).
+    pub accepts_prompt: bool,
+    /// Whether requests need an input `image`.
+    pub accepts_image: bool,
+    /// Whether `guidance_scale` applies.
+    pub accepts_guidance: bool,
+    /// The autoencoder: `kl` or `vq`.
+    pub autoencoder: String,
+    /// Channels of the latent space.
+    pub latent_channels: usize,
     /// Native width in pixels.
     pub native_width: usize,
     /// Native height in pixels.
@@ -205,8 +228,8 @@ pub struct ModelCard {
     pub max_width: usize,
     /// Largest height accepted.
     pub max_height: usize,
-    /// Tokens of a prompt the model reads.
-    pub max_prompt_tokens: usize,
+    /// Tokens of a prompt the model reads (absent for models without text).
+    pub max_prompt_tokens: Option<usize>,
     /// The scheduler used when a request names none.
     pub default_scheduler: String,
     /// Every scheduler a request may name.
