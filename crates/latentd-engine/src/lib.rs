@@ -15,6 +15,8 @@ pub mod request;
 pub mod seed;
 pub mod store;
 mod worker;
+#[cfg(test)]
+mod worker_tests;
 
 pub use worker::EngineStats;
 

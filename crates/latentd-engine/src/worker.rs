@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
-use latentd_models::pipeline::{ConditionInput, Denoiser, DiffusionModel, RgbImage};
+use latentd_models::pipeline::{ConditionInput, Conditioning, Denoiser, DiffusionModel, RgbImage};
 
 use crate::config::EngineConfig;
 use crate::encoder::EncodeTask;
@@ -267,23 +267,34 @@ impl Worker {
             .iter()
             .map(|job| ConditionInput::of(info, &job.request().params))
             .collect();
-        let conditioning = match guarded(|| model.encode(&inputs)) {
-            Ok(c) if c.len() == jobs.len() => c,
-            Ok(_) => {
-                for job in &jobs {
-                    fail(job, "internal", "conditioning came back for the wrong jobs");
-                }
-                return;
-            }
+        // One call for all newcomers; when it fails, each job is encoded alone so that
+        // a failure stays with the job that caused it.
+        let conditioning: Vec<Result<Conditioning, String>> = match guarded(|| {
+            model.encode(&inputs)
+        }) {
+            Ok(c) if c.len() == jobs.len() => c.into_iter().map(Ok).collect(),
+            Ok(_) => vec![Err("conditioning came back for the wrong jobs".into()); jobs.len()],
+            Err(message) if jobs.len() == 1 => vec![Err(message)],
             Err(message) => {
-                for job in &jobs {
-                    fail(job, "internal", &format!("conditioning failed: {message}"));
-                }
-                return;
+                tracing::warn!(%message, "batched conditioning failed; encoding each job alone");
+                inputs
+                    .iter()
+                    .map(|input| {
+                        guarded(|| model.encode(std::slice::from_ref(input)))
+                            .and_then(|mut c| c.pop().ok_or_else(|| "no conditioning".into()))
+                    })
+                    .collect()
             }
         };
         drop(inputs);
         for (job, conditioning) in jobs.into_iter().zip(conditioning) {
+            let conditioning = match conditioning {
+                Ok(c) => c,
+                Err(message) => {
+                    fail(&job, "internal", &format!("conditioning failed: {message}"));
+                    continue;
+                }
+            };
             let built = guarded(|| Denoiser::new(&*model, &job.request().params, conditioning));
             match built {
                 Ok(denoiser) => {

@@ -1,0 +1,298 @@
+//! The worker's logic against small fake models (no weights): batching across jobs
+//! and models, results equal to each job run alone, failures that stay with their job.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use latentd_models::pipeline::{
+    generate, AutoencoderKind, ConditionInput, Conditioning, ConditioningKind, DiffusionModel,
+    Family, GuidanceRule, ModelInfo, RgbImage, SamplingRules,
+};
+use latentd_models::schedulers::{SchedulerConfig, SchedulerKind};
+use latentd_models::{Error, Result};
+
+use crate::png_meta::{encode_png, ImageMetadata};
+use crate::{Engine, EngineConfig, Event, GenerateRequest, Job};
+
+/// A text- or un-conditioned model whose "denoiser" is a cheap function of each row's
+/// input, timestep and context, so a row's result cannot depend on its batch.
+struct FakeModel {
+    info: ModelInfo,
+    scheduler: SchedulerConfig,
+    /// Rows of every denoiser call made.
+    calls: Mutex<Vec<usize>>,
+}
+
+impl FakeModel {
+    fn new(name: &str, conditioning: ConditioningKind) -> Arc<Self> {
+        let text = conditioning == ConditioningKind::Text;
+        Arc::new(Self {
+            info: ModelInfo {
+                name: name.into(),
+                family: if text {
+                    Family::StableDiffusion1
+                } else {
+                    Family::LdmUnconditional
+                },
+                conditioning,
+                autoencoder: AutoencoderKind::Kl,
+                native_width: 8,
+                native_height: 8,
+                vae_scale_factor: 4,
+                size_multiple: 8,
+                latent_channels: 2,
+                max_prompt_tokens: text.then_some(16),
+                rules: SamplingRules {
+                    guidance: if text {
+                        GuidanceRule::AboveOne
+                    } else {
+                        GuidanceRule::Never
+                    },
+                    scale_initial_noise: true,
+                    scale_model_input: true,
+                },
+                default_scheduler: SchedulerKind::Ddim,
+                prediction_type: "epsilon".into(),
+            },
+            scheduler: SchedulerConfig::default(),
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn calls(&self) -> Vec<usize> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl DiffusionModel for FakeModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler
+    }
+    fn device(&self) -> &Device {
+        &Device::Cpu
+    }
+    fn dtype(&self) -> DType {
+        DType::F32
+    }
+    fn count_tokens(&self, text: &str) -> Result<usize> {
+        Ok(text.split_whitespace().count())
+    }
+    fn encode(&self, jobs: &[ConditionInput<'_>]) -> Result<Vec<Conditioning>> {
+        // The "embedding" of a prompt: its length and a checksum of its bytes.
+        let embed = |text: &str| {
+            let sum: u32 = text.bytes().map(u32::from).sum();
+            Tensor::new(
+                &[[[text.len() as f32 / 10.0, (sum % 97) as f32 / 97.0]]],
+                &Device::Cpu,
+            )
+        };
+        jobs.iter()
+            .map(|job| {
+                if self.info.conditioning != ConditioningKind::Text {
+                    return Ok(Conditioning::default());
+                }
+                if job.prompt.contains("boom") {
+                    return Err(Error::InvalidArgument("the prompt exploded".into()));
+                }
+                Ok(Conditioning {
+                    text: Some(embed(job.prompt)?),
+                    negative_text: if job.guided {
+                        Some(embed(job.negative_prompt)?)
+                    } else {
+                        None
+                    },
+                    concat: None,
+                })
+            })
+            .collect()
+    }
+    fn predict(
+        &self,
+        input: &Tensor,
+        timesteps: &[f32],
+        context: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.calls.lock().unwrap().push(timesteps.len());
+        let (b, c, h, w) = input.dims4()?;
+        let t = Tensor::new(timesteps, &Device::Cpu)?.reshape((b, 1, 1, 1))?;
+        let mut out = (input * 0.3)?.broadcast_add(&(t / 1000.0)?)?;
+        if let Some(ctx) = context {
+            let per_row = ctx.sum_keepdim(2)?.sum_keepdim(1)?.reshape((b, 1, 1, 1))?;
+            out = out.broadcast_add(&per_row)?;
+        }
+        Ok(out.reshape((b, c, h, w))?)
+    }
+    fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
+        let (n, _, h, w) = latents.dims4()?;
+        let values = latents.tanh()?.flatten_all()?.to_vec1::<f32>()?;
+        let per = values.len() / n;
+        Ok((0..n)
+            .map(|i| RgbImage {
+                width: w,
+                height: h,
+                data: (0..h * w * 3)
+                    .map(|p| ((values[i * per + p % per] + 1.0) * 127.5) as u8)
+                    .collect(),
+            })
+            .collect())
+    }
+}
+
+fn engine(models: Vec<Arc<FakeModel>>, max_batch_rows: usize) -> Engine {
+    let models: Vec<Arc<dyn DiffusionModel>> = models
+        .into_iter()
+        .map(|m| m as Arc<dyn DiffusionModel>)
+        .collect();
+    let config = EngineConfig {
+        max_batch_rows,
+        ..EngineConfig::default()
+    };
+    Engine::start(vec![models], config).unwrap()
+}
+
+/// Waits for a job's terminal event: `Ok(())` when done, the error code otherwise.
+async fn wait(job: &Arc<Job>) -> std::result::Result<(), String> {
+    let mut events = job.subscribe(0);
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some((_, event)) = events.next().await {
+            match event {
+                Event::Done { .. } => return Ok(()),
+                Event::Error { code, .. } => return Err(code),
+                _ => {}
+            }
+        }
+        Err("no terminal event".to_string())
+    });
+    waited.await.unwrap_or_else(|_| Err("timed out".into()))
+}
+
+/// The PNGs of `job` run alone, with a direct [`generate`] call.
+fn solo_pngs(model: &FakeModel, job: &Job) -> Vec<Vec<u8>> {
+    let request = job.request();
+    let images = generate(model, &request.params, |_, _| {}).unwrap();
+    images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            encode_png(
+                image,
+                &ImageMetadata::new(&request.model, &request.params, i),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+fn request(model: Option<&str>, prompt: Option<&str>, seed: u64, steps: usize) -> GenerateRequest {
+    GenerateRequest {
+        model: model.map(str::to_string),
+        prompt: prompt.map(str::to_string),
+        seed: Some(seed),
+        steps: Some(steps),
+        ..GenerateRequest::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_two_models_batch_per_model_and_equal_their_solo_runs() {
+    let text = FakeModel::new("text", ConditioningKind::Text);
+    let plain = FakeModel::new("plain", ConditioningKind::None);
+    let engine = engine(vec![text.clone(), plain.clone()], 16);
+    let mut jobs = Vec::new();
+    for i in 0..4u64 {
+        let steps = 3 + i as usize;
+        jobs.push(
+            engine
+                .submit(&request(None, Some(&format!("prompt {i}")), i, steps))
+                .unwrap(),
+        );
+        jobs.push(
+            engine
+                .submit(&request(Some("plain"), None, 10 + i, steps))
+                .unwrap(),
+        );
+    }
+    for job in &jobs {
+        wait(job).await.unwrap();
+    }
+    let engine_text_calls = text.calls();
+    let engine_plain_calls = plain.calls();
+    for job in &jobs {
+        let model = if job.request().model == "text" {
+            &text
+        } else {
+            &plain
+        };
+        let want = solo_pngs(model, job);
+        for (i, png) in want.iter().enumerate() {
+            assert_eq!(
+                job.image(i).unwrap().as_ref(),
+                png.as_slice(),
+                "{}",
+                job.request().model
+            );
+        }
+    }
+    // Guided text jobs add 2 rows each, unconditional ones 1: a call of one model
+    // never holds the other's rows, and batching happened.
+    assert!(engine_text_calls
+        .iter()
+        .all(|&rows| rows % 2 == 0 && rows <= 8));
+    assert!(engine_plain_calls.iter().all(|&rows| rows <= 4));
+    assert!(
+        engine_text_calls.iter().any(|&rows| rows > 2),
+        "{engine_text_calls:?}"
+    );
+    assert!(
+        engine_plain_calls.iter().any(|&rows| rows > 1),
+        "{engine_plain_calls:?}"
+    );
+    assert_eq!(engine.models().len(), 2);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_job_fails_alone_and_the_worker_goes_on() {
+    let text = FakeModel::new("text", ConditioningKind::Text);
+    let engine = engine(vec![text.clone()], 16);
+    let good = engine.submit(&request(None, Some("fine"), 1, 4)).unwrap();
+    let bad = engine.submit(&request(None, Some("boom"), 2, 4)).unwrap();
+    assert_eq!(wait(&bad).await, Err("internal".to_string()));
+    wait(&good).await.unwrap();
+    assert_eq!(
+        good.image(0).unwrap().as_ref(),
+        solo_pngs(&text, &good)[0].as_slice()
+    );
+    let later = engine.submit(&request(None, Some("later"), 3, 2)).unwrap();
+    wait(&later).await.unwrap();
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_models_and_refused_fields_never_reach_a_worker() {
+    let plain = FakeModel::new("plain", ConditioningKind::None);
+    let engine = engine(vec![plain.clone()], 8);
+    let err = engine
+        .submit(&request(Some("nope"), None, 0, 2))
+        .unwrap_err();
+    assert_eq!(err.code(), "model_not_found");
+    assert!(err.to_string().contains("plain"), "{err}");
+    let err = engine
+        .submit(&request(None, Some("a cat"), 0, 2))
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_request");
+    assert!(plain.calls().is_empty());
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn models_must_have_distinct_names() {
+    let a = FakeModel::new("same", ConditioningKind::None);
+    let models: Vec<Arc<dyn DiffusionModel>> = vec![a.clone(), a];
+    assert!(Engine::start(vec![models], EngineConfig::default()).is_err());
+    assert!(Engine::start(vec![], EngineConfig::default()).is_err());
+}
