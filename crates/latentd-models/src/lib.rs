@@ -11,9 +11,11 @@ pub mod rng;
 pub mod schedulers;
 pub mod text;
 pub mod unet;
+pub mod unet2d;
 pub mod vae;
 
 pub use error::{Error, Result};
 pub use rng::TorchRng;
 pub use unet::{UNet2DConditionConfig, UNet2DConditionModel};
-pub use vae::{AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian};
+pub use unet2d::{UNet2DConfig, UNet2DModel};
+pub use vae::{AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian, VQModel, VQModelConfig};

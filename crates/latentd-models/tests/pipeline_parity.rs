@@ -7,7 +7,9 @@ mod pipeline_runs;
 use std::path::PathBuf;
 
 use candle_core::Device;
-use latentd_models::pipeline::{load_model, DiffusionModel, Family, StableDiffusion};
+use latentd_models::pipeline::{
+    load_model, AutoencoderKind, ConditioningKind, DiffusionModel, Family, StableDiffusion,
+};
 use latentd_models::schedulers::SchedulerKind;
 
 fn fixtures() -> PathBuf {
@@ -27,6 +29,50 @@ fn sd1_pipeline_runs_match_diffusers() {
 #[test]
 fn sd2_pipeline_runs_match_diffusers() {
     check_runs("sd2-tiny");
+}
+
+#[test]
+fn ldm_unconditional_runs_match_diffusers() {
+    check_runs("ldm-tiny");
+}
+
+#[test]
+fn ldm_text_to_image_runs_match_diffusers() {
+    check_runs("ldm-text-tiny");
+}
+
+#[test]
+fn ldm_super_resolution_runs_match_diffusers() {
+    check_runs("ldm-sr-tiny");
+}
+
+#[test]
+fn each_family_says_what_it_accepts() {
+    let load = |name: &str| load_model(&fixtures().join(name), None, &Device::Cpu).unwrap();
+    let uncond = load("ldm-tiny");
+    let info = uncond.info();
+    assert_eq!(info.family, Family::LdmUnconditional);
+    assert_eq!(info.conditioning, ConditioningKind::None);
+    assert_eq!(info.autoencoder, AutoencoderKind::Vq);
+    assert_eq!((info.latent_channels, info.max_prompt_tokens), (3, None));
+    assert!(!info.takes_prompt() && !info.takes_guidance() && !info.takes_image());
+    assert_eq!((info.native_width, info.vae_scale_factor), (32, 4));
+    assert!(uncond.count_tokens("a cat").is_err());
+
+    let text = load("ldm-text-tiny");
+    let info = text.info();
+    assert_eq!(info.family, Family::LdmTextToImage);
+    assert_eq!(info.autoencoder, AutoencoderKind::Kl);
+    assert_eq!(info.max_prompt_tokens, Some(75));
+    // LDMTextToImagePipeline guides at every scale but 1.
+    assert!(info.is_guided(0.5) && !info.is_guided(1.0) && info.is_guided(7.5));
+
+    let sr = load("ldm-sr-tiny");
+    let info = sr.info();
+    assert_eq!(info.family, Family::LdmSuperResolution);
+    assert_eq!(info.conditioning, ConditioningKind::Image);
+    // Latents of 3 channels, the UNet reads 3 more of the image.
+    assert_eq!(info.latent_channels, 3);
 }
 
 #[test]

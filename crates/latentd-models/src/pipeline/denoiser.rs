@@ -29,6 +29,9 @@ pub struct ModelInput {
 pub struct Denoiser {
     scheduler: Box<dyn Scheduler>,
     rng: TorchRng,
+    /// The per-step noise generator, when it is not `rng` (see
+    /// [`GenerationParams::step_noise_seed`]).
+    step_rng: Option<TorchRng>,
     latents: Tensor,
     context: Option<Tensor>,
     concat: Option<Tensor>,
@@ -89,6 +92,7 @@ impl Denoiser {
         Ok(Self {
             scheduler,
             rng,
+            step_rng: params.step_noise_seed.map(TorchRng::new),
             latents,
             context,
             concat,
@@ -175,9 +179,10 @@ impl Denoiser {
         } else {
             model_output.clone()
         };
+        let rng = self.step_rng.as_mut().unwrap_or(&mut self.rng);
         self.latents = self
             .scheduler
-            .step(&prediction, self.step, &self.latents, &mut self.rng)?;
+            .step(&prediction, self.step, &self.latents, rng)?;
         self.step += 1;
         Ok(())
     }

@@ -2,6 +2,8 @@
 
 mod denoiser;
 mod image;
+mod ldm_text;
+mod ldm_vq;
 mod model;
 mod model_index;
 mod params;
@@ -12,6 +14,8 @@ mod weights;
 
 pub use denoiser::{Denoiser, ModelInput};
 pub use image::{max_abs_diff, to_rgb8, RgbImage};
+pub use ldm_text::LdmTextToImage;
+pub use ldm_vq::VqLatentDiffusion;
 pub use model::{
     AutoencoderKind, ConditionInput, Conditioning, ConditioningKind, DiffusionModel, Family,
     GuidanceRule, ModelInfo, SamplingRules,

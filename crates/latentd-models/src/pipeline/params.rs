@@ -32,6 +32,12 @@ pub struct GenerationParams {
     /// The input image of image-conditioned models (e.g. the low-resolution image of
     /// super-resolution), shared by the job's `n` images.
     pub image: Option<Arc<RgbImage>>,
+    /// Seed of a second generator for the samplers' per-step noise (DDIM with eta > 0,
+    /// ancestral samplers). `None` (the default) continues the job's generator after the
+    /// initial noise, as `StableDiffusionPipeline` does; the CompVis LDM pipelines draw
+    /// step noise from torch's global generator instead, which `Some(s)` reproduces
+    /// when it was seeded with `torch.manual_seed(s)`.
+    pub step_noise_seed: Option<u64>,
 }
 
 impl GenerationParams {
@@ -84,6 +90,7 @@ mod tests {
             n: 1,
             eta: 0.0,
             image: None,
+            step_noise_seed: None,
         }
     }
 

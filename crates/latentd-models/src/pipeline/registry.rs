@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use candle_core::Device;
 
+use super::ldm_text::{self, LdmTextToImage};
+use super::ldm_vq::{self, VqLatentDiffusion};
 use super::model::DiffusionModel;
 use super::model_index::ModelIndex;
 use super::stable_diffusion::{self, StableDiffusion};
@@ -15,9 +17,20 @@ use crate::{Error, Result};
 type Loader = fn(&Path, &str, &Device) -> Result<Arc<dyn DiffusionModel>>;
 
 /// Every pipeline class latentd serves, with its loader.
-const LOADERS: &[(&str, Loader)] = &[(stable_diffusion::PIPELINE_CLASS, |dir, name, device| {
-    Ok(Arc::new(StableDiffusion::load_named(dir, name, device)?))
-})];
+const LOADERS: &[(&str, Loader)] = &[
+    (stable_diffusion::PIPELINE_CLASS, |dir, name, device| {
+        Ok(Arc::new(StableDiffusion::load_named(dir, name, device)?))
+    }),
+    (ldm_text::PIPELINE_CLASS, |dir, name, device| {
+        Ok(Arc::new(LdmTextToImage::load_named(dir, name, device)?))
+    }),
+    (ldm_vq::UNCONDITIONAL_CLASS, load_vq),
+    (ldm_vq::SUPER_RESOLUTION_CLASS, load_vq),
+];
+
+fn load_vq(dir: &Path, name: &str, device: &Device) -> Result<Arc<dyn DiffusionModel>> {
+    Ok(Arc::new(VqLatentDiffusion::load_named(dir, name, device)?))
+}
 
 /// The `_class_name`s of the pipelines latentd loads.
 pub fn supported_pipelines() -> Vec<&'static str> {

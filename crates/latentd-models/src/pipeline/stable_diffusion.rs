@@ -56,23 +56,21 @@ impl StableDiffusion {
 
         let text_dir = dir.join("text_encoder");
         let text_config = ClipTextConfig::from_file(&text_dir.join("config.json"))?;
-        let text_weights = WeightFiles::find(&text_dir)?;
-        let text_encoder =
-            ClipTextModel::new(text_weights.var_builder(dtype, device)?, &text_config)
-                .map_err(|e| text_weights.context(e))?;
+        let text_encoder = WeightFiles::load(&text_dir, dtype, device, |vb| {
+            ClipTextModel::new(vb, &text_config)
+        })?;
 
         let unet_dir = dir.join("unet");
         let unet_config = UNet2DConditionConfig::from_file(unet_dir.join("config.json"))?;
-        let unet_weights = WeightFiles::find(&unet_dir)?;
-        let unet =
-            UNet2DConditionModel::new(unet_weights.var_builder(dtype, device)?, &unet_config)
-                .map_err(|e| unet_weights.context(e))?;
+        let unet = WeightFiles::load(&unet_dir, dtype, device, |vb| {
+            UNet2DConditionModel::new(vb, &unet_config)
+        })?;
 
         let vae_dir = dir.join("vae");
         let vae_config = AutoencoderKLConfig::from_file(vae_dir.join("config.json"))?;
-        let vae_weights = WeightFiles::find(&vae_dir)?;
-        let vae = AutoencoderKL::new(vae_weights.var_builder(dtype, device)?, &vae_config)
-            .map_err(|e| vae_weights.context(e))?;
+        let vae = WeightFiles::load(&vae_dir, dtype, device, |vb| {
+            AutoencoderKL::new(vb, &vae_config)
+        })?;
 
         let context_dim = unet.config().context_dim()?;
         if text_encoder.hidden_size() != context_dim {

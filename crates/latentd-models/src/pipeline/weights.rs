@@ -143,6 +143,18 @@ impl WeightFiles {
         }
     }
 
+    /// Builds a component from the weights in `dir` (see [`WeightFiles::find`]); a
+    /// failure names the files.
+    pub fn load<M>(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        build: impl FnOnce(VarBuilder<'static>) -> Result<M>,
+    ) -> Result<M> {
+        let weights = Self::find(dir)?;
+        build(weights.var_builder(dtype, device)?).map_err(|e| weights.context(e))
+    }
+
     fn display_path(&self) -> PathBuf {
         match self.files.as_slice() {
             [one] => one.clone(),

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::blocks::{AttnPlan, BlockPlan, CrossAttnPlan, UNetPlan};
 use crate::diffusers_config::{origin_or_default, read_json, PerBlock, SampleSize};
 use crate::{Error, Result};
 
@@ -164,36 +165,6 @@ impl Default for UNet2DConditionConfig {
     }
 }
 
-/// Cross-attention settings of one block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CrossAttnPlan {
-    pub heads: usize,
-    pub layers: usize,
-    pub context_dim: usize,
-}
-
-/// One down or up block, fully resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BlockPlan {
-    /// Resnets in the block.
-    pub layers: usize,
-    /// Cross-attention after each resnet, if any.
-    pub cross_attn: Option<CrossAttnPlan>,
-}
-
-/// The per-block settings of a validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct UNetPlan {
-    pub groups: usize,
-    pub time_embed_dim: usize,
-    /// Down blocks, shallowest first.
-    pub down: Vec<BlockPlan>,
-    /// The mid block's cross-attention; `None` for no mid block.
-    pub mid: Option<CrossAttnPlan>,
-    /// Up blocks, deepest first.
-    pub up: Vec<BlockPlan>,
-}
-
 impl UNet2DConditionConfig {
     /// Reads `unet/config.json` and checks that it is supported.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
@@ -329,9 +300,9 @@ impl UNet2DConditionConfig {
 
         let mut down = Vec::with_capacity(n);
         for (i, kind) in self.down_block_types.iter().enumerate() {
-            let cross = match kind.as_str() {
-                "CrossAttnDownBlock2D" => Some(cross_attn(i)?),
-                "DownBlock2D" => None,
+            let attention = match kind.as_str() {
+                "CrossAttnDownBlock2D" => AttnPlan::Cross(cross_attn(i)?),
+                "DownBlock2D" => AttnPlan::None,
                 _ => {
                     return Err(self.unsupported(
                         "down_block_types",
@@ -341,11 +312,11 @@ impl UNet2DConditionConfig {
             };
             down.push(BlockPlan {
                 layers: layers[i],
-                cross_attn: cross,
+                attention,
             });
         }
         let mid = match self.mid_block_type.as_deref() {
-            Some("UNetMidBlock2DCrossAttn") => Some(cross_attn(n - 1)?),
+            Some("UNetMidBlock2DCrossAttn") => Some(AttnPlan::Cross(cross_attn(n - 1)?)),
             None => None,
             Some(other) => {
                 return Err(self.unsupported(
@@ -357,9 +328,9 @@ impl UNet2DConditionConfig {
         let mut up = Vec::with_capacity(n);
         for (i, kind) in self.up_block_types.iter().enumerate() {
             let level = n - 1 - i;
-            let cross = match kind.as_str() {
-                "CrossAttnUpBlock2D" => Some(cross_attn(level)?),
-                "UpBlock2D" => None,
+            let attention = match kind.as_str() {
+                "CrossAttnUpBlock2D" => AttnPlan::Cross(cross_attn(level)?),
+                "UpBlock2D" => AttnPlan::None,
                 _ => {
                     return Err(self.unsupported(
                         "up_block_types",
@@ -369,7 +340,7 @@ impl UNet2DConditionConfig {
             };
             up.push(BlockPlan {
                 layers: layers[level] + 1,
-                cross_attn: cross,
+                attention,
             });
         }
         Ok(UNetPlan {

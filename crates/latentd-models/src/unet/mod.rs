@@ -1,7 +1,7 @@
 //! diffusers' `UNet2DConditionModel` (the denoiser of Stable Diffusion 1.x / 2.x)
 //! with one timestep per batch row.
 
-mod blocks;
+pub(crate) mod blocks;
 pub mod config;
 
 use candle_core::{DType, Tensor};
@@ -12,7 +12,7 @@ pub use config::UNet2DConditionConfig;
 use crate::nn::embeddings::{TimestepEmbedding, Timesteps};
 use crate::nn::{conv2d, group_norm, Conv2d, GroupNorm};
 use crate::{Error, Result};
-use blocks::{DownBlock, MidBlock, Shared, UpBlock};
+use blocks::{Shared, UNetBody};
 
 /// A conditional UNet: `(noisy latents, timesteps, text context) -> prediction`.
 #[derive(Debug, Clone)]
@@ -20,9 +20,7 @@ pub struct UNet2DConditionModel {
     conv_in: Conv2d,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
-    down_blocks: Vec<DownBlock>,
-    mid_block: Option<MidBlock>,
-    up_blocks: Vec<UpBlock>,
+    body: UNetBody,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
     context_dim: usize,
@@ -37,7 +35,6 @@ impl UNet2DConditionModel {
     pub fn new(vb: VarBuilder, cfg: &UNet2DConditionConfig) -> Result<Self> {
         let plan = cfg.plan()?;
         let channels = &cfg.block_out_channels;
-        let n = channels.len();
         let shared = Shared {
             temb_channels: plan.time_embed_dim,
             groups: plan.groups,
@@ -46,46 +43,7 @@ impl UNet2DConditionModel {
             downsample_padding: cfg.downsample_padding,
         };
 
-        let vb_down = vb.pp("down_blocks");
-        let down_blocks = plan
-            .down
-            .iter()
-            .enumerate()
-            .map(|(i, block)| {
-                let cin = channels[i.saturating_sub(1)];
-                DownBlock::new(vb_down.pp(i), &shared, block, cin, channels[i], i + 1 < n)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mid_block = match &plan.mid {
-            Some(mid) => Some(MidBlock::new(
-                vb.pp("mid_block"),
-                &shared,
-                mid,
-                channels[n - 1],
-                cfg.mid_block_scale_factor,
-            )?),
-            None => None,
-        };
-        let vb_up = vb.pp("up_blocks");
-        let up_blocks = plan
-            .up
-            .iter()
-            .enumerate()
-            .map(|(i, block)| {
-                let level = n - 1 - i;
-                let prev = channels[(level + 1).min(n - 1)];
-                let skip = channels[level.saturating_sub(1)];
-                UpBlock::new(
-                    vb_up.pp(i),
-                    &shared,
-                    block,
-                    skip,
-                    prev,
-                    channels[level],
-                    i + 1 < n,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let body = UNetBody::new(&vb, &shared, &plan, channels, cfg.mid_block_scale_factor)?;
 
         let c0 = channels[0];
         Ok(Self {
@@ -103,9 +61,7 @@ impl UNet2DConditionModel {
                 c0,
                 plan.time_embed_dim,
             )?,
-            down_blocks,
-            mid_block,
-            up_blocks,
+            body,
             conv_norm_out: group_norm(vb.pp("conv_norm_out"), plan.groups, c0, cfg.norm_eps)?,
             conv_out: conv2d(
                 vb.pp("conv_out"),
@@ -143,17 +99,8 @@ impl UNet2DConditionModel {
         let temb = self.time_proj.forward(timesteps)?.to_dtype(self.dtype)?;
         let temb = self.time_embedding.forward(&temb)?;
 
-        let mut xs = self.conv_in.forward(&sample)?;
-        let mut skips = vec![xs.clone()];
-        for block in &self.down_blocks {
-            xs = block.forward(&xs, &temb, context, &mut skips)?;
-        }
-        if let Some(mid) = &self.mid_block {
-            xs = mid.forward(&xs, &temb, context)?;
-        }
-        for block in &self.up_blocks {
-            xs = block.forward(&xs, &temb, context, &mut skips)?;
-        }
+        let xs = self.conv_in.forward(&sample)?;
+        let xs = self.body.forward(&xs, &temb, Some(context))?;
         let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
     }

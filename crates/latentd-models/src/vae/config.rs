@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::coder::CoderConfig;
 use crate::diffusers_config::{origin_or_default, read_json, SampleSize};
 use crate::{Error, Result};
 
@@ -104,54 +105,27 @@ impl AutoencoderKLConfig {
         }
     }
 
+    /// The encoder's and decoder's settings.
+    pub(crate) fn coder(&self) -> CoderConfig<'_> {
+        CoderConfig {
+            down_block_types: &self.down_block_types,
+            up_block_types: &self.up_block_types,
+            block_out_channels: &self.block_out_channels,
+            layers_per_block: self.layers_per_block,
+            act_fn: &self.act_fn,
+            norm_num_groups: self.norm_num_groups,
+            mid_block_add_attention: self.mid_block_add_attention,
+        }
+    }
+
     /// Checks that every value is supported.
     pub(crate) fn check(&self) -> Result<()> {
-        let n = self.block_out_channels.len();
-        if n == 0 || self.block_out_channels.contains(&0) {
-            return Err(self.unsupported(
-                "block_out_channels",
-                format!(
-                    "{:?} (need at least one positive entry)",
-                    self.block_out_channels
-                ),
-            ));
-        }
-        for (key, types, expected) in [
-            (
-                "down_block_types",
-                &self.down_block_types,
-                "DownEncoderBlock2D",
-            ),
-            ("up_block_types", &self.up_block_types, "UpDecoderBlock2D"),
-        ] {
-            if types.len() != n {
-                return Err(self.unsupported(
-                    key,
-                    format!("{} entries for {n} block_out_channels", types.len()),
-                ));
-            }
-            if let Some(other) = types.iter().find(|t| t.as_str() != expected) {
-                return Err(self.unsupported(key, format!("{other:?} (supported: {expected})")));
-            }
-        }
-        if !["silu", "swish"].contains(&self.act_fn.as_str()) {
-            return Err(self.unsupported("act_fn", format!("{:?} (supported: silu)", self.act_fn)));
-        }
-        let groups = self.norm_num_groups;
-        if groups == 0 || self.block_out_channels.iter().any(|c| c % groups != 0) {
-            return Err(self.unsupported(
-                "norm_num_groups",
-                format!(
-                    "{groups} must divide every entry of {:?}",
-                    self.block_out_channels
-                ),
-            ));
-        }
+        self.coder()
+            .check(|key, message| self.unsupported(key, message))?;
         for (key, c) in [
             ("in_channels", self.in_channels),
             ("out_channels", self.out_channels),
             ("latent_channels", self.latent_channels),
-            ("layers_per_block", self.layers_per_block),
         ] {
             if c == 0 {
                 return Err(self.unsupported(key, "must be positive"));

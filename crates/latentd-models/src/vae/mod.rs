@@ -1,13 +1,21 @@
-//! diffusers' `AutoencoderKL`: the KL-regularised autoencoder of Stable Diffusion.
+//! The autoencoders: diffusers' `AutoencoderKL` (the KL-regularised autoencoder
+//! of Stable Diffusion) and `VQModel` (the vector-quantised one of the CompVis
+//! LDMs), sharing one encoder and decoder.
 
 mod blocks;
 mod coder;
 pub mod config;
+mod quantizer;
+mod vq;
+pub mod vq_config;
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::AutoencoderKLConfig;
+pub use quantizer::{VectorQuantizer, VectorQuantizerConfig};
+pub use vq::VQModel;
+pub use vq_config::VQModelConfig;
 
 use crate::nn::{conv2d, Conv2d};
 use crate::{Error, Result, TorchRng};
@@ -91,8 +99,8 @@ impl AutoencoderKL {
             None
         };
         Ok(Self {
-            encoder: Encoder::new(vb.pp("encoder"), cfg)?,
-            decoder: Decoder::new(vb.pp("decoder"), cfg)?,
+            encoder: Encoder::new(vb.pp("encoder"), &cfg.coder(), cfg.in_channels, 2 * latent)?,
+            decoder: Decoder::new(vb.pp("decoder"), &cfg.coder(), latent, cfg.out_channels)?,
             quant_conv,
             post_quant_conv,
             dtype: vb.dtype(),
@@ -116,7 +124,7 @@ impl AutoencoderKL {
     /// Latents are unscaled: multiply by `scaling_factor` before the UNet.
     pub fn encode(&self, images: &Tensor) -> Result<DiagonalGaussian> {
         let _span = tracing::trace_span!("vae-encode").entered();
-        self.check_input(images, self.config.in_channels, "images")?;
+        check_input(images, self.config.in_channels, self.dtype, "images")?;
         let moments = self.encoder.forward(images)?;
         let moments = match &self.quant_conv {
             Some(conv) => conv.forward(&moments)?,
@@ -130,32 +138,32 @@ impl AutoencoderKL {
     /// not clamped).
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("vae-decode").entered();
-        self.check_input(latents, self.config.latent_channels, "latents")?;
+        check_input(latents, self.config.latent_channels, self.dtype, "latents")?;
         let latents = match &self.post_quant_conv {
             Some(conv) => conv.forward(latents)?,
             None => latents.clone(),
         };
         self.decoder.forward(&latents)
     }
+}
 
-    fn check_input(&self, xs: &Tensor, channels: usize, name: &str) -> Result<()> {
-        let ok = match xs.dims() {
-            &[b, c, h, w] => b > 0 && c == channels && h > 0 && w > 0,
-            _ => false,
-        };
-        if !ok {
-            return Err(Error::InvalidArgument(format!(
-                "{name} must be [B, {channels}, H, W] with B, H, W >= 1, got {:?}",
-                xs.dims()
-            )));
-        }
-        if xs.dtype() != self.dtype {
-            return Err(Error::InvalidArgument(format!(
-                "{name} are {:?}, the autoencoder computes in {:?}",
-                xs.dtype(),
-                self.dtype
-            )));
-        }
-        Ok(())
+/// Rejects autoencoder inputs that are not `[B, channels, H, W]` (all >= 1) in `dtype`.
+fn check_input(xs: &Tensor, channels: usize, dtype: DType, name: &str) -> Result<()> {
+    let ok = match xs.dims() {
+        &[b, c, h, w] => b > 0 && c == channels && h > 0 && w > 0,
+        _ => false,
+    };
+    if !ok {
+        return Err(Error::InvalidArgument(format!(
+            "{name} must be [B, {channels}, H, W] with B, H, W >= 1, got {:?}",
+            xs.dims()
+        )));
     }
+    if xs.dtype() != dtype {
+        return Err(Error::InvalidArgument(format!(
+            "{name} are {:?}, the autoencoder computes in {dtype:?}",
+            xs.dtype(),
+        )));
+    }
+    Ok(())
 }

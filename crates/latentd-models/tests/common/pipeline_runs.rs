@@ -5,9 +5,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use latentd_models::pipeline::{generate_latents, max_abs_diff, DiffusionModel, GenerationParams};
+use latentd_models::pipeline::{
+    generate_latents, max_abs_diff, DiffusionModel, GenerationParams, RgbImage,
+};
 use latentd_models::schedulers::SchedulerKind;
 use serde_json::Value;
 
@@ -21,14 +24,27 @@ fn load_refs(dir: &Path, name: &str) -> (Value, HashMap<String, Tensor>) {
     (json, tensors)
 }
 
-fn params(run: &Value) -> GenerationParams {
+/// The input image of a super-resolution run, from its recorded 8-bit pixels.
+fn low_res(refs: &HashMap<String, Tensor>, id: &str) -> Option<Arc<RgbImage>> {
+    let pixels = refs.get(&format!("{id}.low_res_u8"))?;
+    let (height, width, _) = pixels.dims3().unwrap();
+    Some(Arc::new(RgbImage {
+        width,
+        height,
+        data: pixels.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+    }))
+}
+
+fn params(run: &Value, refs: &HashMap<String, Tensor>) -> GenerationParams {
+    let id = run["id"].as_str().unwrap();
     GenerationParams {
-        prompt: run["prompt"].as_str().unwrap().to_string(),
+        // Unconditional and super-resolution runs record no prompt and no guidance.
+        prompt: run["prompt"].as_str().unwrap_or("").to_string(),
         negative_prompt: run["negative_prompt"].as_str().map(str::to_string),
         width: run["width"].as_u64().unwrap() as usize,
         height: run["height"].as_u64().unwrap() as usize,
         steps: run["steps"].as_u64().unwrap() as usize,
-        guidance_scale: run["guidance_scale"].as_f64().unwrap(),
+        guidance_scale: run["guidance_scale"].as_f64().unwrap_or(1.0),
         scheduler: run["scheduler"]
             .as_str()
             .unwrap()
@@ -37,7 +53,10 @@ fn params(run: &Value) -> GenerationParams {
         seed: run["seed"].as_u64().unwrap(),
         n: run["n"].as_u64().unwrap() as usize,
         eta: run["eta"].as_f64().unwrap(),
-        image: None,
+        image: low_res(refs, id),
+        // The LDM pipelines draw step noise from torch's global generator, which the
+        // generator seeds with `step_noise_seed` before each call.
+        step_noise_seed: run["step_noise_seed"].as_u64(),
     }
 }
 
@@ -49,7 +68,7 @@ pub fn check_reference_runs(pipe: &dyn DiffusionModel, refs_dir: &Path, name: &s
     assert!(!runs.is_empty());
     for run in runs {
         let id = run["id"].as_str().unwrap();
-        let p = params(run);
+        let p = params(run, &refs);
         let latents = generate_latents(pipe, &p, |_, _| {}).unwrap();
         let want = &refs[&format!("{id}.latents")];
         let scale = want
