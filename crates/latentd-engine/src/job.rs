@@ -380,6 +380,7 @@ mod tests {
                     n: 2,
                     eta: 0.0,
                     image: None,
+                    step_noise_seed: None,
                 },
                 model_index: 0,
                 rows: 4,

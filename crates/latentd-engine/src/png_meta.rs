@@ -203,6 +203,7 @@ mod tests {
             n: 2,
             eta: 0.0,
             image: None,
+            step_noise_seed: None,
         }
     }
 

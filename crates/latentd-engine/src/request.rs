@@ -154,6 +154,7 @@ pub fn validate(
         n,
         eta,
         image: req.image.clone(),
+        step_noise_seed: None,
     };
     Ok(ValidRequest {
         model: model.name.clone(),

@@ -113,6 +113,7 @@ mod tests {
                     n: 1,
                     eta: 0.0,
                     image: None,
+                    step_noise_seed: None,
                 },
                 model_index: 0,
                 rows: 4,

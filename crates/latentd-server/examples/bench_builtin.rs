@@ -41,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             n: 1,
             eta: 0.0,
             image: None,
+            step_noise_seed: None,
         };
         let started = Instant::now();
         let images = generate(&pipe, &params, |_, _| {})?;
