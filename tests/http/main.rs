@@ -5,6 +5,7 @@ mod common;
 
 mod batching;
 mod errors;
+mod families;
 mod generate;
 mod jobs;
 mod lifecycle;

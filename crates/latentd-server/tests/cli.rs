@@ -153,3 +153,116 @@ fn train_demo_quick_writes_a_folder_that_generate_serves() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+#[test]
+fn generate_covers_every_family() {
+    let dir = out_dir("families");
+    let run = |args: &[&str], output: &str| {
+        latentd()
+            .arg("generate")
+            .args(args)
+            .arg("--output")
+            .arg(dir.join(output))
+            .output()
+            .unwrap()
+    };
+    let model = |name: &str| fixtures().join(name).to_string_lossy().into_owned();
+    let ldm = model("ldm-tiny");
+    let text = model("ldm-text-tiny");
+    let sr = model("ldm-sr-tiny");
+    let low_res = fixtures()
+        .join("refs/ldm-sr-tiny.run0.low_res.png")
+        .to_string_lossy()
+        .into_owned();
+
+    // Unconditional: no prompt; a prompt or a guidance scale is a usage error.
+    let out = run(
+        &["--model", &ldm, "--steps", "3", "--seed", "1"],
+        "faces.png",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for bad in [&["--prompt", "a face"][..], &["--guidance", "3"][..]] {
+        let args: Vec<&str> = ["--model", ldm.as_str()]
+            .iter()
+            .copied()
+            .chain(bad.iter().copied())
+            .collect();
+        let out = run(&args, "x.png");
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(bad[0].trim_start_matches('-')));
+    }
+
+    // Text-to-image with LDM-BERT.
+    let out = run(
+        &[
+            "--model",
+            &text,
+            "--prompt",
+            "a photo of a cat",
+            "--steps",
+            "2",
+        ],
+        "cat.png",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(run(&["--model", &text], "x.png").status.code(), Some(2));
+
+    // Super-resolution of a file, checked against diffusers' run0 (5 DDIM steps, seed 0).
+    let out = run(
+        &[
+            "--model",
+            &sr,
+            "--image",
+            &low_res,
+            "--steps",
+            "5",
+            "--seed",
+            "0",
+            "--scheduler",
+            "ddim",
+        ],
+        "up.png",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png =
+        latentd_engine::png_meta::decode_png(&std::fs::read(dir.join("up.png")).unwrap()).unwrap();
+    assert_eq!((png.image.width, png.image.height), (32, 32));
+    assert_eq!(png.metadata().unwrap().input_image.as_deref(), Some("8x8"));
+    let refs = candle_core::safetensors::load(
+        fixtures().join("refs/ldm-sr-tiny.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let want = refs["run0.images"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let worst = png
+        .image
+        .data
+        .iter()
+        .zip(&want)
+        .map(|(&a, &b)| (a as f32 / 255.0 - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 2.0 / 255.0, "{}/255", worst * 255.0);
+    assert_eq!(run(&["--model", &sr], "x.png").status.code(), Some(2));
+    let out = run(&["--model", &sr, "--image", "/no/such.png"], "x.png");
+    assert_eq!(out.status.code(), Some(2));
+}
