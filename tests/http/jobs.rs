@@ -111,22 +111,14 @@ async fn cancel_a_queued_job_and_a_running_one() {
         .unwrap();
     assert_eq!(q["state"], "queued");
     assert_eq!(q["position"], 0);
-    let d = s
-        .client
-        .delete(s.url(&format!("/v1/jobs/{qid}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(d.status(), 200);
-    assert_eq!(d.json::<Value>().await.unwrap()["state"], "cancelled");
+    // Cancel keeps the record.
+    let c = s.post(&format!("/v1/jobs/{qid}/cancel"), json!({})).await;
+    assert_eq!(c.status(), 200);
+    assert_eq!(c.json::<Value>().await.unwrap()["state"], "cancelled");
+    assert_eq!(wait_job(&s, qid).await["state"], "cancelled");
 
-    let d = s
-        .client
-        .delete(s.url(&format!("/v1/jobs/{rid}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(d.status(), 200);
+    let c = s.post(&format!("/v1/jobs/{rid}/cancel"), json!({})).await;
+    assert_eq!(c.status(), 200);
     let done = wait_job(&s, rid).await;
     assert_eq!(done["state"], "cancelled");
     assert_eq!(done["error"]["code"], "cancelled");
@@ -134,6 +126,26 @@ async fn cancel_a_queued_job_and_a_running_one() {
         done["step"].as_u64().unwrap() < 500,
         "stopped early: {done}"
     );
+
+    // Delete forgets it: 404 afterwards, for the status, its events and a second delete.
+    for id in [qid, rid] {
+        let d = s
+            .client
+            .delete(s.url(&format!("/v1/jobs/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(d.status(), 200);
+        assert_eq!(s.get(&format!("/v1/jobs/{id}")).await.status(), 404);
+        assert_eq!(s.get(&format!("/v1/jobs/{id}/events")).await.status(), 404);
+        let again = s
+            .client
+            .delete(s.url(&format!("/v1/jobs/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 404);
+    }
 
     // The worker is free again.
     let next: Value = s
@@ -189,4 +201,38 @@ async fn a_client_that_disconnects_cancels_its_job() {
     }
     assert!(idle, "the abandoned job kept running");
     assert!(s.engine.stats().unet_calls - before < 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_random_128_bit_and_any_last_event_id_is_safe() {
+    let s = TestServer::default().await;
+    let created: Value = s
+        .post("/v1/jobs", json!({"prompt": "x", "steps": 2}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 4 + 32, "{id}");
+    assert!(id[4..].chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(wait_job(&s, &id).await["state"], "succeeded");
+    for last in ["18446744073709551615", "99999999999999999999", "3"] {
+        let r = s
+            .client
+            .get(s.url(&format!("/v1/jobs/{id}/events")))
+            .header("last-event-id", last)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{last}");
+        let events = tokio::time::timeout(Duration::from_secs(10), read_sse(r, |_| false))
+            .await
+            .expect("a resumed stream of a finished job ends");
+        if last == "3" {
+            assert_eq!(events.last().unwrap().event, "done");
+        }
+    }
+    let health: Value = s.get("/health").await.json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["worker_restarts"], 0);
 }

@@ -27,6 +27,11 @@ pub struct EngineConfig {
     pub finished_ttl: Duration,
     /// How many finished jobs are kept at most.
     pub finished_max: usize,
+    /// Most bytes of PNGs finished jobs keep, in all.
+    pub finished_max_bytes: usize,
+    /// A worker holding work that has not finished a tick for this long is reported
+    /// as wedged by the health check.
+    pub wedged_after: Duration,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +48,8 @@ impl Default for EngineConfig {
             default_guidance: 7.5,
             finished_ttl: Duration::from_secs(600),
             finished_max: 1000,
+            finished_max_bytes: 1 << 30,
+            wedged_after: Duration::from_secs(600),
         }
     }
 }

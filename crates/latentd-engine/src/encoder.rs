@@ -1,6 +1,6 @@
 //! PNG encoding on its own thread, so the denoising worker never waits for it.
 
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -21,14 +21,8 @@ pub(crate) fn spawn() -> std::io::Result<(Sender<EncodeTask>, JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
         .name("latentd-png".into())
-        .spawn(move || run(rx))?;
+        .spawn(move || crate::supervisor::run_encoder(rx))?;
     Ok((tx, handle))
-}
-
-fn run(rx: Receiver<EncodeTask>) {
-    while let Ok(task) = rx.recv() {
-        publish(task);
-    }
 }
 
 /// Encodes each image, publishes `image` events, then `done` (or an error).

@@ -12,9 +12,22 @@ use crate::config::EngineConfig;
 use crate::error::{EngineError, ValidationError};
 use crate::job::{Event, Job, JobSnapshot};
 use crate::request::{validate, GenerateRequest, ValidRequest};
-use crate::seed::random_seed;
+use crate::seed::random_job_id;
 use crate::store::JobStore;
-use crate::worker::{self, job_shape, EngineStats, Models, QueueState, Shared, Stats};
+use crate::worker::{fail, job_shape, EngineStats, Models, QueueState, Shared, Stats};
+
+/// One worker's health, for `/health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerHealth {
+    /// The worker's thread is running.
+    pub alive: bool,
+    /// It holds work and has made no progress for the configured time.
+    pub wedged: bool,
+    /// Time since it last finished a tick or waited while idle.
+    pub since_progress: Duration,
+    /// Times it was restarted after a panic.
+    pub restarts: u64,
+}
 
 /// The serving core. Cheap to clone; all clones drive the same workers.
 #[derive(Clone)]
@@ -70,6 +83,8 @@ impl Engine {
                 stop: false,
                 active_rows: vec![0; workers.len()],
                 active_row_steps: vec![0; workers.len()],
+                heartbeats: vec![Instant::now(); workers.len()],
+                restarts: vec![0; workers.len()],
             }),
             wake: Condvar::new(),
             stats: Mutex::new(Stats {
@@ -86,14 +101,18 @@ impl Engine {
             let encoder = encoder.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("latentd-worker-{index}"))
-                .spawn(move || worker::run(index, models, shared, encoder))
+                .spawn(move || crate::supervisor::run_worker(index, models, shared, encoder))
                 .map_err(|e| EngineError::Internal(e.to_string()))?;
             threads.push(handle);
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 shared,
-                store: JobStore::new(config.finished_ttl, config.finished_max),
+                store: JobStore::new(
+                    config.finished_ttl,
+                    config.finished_max,
+                    config.finished_max_bytes,
+                ),
                 infos,
                 models: first,
                 threads: Mutex::new(threads),
@@ -161,7 +180,7 @@ impl Engine {
     /// disturbed) or `ShuttingDown`.
     pub fn submit(&self, req: &GenerateRequest) -> Result<Arc<Job>, EngineError> {
         let valid = self.validate(req)?;
-        let id = format!("job_{:016x}{:08x}", random_seed(), random_seed() as u32);
+        let id = random_job_id();
         let job = Job::new(id, valid);
         {
             let mut queue = self.inner.shared.lock_queue();
@@ -223,6 +242,14 @@ impl Engine {
         Ok(job.snapshot())
     }
 
+    /// Cancels a job if it has not ended and forgets it: it is not found afterwards.
+    /// Returns its last state.
+    pub fn remove(&self, id: &str) -> Result<JobSnapshot, EngineError> {
+        let snapshot = self.cancel(id)?;
+        self.inner.store.remove(id);
+        Ok(snapshot)
+    }
+
     /// Jobs waiting to start.
     pub fn queue_len(&self) -> usize {
         self.inner.shared.lock_queue().waiting.len()
@@ -247,6 +274,32 @@ impl Engine {
     pub fn is_ready(&self) -> bool {
         let queue = self.inner.shared.lock_queue();
         queue.accepting && queue.waiting.len() < self.config().max_queue
+    }
+
+    /// The health of each worker: whether its thread runs, and whether it is wedged
+    /// (holds work but has not made progress for `wedged_after`).
+    pub fn worker_health(&self) -> Vec<WorkerHealth> {
+        let alive: Vec<bool> = {
+            let threads = self.inner.threads.lock().unwrap_or_else(|e| e.into_inner());
+            // Thread 0 is the encoder; the workers follow.
+            threads.iter().skip(1).map(|t| !t.is_finished()).collect()
+        };
+        let queue = self.inner.shared.lock_queue();
+        let waiting = !queue.waiting.is_empty();
+        let limit = self.config().wedged_after;
+        (0..queue.heartbeats.len())
+            .map(|i| {
+                let busy = waiting || queue.active_rows.get(i).copied().unwrap_or(0) > 0;
+                let since = queue.heartbeats[i].elapsed();
+                WorkerHealth {
+                    // Threads are joined (and gone) only after shutdown.
+                    alive: alive.get(i).copied().unwrap_or(!queue.stop),
+                    wedged: busy && since > limit,
+                    since_progress: since,
+                    restarts: queue.restarts.get(i).copied().unwrap_or(0),
+                }
+            })
+            .collect()
     }
 
     /// Whether shutdown has begun.
@@ -311,5 +364,33 @@ impl Engine {
         if let Some(encoder) = encoder {
             let _ = encoder.join();
         }
+        self.inner.fail_unfinished();
+    }
+}
+
+impl Inner {
+    /// Ends every job no worker finished (they are all gone): `shutting_down`.
+    fn fail_unfinished(&self) {
+        for job in self.store.unfinished() {
+            fail(
+                &job,
+                "shutting_down",
+                "the server shut down before the job finished",
+            );
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: the workers stop, and no accepted job is left without
+    /// an end.
+    fn drop(&mut self) {
+        {
+            let mut queue = self.shared.lock_queue();
+            queue.accepting = false;
+            queue.stop = true;
+        }
+        self.shared.wake.notify_all();
+        self.fail_unfinished();
     }
 }

@@ -297,6 +297,16 @@ impl Job {
         }
     }
 
+    /// Bytes of the PNGs held so far.
+    pub fn image_bytes(&self) -> usize {
+        self.lock()
+            .images
+            .iter()
+            .flatten()
+            .map(|png| png.len())
+            .sum()
+    }
+
     /// PNG bytes of image `index`, once ready.
     pub fn image(&self, index: usize) -> Option<Bytes> {
         self.lock().images.get(index).cloned().flatten()
@@ -328,19 +338,24 @@ impl EventStream {
             return None;
         }
         loop {
-            let event = {
+            // The next event and the terminal state are read under one lock: a terminal
+            // event pushed between two separate reads would otherwise be skipped.
+            let (event, ended) = {
                 let inner = self.job.lock();
-                inner.events.get(self.next).cloned()
+                (
+                    inner.events.get(self.next).cloned(),
+                    inner.state.is_terminal(),
+                )
             };
             if let Some(event) = event {
                 let id = self.next;
-                self.next += 1;
+                self.next = self.next.saturating_add(1);
                 if event.is_terminal() {
                     self.done = true;
                 }
                 return Some((id, event));
             }
-            if self.job.state().is_terminal() {
+            if ended {
                 // Resumed after the terminal event: nothing more will come.
                 self.done = true;
                 return None;

@@ -14,6 +14,7 @@ pub mod png_meta;
 pub mod request;
 pub mod seed;
 pub mod store;
+mod supervisor;
 mod worker;
 #[cfg(test)]
 mod worker_tests;
@@ -21,7 +22,7 @@ mod worker_tests;
 pub use worker::EngineStats;
 
 pub use config::EngineConfig;
-pub use engine::Engine;
+pub use engine::{Engine, WorkerHealth};
 pub use error::{EngineError, ValidationError};
 pub use job::{Event, EventStream, Job, JobSnapshot, JobState};
 pub use request::{GenerateRequest, ValidRequest};

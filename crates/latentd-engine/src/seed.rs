@@ -1,4 +1,4 @@
-//! Picking a seed when the user gives none.
+//! Picking a seed when the user gives none, and unguessable job ids.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,6 +11,20 @@ pub fn random_seed() -> u64 {
         .unwrap_or(0);
     let counter = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     splitmix64(nanos ^ ((std::process::id() as u64) << 32) ^ counter.wrapping_mul(0x9E37_79B9))
+}
+
+/// A fresh job id: `job_` and 128 bits from the operating system's random source, in
+/// hex, so that ids cannot be guessed from each other or from the clock.
+pub fn random_job_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness (never seen on supported platforms): still unique.
+        let (a, b) = (random_seed(), random_seed());
+        bytes[..8].copy_from_slice(&a.to_le_bytes());
+        bytes[8..].copy_from_slice(&b.to_le_bytes());
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("job_{hex}")
 }
 
 static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -29,5 +43,13 @@ mod tests {
         let a = super::random_seed();
         let b = super::random_seed();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn job_ids_carry_128_random_bits() {
+        let a = super::random_job_id();
+        assert_eq!(a.len(), 4 + 32);
+        assert!(a.starts_with("job_") && a[4..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, super::random_job_id());
     }
 }

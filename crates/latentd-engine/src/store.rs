@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 use crate::job::Job;
 
 /// The job registry. Unfinished jobs are always kept; finished ones are dropped
-/// after `ttl` or when more than `max_finished` are kept.
+/// after `ttl`, or oldest first when more than `max_finished` are kept or their PNGs
+/// take more than `max_finished_bytes`.
 pub struct JobStore {
     inner: Mutex<StoreInner>,
     ttl: Duration,
     max_finished: usize,
+    max_finished_bytes: usize,
 }
 
 struct StoreInner {
@@ -22,7 +24,7 @@ struct StoreInner {
 
 impl JobStore {
     /// An empty store.
-    pub fn new(ttl: Duration, max_finished: usize) -> Self {
+    pub fn new(ttl: Duration, max_finished: usize, max_finished_bytes: usize) -> Self {
         Self {
             inner: Mutex::new(StoreInner {
                 jobs: HashMap::new(),
@@ -30,7 +32,27 @@ impl JobStore {
             }),
             ttl,
             max_finished,
+            max_finished_bytes,
         }
+    }
+
+    /// Removes a job; it is not found afterwards.
+    pub fn remove(&self, id: &str) -> Option<Arc<Job>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let job = inner.jobs.remove(id)?;
+        inner.order.retain(|other| other != id);
+        Some(job)
+    }
+
+    /// Every job not yet finished.
+    pub fn unfinished(&self) -> Vec<Arc<Job>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .jobs
+            .values()
+            .filter(|job| !job.state().is_terminal())
+            .cloned()
+            .collect()
     }
 
     /// Adds a job.
@@ -63,19 +85,25 @@ impl JobStore {
     }
 
     fn evict(&self, inner: &mut StoreInner, now: Instant) {
-        let finished: Vec<(String, Instant)> = inner
+        // Finished jobs, oldest first, with the bytes of their PNGs.
+        let finished: Vec<(String, Instant, usize)> = inner
             .order
             .iter()
             .filter_map(|id| {
                 let job = inner.jobs.get(id)?;
-                job.finished_at().map(|t| (id.clone(), t))
+                job.finished_at()
+                    .map(|t| (id.clone(), t, job.image_bytes()))
             })
             .collect();
-        let excess = finished.len().saturating_sub(self.max_finished);
+        let mut count = finished.len();
+        let mut bytes: usize = finished.iter().map(|(_, _, b)| b).sum();
         let mut drop: Vec<String> = Vec::new();
-        for (i, (id, at)) in finished.into_iter().enumerate() {
-            if i < excess || now.duration_since(at) > self.ttl {
+        for (id, at, size) in finished {
+            let over = count > self.max_finished || bytes > self.max_finished_bytes;
+            if over || now.duration_since(at) > self.ttl {
                 drop.push(id);
+                count -= 1;
+                bytes -= size;
             }
         }
         if drop.is_empty() {
@@ -131,7 +159,7 @@ mod tests {
 
     #[test]
     fn keeps_running_jobs_and_evicts_oldest_finished_beyond_the_cap() {
-        let store = JobStore::new(Duration::from_secs(60), 2);
+        let store = JobStore::new(Duration::from_secs(60), 2, usize::MAX);
         let jobs: Vec<_> = (0..4).map(|i| job(&format!("j{i}"))).collect();
         for j in &jobs {
             store.insert(j.clone());
@@ -147,12 +175,39 @@ mod tests {
 
     #[test]
     fn finished_jobs_expire_after_the_ttl() {
-        let store = JobStore::new(Duration::from_millis(0), 10);
+        let store = JobStore::new(Duration::from_millis(0), 10, usize::MAX);
         let j = job("a");
         store.insert(j.clone());
         assert!(store.get("a").is_some());
         finish(&j);
         std::thread::sleep(Duration::from_millis(2));
         assert!(store.get("a").is_none());
+    }
+
+    fn finish_with_png(j: &Job, bytes: usize) {
+        j.push(Event::Image {
+            index: 0,
+            seed: 0,
+            png: bytes::Bytes::from(vec![0u8; bytes]),
+        });
+        finish(j);
+    }
+
+    #[test]
+    fn finished_jobs_are_capped_by_bytes_and_removal_forgets_a_job() {
+        let store = JobStore::new(Duration::from_secs(60), 100, 2500);
+        let jobs: Vec<_> = (0..3).map(|i| job(&format!("b{i}"))).collect();
+        for j in &jobs {
+            store.insert(j.clone());
+            finish_with_png(j, 1000);
+        }
+        // 3000 bytes finished against a cap of 2500: the oldest goes.
+        assert!(store.get("b0").is_none());
+        assert!(store.get("b1").is_some() && store.get("b2").is_some());
+        assert!(store.remove("b1").is_some());
+        assert!(store.get("b1").is_none() && store.remove("b1").is_none());
+        let running = job("r");
+        store.insert(running.clone());
+        assert_eq!(store.unfinished().len(), 1);
     }
 }

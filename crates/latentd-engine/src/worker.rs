@@ -42,6 +42,10 @@ pub(crate) struct QueueState {
     pub active_rows: Vec<usize>,
     /// Model calls still to run for the jobs in flight, times their rows.
     pub active_row_steps: Vec<usize>,
+    /// When each worker last made progress: finished a tick, or waited while idle.
+    pub heartbeats: Vec<Instant>,
+    /// Times each worker was restarted after a panic.
+    pub restarts: Vec<u64>,
 }
 
 /// Measurements used for queue time estimates.
@@ -105,40 +109,65 @@ struct Active {
 /// The served models of one device, in the engine's order.
 pub(crate) type Models = Vec<Arc<dyn DiffusionModel>>;
 
-/// The worker loop. Returns when the engine shuts down.
-pub(crate) fn run(index: usize, models: Models, shared: Arc<Shared>, encoder: Sender<EncodeTask>) {
-    let mut worker = Worker {
-        index,
-        models,
-        shared,
-        encoder,
-        active: Vec::new(),
-        tick: 0,
-    };
-    tracing::info!(worker = index, "worker started");
-    while worker.tick_once() {}
-    tracing::info!(worker = index, "worker stopped");
-}
-
-struct Worker {
-    index: usize,
+/// One device's worker: the jobs it holds and the models it runs. [`crate::supervisor`]
+/// runs its ticks and recovers it when one panics.
+pub(crate) struct Worker {
+    pub(crate) index: usize,
     models: Models,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     encoder: Sender<EncodeTask>,
     active: Vec<Active>,
+    /// Jobs taken off the queue this tick and not yet active.
+    admitting: Vec<Arc<Job>>,
     tick: u64,
 }
 
 impl Worker {
+    pub(crate) fn new(
+        index: usize,
+        models: Models,
+        shared: Arc<Shared>,
+        encoder: Sender<EncodeTask>,
+    ) -> Self {
+        Self {
+            index,
+            models,
+            shared,
+            encoder,
+            active: Vec::new(),
+            admitting: Vec::new(),
+            tick: 0,
+        }
+    }
+
+    /// Fails every job the worker holds (after a panic left them in an unknown state)
+    /// and forgets them, so the worker can start over.
+    pub(crate) fn fail_held(&mut self, message: &str) {
+        for job in self.admitting.drain(..) {
+            fail(&job, "internal", message);
+        }
+        for a in self.active.drain(..) {
+            fail(&a.job, "internal", message);
+        }
+        self.publish_load();
+    }
+
     /// One engine tick; false when the worker should exit.
-    fn tick_once(&mut self) -> bool {
+    pub(crate) fn tick_once(&mut self) -> bool {
         self.tick += 1;
         self.drop_cancelled();
         self.publish_load();
         let Some((admitted, run)) = self.plan() else {
             return false;
         };
+        self.admitting = admitted.clone();
         self.admit(admitted);
+        self.admitting.clear();
+        #[cfg(test)]
+        for a in &self.active {
+            let prompt = &a.job.request().params.prompt;
+            crate::supervisor::fault::maybe_panic(crate::supervisor::fault::WORKER, prompt);
+        }
         let run: Vec<usize> = run
             .iter()
             .filter_map(|seq| self.active.iter().position(|a| a.job.seq() == *seq))
@@ -197,6 +226,9 @@ impl Worker {
             }
             if !queue.accepting {
                 return None;
+            }
+            if let Some(beat) = queue.heartbeats.get_mut(self.index) {
+                *beat = Instant::now();
             }
             queue = self
                 .shared
@@ -516,6 +548,9 @@ impl Worker {
         if let Some(slot) = queue.active_row_steps.get_mut(self.index) {
             *slot = row_steps;
         }
+        if let Some(beat) = queue.heartbeats.get_mut(self.index) {
+            *beat = Instant::now();
+        }
         let total: usize = queue.active_rows.iter().sum();
         drop(queue);
         metrics::gauge!("latentd_active_rows").set(total as f64);
@@ -523,7 +558,7 @@ impl Worker {
 }
 
 /// Fails a job with an error event (no-op if it already ended).
-fn fail(job: &Job, code: &str, message: &str) {
+pub(crate) fn fail(job: &Job, code: &str, message: &str) {
     if job.state().is_terminal() {
         return;
     }
@@ -547,13 +582,18 @@ fn guarded<T>(f: impl FnOnce() -> latentd_models::Result<T>) -> Result<T, String
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(panic) => Err(panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .map(|s| format!("internal panic: {s}"))
-            .unwrap_or_else(|| "internal panic".to_string())),
+        Err(panic) => Err(panic_message(panic.as_ref())),
     }
+}
+
+/// `internal panic: ...` with the panic's message, when it has one.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .map(|s| format!("internal panic: {s}"))
+        .unwrap_or_else(|| "internal panic".to_string())
 }
 
 /// Errors when the latents hold NaN or infinity (e.g. a guidance scale that overflows).

@@ -296,3 +296,116 @@ fn models_must_have_distinct_names() {
     assert!(Engine::start(vec![models], EngineConfig::default()).is_err());
     assert!(Engine::start(vec![], EngineConfig::default()).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_worker_fails_its_jobs_restarts_and_serves_on() {
+    use crate::supervisor::fault;
+    let text = FakeModel::new("text", ConditioningKind::Text);
+    let engine = engine(vec![text.clone()], 16);
+    let doomed = engine
+        .submit(&request(None, Some(fault::WORKER), 1, 50))
+        .unwrap();
+    assert_eq!(wait(&doomed).await, Err("internal".to_string()));
+    let health = engine.worker_health();
+    assert_eq!(health.len(), 1);
+    assert!(health[0].alive && !health[0].wedged, "{health:?}");
+    assert_eq!(health[0].restarts, 1);
+    let later = engine.submit(&request(None, Some("later"), 3, 2)).unwrap();
+    wait(&later).await.unwrap();
+    assert_eq!(
+        later.image(0).unwrap().as_ref(),
+        solo_pngs(&text, &later)[0].as_slice()
+    );
+
+    // The encoder thread survives a panic too: that job fails, the next succeeds.
+    let doomed = engine
+        .submit(&request(None, Some(fault::ENCODER), 1, 2))
+        .unwrap();
+    assert_eq!(wait(&doomed).await, Err("internal".to_string()));
+    let after = engine.submit(&request(None, Some("after"), 4, 2)).unwrap();
+    wait(&after).await.unwrap();
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_and_drop_end_every_accepted_job() {
+    let plain = FakeModel::new("plain", ConditioningKind::None);
+    let engine = engine(vec![plain.clone()], 1);
+    let jobs: Vec<_> = (0..4)
+        .map(|i| engine.submit(&request(None, None, i, 150)).unwrap())
+        .collect();
+    engine.shutdown(Duration::from_millis(0));
+    for job in &jobs {
+        assert!(job.state().is_terminal(), "{:?}", job.state());
+        assert!(wait(job).await.is_err());
+    }
+
+    let engine2 = self::engine(vec![plain], 1);
+    let jobs: Vec<_> = (0..3)
+        .map(|i| engine2.submit(&request(None, None, i, 150)).unwrap())
+        .collect();
+    drop(engine2);
+    for job in &jobs {
+        assert_eq!(wait(job).await, Err("shutting_down".to_string()));
+    }
+}
+
+/// A model whose every call takes a while, to see the health check at work.
+struct SlowModel(Arc<FakeModel>);
+
+impl DiffusionModel for SlowModel {
+    fn info(&self) -> &ModelInfo {
+        self.0.info()
+    }
+    fn scheduler_config(&self) -> &SchedulerConfig {
+        self.0.scheduler_config()
+    }
+    fn device(&self) -> &Device {
+        self.0.device()
+    }
+    fn dtype(&self) -> DType {
+        self.0.dtype()
+    }
+    fn count_tokens(&self, text: &str) -> Result<usize> {
+        self.0.count_tokens(text)
+    }
+    fn encode(&self, jobs: &[ConditionInput<'_>]) -> Result<Vec<Conditioning>> {
+        self.0.encode(jobs)
+    }
+    fn predict(&self, input: &Tensor, t: &[f32], context: Option<&Tensor>) -> Result<Tensor> {
+        std::thread::sleep(Duration::from_millis(400));
+        self.0.predict(input, t, context)
+    }
+    fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
+        self.0.decode(latents)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_progress_while_holding_work_is_wedged() {
+    let slow: Arc<dyn DiffusionModel> =
+        Arc::new(SlowModel(FakeModel::new("slow", ConditioningKind::None)));
+    let config = EngineConfig {
+        wedged_after: Duration::from_millis(150),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(vec![vec![slow]], config).unwrap();
+    assert!(!engine.worker_health()[0].wedged, "idle is not wedged");
+    let job = engine.submit(&request(None, None, 1, 3)).unwrap();
+    let mut seen = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        if engine.worker_health()[0].wedged {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "a 400 ms call past a 150 ms limit reads as wedged");
+    wait(&job).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !engine.worker_health()[0].wedged,
+        "idle again after the job"
+    );
+    engine.shutdown(Duration::from_secs(5));
+}

@@ -79,6 +79,13 @@ pub struct ServeArgs {
     /// Finished jobs kept at most.
     #[arg(long, env = "LATENTD_MAX_FINISHED_JOBS", default_value_t = 1000)]
     pub max_finished_jobs: usize,
+    /// Bytes of PNGs finished jobs keep, in all (oldest dropped first).
+    #[arg(long, env = "LATENTD_MAX_FINISHED_BYTES", default_value_t = 1 << 30)]
+    pub max_finished_bytes: usize,
+    /// Seconds without a finished tick, while holding work, after which /health
+    /// reports a worker as wedged (503) so an orchestrator restarts the process.
+    #[arg(long, env = "LATENTD_WEDGED_AFTER_SECS", default_value_t = 600)]
+    pub wedged_after_secs: u64,
     /// Seconds running jobs get to finish on SIGTERM/SIGINT.
     #[arg(long, env = "LATENTD_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -98,6 +105,8 @@ impl ServeArgs {
             default_steps: self.default_steps,
             finished_ttl: Duration::from_secs(self.job_ttl_secs),
             finished_max: self.max_finished_jobs,
+            finished_max_bytes: self.max_finished_bytes,
+            wedged_after: Duration::from_secs(self.wedged_after_secs),
             ..EngineConfig::default()
         }
     }

@@ -7,11 +7,28 @@ use axum::Json;
 use super::types::HealthBody;
 use super::AppState;
 
-/// Liveness: the process is up and serving HTTP.
+/// Liveness: the process serves HTTP and every worker runs and makes progress. A dead
+/// worker thread, or one that holds work without finishing a tick for
+/// `--wedged-after-secs`, answers 503 so that an orchestrator restarts the process.
 #[utoipa::path(get, path = "/health", tag = "health",
-    responses((status = 200, description = "Alive", body = HealthBody)))]
-pub async fn health(State(state): State<AppState>) -> Json<HealthBody> {
-    Json(body(&state, "ok"))
+    responses((status = 200, description = "Alive", body = HealthBody),
+              (status = 503, description = "A worker is dead or wedged", body = HealthBody)))]
+pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthBody>) {
+    let workers = state.engine.worker_health();
+    let stopping = state.engine.is_shutting_down();
+    if !stopping && workers.iter().any(|w| !w.alive) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(body(&state, "worker_dead")),
+        )
+    } else if workers.iter().any(|w| w.wedged) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(body(&state, "worker_wedged")),
+        )
+    } else {
+        (StatusCode::OK, Json(body(&state, "ok")))
+    }
 }
 
 /// Readiness: the model is loaded, the queue has room and the server is not
@@ -41,5 +58,11 @@ fn body(state: &AppState, status: &str) -> HealthBody {
         status: status.into(),
         queue_depth: state.engine.queue_len(),
         active_rows: state.engine.active_rows(),
+        worker_restarts: state
+            .engine
+            .worker_health()
+            .iter()
+            .map(|w| w.restarts)
+            .sum(),
     }
 }

@@ -93,7 +93,7 @@ pub async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok())
-        .map(|last| last + 1)
+        .map(|last| last.saturating_add(1))
         .unwrap_or(0);
     Ok(super::sse::respond(job.subscribe(from), None))
 }
@@ -123,10 +123,11 @@ pub async fn image(
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }
 
-/// Cancel a queued or running job; a running job stops at its next step.
+/// Cancel a queued or running job and keep its record; a running job stops at its
+/// next step (or within its current model call).
 #[utoipa::path(
-    delete,
-    path = "/v1/jobs/{id}",
+    post,
+    path = "/v1/jobs/{id}/cancel",
     tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses(
@@ -139,5 +140,24 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
     let snapshot = state.engine.cancel(&id)?;
+    Ok(Json(JobStatus::new(snapshot, None)))
+}
+
+/// Delete a job: cancel it if it has not ended, and forget it (404 afterwards).
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Deleted; the job's last state", body = JobStatus),
+        (status = 404, description = "Unknown or expired job", body = ErrorBody),
+    )
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
+    let snapshot = state.engine.remove(&id)?;
     Ok(Json(JobStatus::new(snapshot, None)))
 }

@@ -17,6 +17,7 @@ use utoipa::{Modify, OpenApi};
         super::jobs::events,
         super::jobs::image,
         super::jobs::cancel,
+        super::jobs::delete,
         super::openai::generations,
         super::models::list,
         super::health::health,

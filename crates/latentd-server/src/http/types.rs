@@ -304,10 +304,12 @@ pub struct OpenAiImageResponse {
 /// Response of `GET /health` and `GET /ready`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HealthBody {
-    /// `ok`, `ready`, `saturated` or `shutting_down`.
+    /// `ok`, `ready`, `saturated`, `shutting_down`, `worker_dead` or `worker_wedged`.
     pub status: String,
     /// Jobs waiting.
     pub queue_depth: usize,
     /// UNet rows in flight.
     pub active_rows: usize,
+    /// Times workers were restarted after a panic since the server started.
+    pub worker_restarts: u64,
 }
