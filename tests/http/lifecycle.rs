@@ -123,5 +123,5 @@ async fn shutdown_past_the_grace_period_fails_what_is_left() {
         .unwrap();
     let job = engine.job(&id).unwrap();
     let snap = job.snapshot();
-    assert_eq!(snap.error.unwrap().0, "shutting_down");
+    assert_eq!(snap.error.unwrap().0, latentd_engine::Code::ShuttingDown);
 }

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use latentd_models::pipeline::RgbImage;
 
+use crate::error::Code;
 use crate::job::{Event, Job};
 use crate::png_meta::{encode_png, ImageMetadata};
 
@@ -39,7 +40,7 @@ pub(crate) fn publish(task: EncodeTask) {
             }),
             Err(e) => {
                 job.push(Event::Error {
-                    code: "internal".into(),
+                    code: Code::Internal,
                     message: format!("PNG encoding failed: {e}"),
                 });
                 return;

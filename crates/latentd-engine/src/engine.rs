@@ -9,7 +9,7 @@ use latentd_models::pipeline::{DiffusionModel, ModelInfo};
 use latentd_models::schedulers::build_scheduler;
 
 use crate::config::EngineConfig;
-use crate::error::{EngineError, ValidationError};
+use crate::error::{Code, EngineError, ValidationError};
 use crate::job::{Event, Job, JobSnapshot};
 use crate::request::{validate, GenerateRequest, ValidRequest};
 use crate::seed::random_job_id;
@@ -232,7 +232,7 @@ impl Engine {
             if let Some(pos) = queue.waiting.iter().position(|j| j.id() == id) {
                 queue.waiting.remove(pos);
                 job.push(Event::Error {
-                    code: "cancelled".into(),
+                    code: Code::Cancelled,
                     message: "the job was cancelled".into(),
                 });
                 metrics::counter!("latentd_jobs_total", "outcome" => "cancelled").increment(1);
@@ -374,7 +374,7 @@ impl Inner {
         for job in self.store.unfinished() {
             fail(
                 &job,
-                "shutting_down",
+                Code::ShuttingDown,
                 "the server shut down before the job finished",
             );
         }

@@ -1,5 +1,93 @@
 //! Errors the engine reports to its callers, each with a stable code.
 
+use std::fmt;
+
+/// Every error code latentd reports, in HTTP bodies and `error` events. The server
+/// maps each to its HTTP status in one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// A field is invalid or not accepted by the model.
+    InvalidRequest,
+    /// The body is not JSON.
+    MalformedJson,
+    /// The body is larger than allowed.
+    BodyTooLarge,
+    /// No or a wrong API key.
+    Unauthorized,
+    /// No such route.
+    NotFound,
+    /// No served model has the requested id.
+    ModelNotFound,
+    /// No such job (or it expired, or was deleted).
+    JobNotFound,
+    /// The job has no such image (yet).
+    ImageNotFound,
+    /// The job was cancelled.
+    Cancelled,
+    /// The queue is full.
+    QueueFull,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// Not ready to serve.
+    Unavailable,
+    /// The job failed while running (e.g. non-finite values).
+    GenerationFailed,
+    /// Anything else that went wrong inside.
+    Internal,
+}
+
+impl Code {
+    /// Every code, for documentation and tests.
+    pub const ALL: [Code; 14] = [
+        Code::InvalidRequest,
+        Code::MalformedJson,
+        Code::BodyTooLarge,
+        Code::Unauthorized,
+        Code::NotFound,
+        Code::ModelNotFound,
+        Code::JobNotFound,
+        Code::ImageNotFound,
+        Code::Cancelled,
+        Code::QueueFull,
+        Code::ShuttingDown,
+        Code::Unavailable,
+        Code::GenerationFailed,
+        Code::Internal,
+    ];
+
+    /// The code on the wire, e.g. `queue_full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidRequest => "invalid_request",
+            Code::MalformedJson => "malformed_json",
+            Code::BodyTooLarge => "body_too_large",
+            Code::Unauthorized => "unauthorized",
+            Code::NotFound => "not_found",
+            Code::ModelNotFound => "model_not_found",
+            Code::JobNotFound => "job_not_found",
+            Code::ImageNotFound => "image_not_found",
+            Code::Cancelled => "cancelled",
+            Code::QueueFull => "queue_full",
+            Code::ShuttingDown => "shutting_down",
+            Code::Unavailable => "unavailable",
+            Code::GenerationFailed => "generation_failed",
+            Code::Internal => "internal",
+        }
+    }
+}
+
+impl serde::Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A request field that failed validation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ValidationError {
@@ -82,7 +170,7 @@ pub enum EngineError {
     ShuttingDown,
     /// The job failed while running.
     #[error("{message}")]
-    JobFailed { code: String, message: String },
+    JobFailed { code: Code, message: String },
     /// An internal failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -90,16 +178,16 @@ pub enum EngineError {
 
 impl EngineError {
     /// A stable machine-readable code, also used in error events.
-    pub fn code(&self) -> &str {
+    pub fn code(&self) -> Code {
         match self {
-            EngineError::Invalid(_) => "invalid_request",
-            EngineError::QueueFull { .. } => "queue_full",
-            EngineError::ModelNotFound { .. } => "model_not_found",
-            EngineError::JobNotFound(_) => "job_not_found",
-            EngineError::ImageNotFound { .. } => "image_not_found",
-            EngineError::ShuttingDown => "shutting_down",
-            EngineError::JobFailed { code, .. } => code,
-            EngineError::Internal(_) => "internal",
+            EngineError::Invalid(_) => Code::InvalidRequest,
+            EngineError::QueueFull { .. } => Code::QueueFull,
+            EngineError::ModelNotFound { .. } => Code::ModelNotFound,
+            EngineError::JobNotFound(_) => Code::JobNotFound,
+            EngineError::ImageNotFound { .. } => Code::ImageNotFound,
+            EngineError::ShuttingDown => Code::ShuttingDown,
+            EngineError::JobFailed { code, .. } => *code,
+            EngineError::Internal(_) => Code::Internal,
         }
     }
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::error::Code;
 use crate::request::ValidRequest;
 
 /// Lifecycle state of a job.
@@ -54,7 +55,7 @@ pub enum Event {
     /// Every image is ready.
     Done { queue_ms: u64, inference_ms: u64 },
     /// The job failed or was cancelled; nothing follows.
-    Error { code: String, message: String },
+    Error { code: Code, message: String },
 }
 
 impl Event {
@@ -98,7 +99,7 @@ pub struct JobSnapshot {
     /// Milliseconds spent running (so far, while running).
     pub inference_ms: Option<u64>,
     /// Error code and message once failed or cancelled.
-    pub error: Option<(String, String)>,
+    pub error: Option<(Code, String)>,
 }
 
 struct JobInner {
@@ -109,7 +110,7 @@ struct JobInner {
     total: usize,
     started_at: Option<Instant>,
     finished_at: Option<Instant>,
-    error: Option<(String, String)>,
+    error: Option<(Code, String)>,
 }
 
 static NEXT_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -230,13 +231,13 @@ impl Job {
                     inner.finished_at = Some(Instant::now());
                 }
                 Event::Error { code, message } => {
-                    inner.state = if code == "cancelled" {
+                    inner.state = if *code == Code::Cancelled {
                         JobState::Cancelled
                     } else {
                         JobState::Failed
                     };
                     inner.finished_at = Some(Instant::now());
-                    inner.error = Some((code.clone(), message.clone()));
+                    inner.error = Some((*code, message.clone()));
                 }
             }
             inner.events.push(event);
@@ -454,16 +455,16 @@ mod tests {
         j.cancel();
         assert!(j.is_cancelled());
         j.push(Event::Error {
-            code: "cancelled".into(),
+            code: Code::Cancelled,
             message: "x".into(),
         });
         assert_eq!(j.state(), JobState::Cancelled);
         let k = job();
         k.push(Event::Error {
-            code: "nan".into(),
+            code: Code::GenerationFailed,
             message: "x".into(),
         });
         assert_eq!(k.state(), JobState::Failed);
-        assert_eq!(k.snapshot().error.unwrap().0, "nan");
+        assert_eq!(k.snapshot().error.unwrap().0, Code::GenerationFailed);
     }
 }

@@ -23,6 +23,6 @@ pub use worker::EngineStats;
 
 pub use config::EngineConfig;
 pub use engine::{Engine, WorkerHealth};
-pub use error::{EngineError, ValidationError};
+pub use error::{Code, EngineError, ValidationError};
 pub use job::{Event, EventStream, Job, JobSnapshot, JobState};
 pub use request::{GenerateRequest, ValidRequest};

@@ -261,7 +261,7 @@ mod tests {
     use super::*;
 
     use latentd_models::pipeline::{
-        AutoencoderKind, ConditioningKind, Family, GuidanceRule, SamplingRules,
+        AutoencoderKind, ConditioningKind, Family, GuidanceRule, InitialNoise, SamplingRules,
     };
 
     fn model() -> ModelInfo {
@@ -278,7 +278,7 @@ mod tests {
             max_prompt_tokens: Some(75),
             rules: SamplingRules {
                 guidance: GuidanceRule::AboveOne,
-                scale_initial_noise: true,
+                initial_noise: InitialNoise::Scaled,
                 scale_model_input: true,
             },
             default_scheduler: SchedulerKind::Pndm,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::encoder::{publish, EncodeTask};
+use crate::error::Code;
 use crate::job::Event;
 use crate::worker::{panic_message, Models, Shared, Worker};
 
@@ -56,7 +57,7 @@ pub(crate) fn run_encoder(rx: Receiver<EncodeTask>) {
             tracing::error!(job = %job.id(), %message, "PNG encoding panicked");
             metrics::counter!("latentd_encoder_panics_total").increment(1);
             job.push(Event::Error {
-                code: "internal".into(),
+                code: Code::Internal,
                 message: format!("PNG encoding failed: {message}"),
             });
         }

@@ -20,6 +20,7 @@ use latentd_models::pipeline::{ConditionInput, Conditioning, Denoiser, Diffusion
 
 use crate::config::EngineConfig;
 use crate::encoder::EncodeTask;
+use crate::error::Code;
 use crate::job::{Event, Job};
 use crate::planner::{self, ActiveJob, GroupKey, WaitingJob};
 
@@ -144,10 +145,10 @@ impl Worker {
     /// and forgets them, so the worker can start over.
     pub(crate) fn fail_held(&mut self, message: &str) {
         for job in self.admitting.drain(..) {
-            fail(&job, "internal", message);
+            fail(&job, Code::Internal, message);
         }
         for a in self.active.drain(..) {
-            fail(&a.job, "internal", message);
+            fail(&a.job, Code::Internal, message);
         }
         self.publish_load();
     }
@@ -183,7 +184,7 @@ impl Worker {
     fn drop_cancelled(&mut self) {
         self.active.retain(|a| {
             if a.job.is_cancelled() {
-                fail(&a.job, "cancelled", "the job was cancelled");
+                fail(&a.job, Code::Cancelled, "the job was cancelled");
                 false
             } else {
                 true
@@ -198,7 +199,7 @@ impl Worker {
         loop {
             queue.waiting.retain(|job| {
                 if job.is_cancelled() {
-                    fail(job, "cancelled", "the job was cancelled");
+                    fail(job, Code::Cancelled, "the job was cancelled");
                     false
                 } else {
                     true
@@ -208,14 +209,14 @@ impl Worker {
                 for job in queue.waiting.drain(..) {
                     fail(
                         &job,
-                        "shutting_down",
+                        Code::ShuttingDown,
                         "the server shut down before the job ran",
                     );
                 }
                 for a in self.active.drain(..) {
                     fail(
                         &a.job,
-                        "shutting_down",
+                        Code::ShuttingDown,
                         "the server shut down before the job finished",
                     );
                 }
@@ -288,7 +289,7 @@ impl Worker {
             for job in &jobs {
                 fail(
                     job,
-                    "internal",
+                    Code::Internal,
                     "the job's model is not loaded on this worker",
                 );
             }
@@ -323,7 +324,11 @@ impl Worker {
             let conditioning = match conditioning {
                 Ok(c) => c,
                 Err(message) => {
-                    fail(&job, "internal", &format!("conditioning failed: {message}"));
+                    fail(
+                        &job,
+                        Code::Internal,
+                        &format!("conditioning failed: {message}"),
+                    );
                     continue;
                 }
             };
@@ -352,7 +357,7 @@ impl Worker {
                 }
                 Err(message) => fail(
                     &job,
-                    "internal",
+                    Code::Internal,
                     &format!("cannot start the job: {message}"),
                 ),
             }
@@ -392,7 +397,7 @@ impl Worker {
                 }
                 Err(message) => {
                     // Mark it; `retire` removes it with the rest of the finished jobs.
-                    fail(&a.job, "generation_failed", &message);
+                    fail(&a.job, Code::GenerationFailed, &message);
                 }
             }
         }
@@ -509,7 +514,7 @@ impl Worker {
                 for a in jobs {
                     fail(
                         &a.job,
-                        "generation_failed",
+                        Code::GenerationFailed,
                         &format!("decoding failed: {message}"),
                     );
                 }
@@ -558,20 +563,20 @@ impl Worker {
 }
 
 /// Fails a job with an error event (no-op if it already ended).
-pub(crate) fn fail(job: &Job, code: &str, message: &str) {
+pub(crate) fn fail(job: &Job, code: Code, message: &str) {
     if job.state().is_terminal() {
         return;
     }
-    let outcome = if code == "cancelled" {
+    let outcome = if code == Code::Cancelled {
         "cancelled"
     } else {
         "failed"
     };
     metrics::counter!("latentd_jobs_total", "outcome" => outcome).increment(1);
     job.span()
-        .in_scope(|| tracing::info!(code, message, "job ended without images"));
+        .in_scope(|| tracing::info!(code = code.as_str(), message, "job ended without images"));
     job.push(Event::Error {
-        code: code.to_string(),
+        code,
         message: message.to_string(),
     });
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor};
 use latentd_models::pipeline::{
     generate, AutoencoderKind, ConditionInput, Conditioning, ConditioningKind, DiffusionModel,
-    Family, GuidanceRule, ModelInfo, RgbImage, SamplingRules,
+    Family, GuidanceRule, InitialNoise, ModelInfo, RgbImage, SamplingRules,
 };
 use latentd_models::schedulers::{SchedulerConfig, SchedulerKind};
 use latentd_models::{Error, Result};
@@ -49,7 +49,7 @@ impl FakeModel {
                     } else {
                         GuidanceRule::Never
                     },
-                    scale_initial_noise: true,
+                    initial_noise: InitialNoise::Scaled,
                     scale_model_input: true,
                 },
                 default_scheduler: SchedulerKind::Ddim,
@@ -161,7 +161,7 @@ async fn wait(job: &Arc<Job>) -> std::result::Result<(), String> {
         while let Some((_, event)) = events.next().await {
             match event {
                 Event::Done { .. } => return Ok(()),
-                Event::Error { code, .. } => return Err(code),
+                Event::Error { code, .. } => return Err(code.to_string()),
                 _ => {}
             }
         }
@@ -279,12 +279,12 @@ async fn unknown_models_and_refused_fields_never_reach_a_worker() {
     let err = engine
         .submit(&request(Some("nope"), None, 0, 2))
         .unwrap_err();
-    assert_eq!(err.code(), "model_not_found");
+    assert_eq!(err.code(), crate::Code::ModelNotFound);
     assert!(err.to_string().contains("plain"), "{err}");
     let err = engine
         .submit(&request(None, Some("a cat"), 0, 2))
         .unwrap_err();
-    assert_eq!(err.code(), "invalid_request");
+    assert_eq!(err.code(), crate::Code::InvalidRequest);
     assert!(plain.calls().is_empty());
     engine.shutdown(Duration::from_secs(5));
 }

@@ -17,8 +17,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn check_runs(name: &str) {
-    let pipe = load_model(&fixtures().join(name), None, &Device::Cpu).unwrap();
-    pipeline_runs::check_reference_runs(&*pipe, &fixtures().join("refs"), name);
+    pipeline_runs::check_reference_runs(&fixtures().join(name), &fixtures().join("refs"), name);
 }
 
 #[test]
@@ -95,21 +94,8 @@ fn loader_reads_configs_from_the_folder() {
 fn scratch_copy(name: &str, tag: &str) -> PathBuf {
     let dst = std::env::temp_dir().join(format!("latentd-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dst);
-    copy_dir(&fixtures().join(name), &dst);
+    pipeline_runs::copy_dir(&fixtures().join(name), &dst);
     dst
-}
-
-fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let to = dst.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to);
-        } else {
-            std::fs::copy(entry.path(), &to).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -20,7 +20,7 @@ fn builtin_model_matches_diffusers_on_the_same_folder() {
     let pipe = StableDiffusion::load_named(&dir, builtin::MODEL_NAME, &Device::Cpu).unwrap();
     assert_eq!(pipe.info().name, "latentd-demo");
     let refs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/refs");
-    pipeline_runs::check_reference_runs(&pipe, &refs, "demo");
+    pipeline_runs::check_reference_runs(&dir, &refs, "demo");
 }
 
 /// `latentd generate` without `--model` uses the embedded model, and the same seed gives

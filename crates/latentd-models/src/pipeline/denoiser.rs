@@ -9,7 +9,7 @@
 
 use candle_core::Tensor;
 
-use super::model::{Conditioning, DiffusionModel, SamplingRules};
+use super::model::{Conditioning, DiffusionModel, InitialNoise, SamplingRules};
 use super::params::GenerationParams;
 use crate::rng::TorchRng;
 use crate::schedulers::{build_scheduler, Scheduler};
@@ -61,10 +61,16 @@ impl Denoiser {
         let mut rng = TorchRng::new(params.seed);
         let noise = rng.randn_tensor(&info.latent_shape(params), model.device())?;
         let noise = noise.to_dtype(model.dtype())?;
-        let latents = if info.rules.scale_initial_noise {
-            (noise * scheduler.init_noise_sigma())?
-        } else {
-            noise
+        let latents = match info.rules.initial_noise {
+            InitialNoise::Unscaled => noise,
+            InitialNoise::Scaled => (noise * scheduler.init_noise_sigma())?,
+            InitialNoise::ScaledBeforeSetTimesteps => {
+                // A scheduler over every training timestep is the one before set_timesteps.
+                let config = model.scheduler_config();
+                let train_steps = config.num_train_timesteps.unwrap_or(1000);
+                let untimed = build_scheduler(params.scheduler, config, train_steps, params.eta)?;
+                (noise * untimed.init_noise_sigma())?
+            }
         };
 
         let n = params.n;

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use super::image::{to_rgb8, RgbImage};
 use super::model::{
     encode_text_jobs, AutoencoderKind, ConditionInput, Conditioning, ConditioningKind,
-    DiffusionModel, Family, GuidanceRule, ModelInfo, SamplingRules,
+    DiffusionModel, Family, GuidanceRule, InitialNoise, ModelInfo, SamplingRules,
 };
 use super::model_index::ModelIndex;
 use super::weights::WeightFiles;
@@ -130,7 +130,7 @@ impl LdmTextToImage {
             // unscaled and the model input never passed through `scale_model_input`.
             rules: SamplingRules {
                 guidance: GuidanceRule::NotOne,
-                scale_initial_noise: false,
+                initial_noise: InitialNoise::Unscaled,
                 scale_model_input: false,
             },
             default_scheduler,

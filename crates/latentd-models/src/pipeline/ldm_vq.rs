@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use super::image::{to_rgb8, RgbImage};
 use super::model::{
     AutoencoderKind, ConditionInput, Conditioning, ConditioningKind, DiffusionModel, Family,
-    GuidanceRule, ModelInfo, SamplingRules,
+    GuidanceRule, InitialNoise, ModelInfo, SamplingRules,
 };
 use super::model_index::ModelIndex;
 use super::weights::WeightFiles;
@@ -113,7 +113,10 @@ impl VqLatentDiffusion {
             max_prompt_tokens: None,
             rules: SamplingRules {
                 guidance: GuidanceRule::Never,
-                scale_initial_noise: true,
+                initial_noise: match family {
+                    Family::LdmSuperResolution => InitialNoise::Scaled,
+                    _ => InitialNoise::ScaledBeforeSetTimesteps,
+                },
                 scale_model_input: true,
             },
             default_scheduler,

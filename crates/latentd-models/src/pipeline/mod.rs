@@ -18,7 +18,7 @@ pub use ldm_text::LdmTextToImage;
 pub use ldm_vq::VqLatentDiffusion;
 pub use model::{
     AutoencoderKind, ConditionInput, Conditioning, ConditioningKind, DiffusionModel, Family,
-    GuidanceRule, ModelInfo, SamplingRules,
+    GuidanceRule, InitialNoise, ModelInfo, SamplingRules,
 };
 pub use model_index::ModelIndex;
 pub use params::GenerationParams;

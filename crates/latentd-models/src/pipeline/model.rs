@@ -119,14 +119,28 @@ impl GuidanceRule {
     }
 }
 
+/// Which `init_noise_sigma` scales a job's initial noise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialNoise {
+    /// Not scaled (`LDMTextToImagePipeline`).
+    Unscaled,
+    /// The scheduler's, once set to the job's steps (`StableDiffusionPipeline`,
+    /// `LDMSuperResolutionPipeline`).
+    Scaled,
+    /// The scheduler's before it is set to the job's steps: that of the whole training
+    /// schedule (`LDMPipeline`, which scales before `set_timesteps`; it differs from
+    /// [`InitialNoise::Scaled`] for Euler schedulers with `leading` spacing).
+    ScaledBeforeSetTimesteps,
+}
+
 /// How a family's reference pipeline drives its scheduler; followed exactly so that a
 /// seed gives the reference's image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SamplingRules {
     /// When guidance applies.
     pub guidance: GuidanceRule,
-    /// The initial noise is multiplied by the scheduler's `init_noise_sigma`.
-    pub scale_initial_noise: bool,
+    /// How the initial noise is scaled.
+    pub initial_noise: InitialNoise,
     /// The model input goes through the scheduler's `scale_model_input`
     /// (after any image channels are concatenated).
     pub scale_model_input: bool,

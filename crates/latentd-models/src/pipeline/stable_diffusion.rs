@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use super::image::{to_rgb8, RgbImage};
 use super::model::{
     encode_text_jobs, AutoencoderKind, ConditionInput, Conditioning, ConditioningKind,
-    DiffusionModel, Family, GuidanceRule, ModelInfo, SamplingRules,
+    DiffusionModel, Family, GuidanceRule, InitialNoise, ModelInfo, SamplingRules,
 };
 use super::model_index::ModelIndex;
 use super::weights::WeightFiles;
@@ -130,7 +130,7 @@ impl StableDiffusion {
             max_prompt_tokens: Some(tokenizer.max_length().saturating_sub(2)),
             rules: SamplingRules {
                 guidance: GuidanceRule::AboveOne,
-                scale_initial_noise: true,
+                initial_noise: InitialNoise::Scaled,
                 scale_model_input: true,
             },
             default_scheduler,

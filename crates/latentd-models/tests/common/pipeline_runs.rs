@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use latentd_models::pipeline::{
-    generate_latents, max_abs_diff, DiffusionModel, GenerationParams, RgbImage,
+    generate_latents, load_model, max_abs_diff, DiffusionModel, GenerationParams, RgbImage,
 };
 use latentd_models::schedulers::SchedulerKind;
 use serde_json::Value;
@@ -60,14 +60,57 @@ fn params(run: &Value, refs: &HashMap<String, Tensor>) -> GenerationParams {
     }
 }
 
-/// Runs every recorded run of `refs_dir/{name}.*` on `pipe` and asserts final latents
-/// within 1e-4 of their scale and pixels within 2/255 of diffusers'.
-pub fn check_reference_runs(pipe: &dyn DiffusionModel, refs_dir: &Path, name: &str) {
+/// The model of `dir`, with a run's `scheduler_overrides` (keys replacing those of the
+/// folder's scheduler config) applied to a copy of the folder.
+fn load_for_run(dir: &Path, run: &Value) -> Arc<dyn DiffusionModel> {
+    let overrides = run["scheduler_overrides"]
+        .as_object()
+        .filter(|o| !o.is_empty());
+    let Some(overrides) = overrides else {
+        return load_model(dir, None, &Device::Cpu).unwrap();
+    };
+    let copy = std::env::temp_dir().join(format!(
+        "latentd-run-{}-{}-{}",
+        dir.file_name().unwrap().to_string_lossy(),
+        run["id"].as_str().unwrap(),
+        std::process::id()
+    ));
+    copy_dir(dir, &copy);
+    let path = copy.join("scheduler/scheduler_config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (key, value) in overrides {
+        config[key] = value.clone();
+    }
+    std::fs::write(&path, config.to_string()).unwrap();
+    let model = load_model(&copy, None, &Device::Cpu).unwrap();
+    std::fs::remove_dir_all(&copy).unwrap();
+    model
+}
+
+/// Copies a folder tree.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+}
+
+/// Runs every recorded run of `refs_dir/{name}.*` on the model folder `dir` and asserts
+/// final latents within 1e-4 of their scale and pixels within 2/255 of diffusers'.
+pub fn check_reference_runs(dir: &Path, refs_dir: &Path, name: &str) {
     let (json, refs) = load_refs(refs_dir, name);
     let runs = json["runs"].as_array().unwrap();
     assert!(!runs.is_empty());
     for run in runs {
         let id = run["id"].as_str().unwrap();
+        let model = load_for_run(dir, run);
+        let pipe = &*model;
         let p = params(run, &refs);
         let latents = generate_latents(pipe, &p, |_, _| {}).unwrap();
         let want = &refs[&format!("{id}.latents")];

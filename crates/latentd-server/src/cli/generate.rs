@@ -41,8 +41,9 @@ pub struct GenerateArgs {
     /// Denoising steps.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub steps: u16,
-    /// Classifier-free guidance scale (<= 1 disables guidance; default 7.5 for models
-    /// that take guidance).
+    /// Classifier-free guidance scale (default 7.5 for models that take guidance).
+    /// Stable Diffusion runs unguided at <= 1; the LDM text-to-image model, as
+    /// diffusers runs it, only at exactly 1.
     #[arg(long)]
     pub guidance: Option<f64>,
     /// Scheduler: ddim, pndm, euler, euler-a, dpmpp-2m, dpmpp-2m-karras

@@ -4,7 +4,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use latentd_engine::EngineError;
+use latentd_engine::{Code, EngineError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -22,6 +22,23 @@ pub struct ErrorDetail {
     pub code: String,
     /// What went wrong, for people.
     pub message: String,
+}
+
+/// The one table from error code to HTTP status.
+pub fn status(code: Code) -> StatusCode {
+    match code {
+        Code::InvalidRequest => StatusCode::UNPROCESSABLE_ENTITY,
+        Code::MalformedJson => StatusCode::BAD_REQUEST,
+        Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::Unauthorized => StatusCode::UNAUTHORIZED,
+        Code::NotFound | Code::ModelNotFound | Code::JobNotFound | Code::ImageNotFound => {
+            StatusCode::NOT_FOUND
+        }
+        Code::Cancelled => StatusCode::CONFLICT,
+        Code::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+        Code::ShuttingDown | Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::GenerationFailed | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 /// Everything an HTTP handler can fail with.
@@ -51,36 +68,22 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The table: error kind -> (status, code).
-    fn status_and_code(&self) -> (StatusCode, String) {
+    /// The error's code.
+    pub fn code(&self) -> Code {
         match self {
-            ApiError::Engine(e) => {
-                let status = match e {
-                    EngineError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                    EngineError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-                    EngineError::ModelNotFound { .. }
-                    | EngineError::JobNotFound(_)
-                    | EngineError::ImageNotFound { .. } => StatusCode::NOT_FOUND,
-                    EngineError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-                    EngineError::JobFailed { code, .. } => match code.as_str() {
-                        "cancelled" => StatusCode::CONFLICT,
-                        "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
-                        "invalid_request" => StatusCode::UNPROCESSABLE_ENTITY,
-                        _ => StatusCode::INTERNAL_SERVER_ERROR,
-                    },
-                    EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                (status, e.code().to_string())
-            }
-            ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json".into()),
-            ApiError::InvalidField(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request".into())
-            }
-            ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large".into()),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized".into()),
-            ApiError::NoRoute(_) => (StatusCode::NOT_FOUND, "not_found".into()),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable".into()),
+            ApiError::Engine(e) => e.code(),
+            ApiError::MalformedJson(_) => Code::MalformedJson,
+            ApiError::InvalidField(_) => Code::InvalidRequest,
+            ApiError::BodyTooLarge(_) => Code::BodyTooLarge,
+            ApiError::Unauthorized => Code::Unauthorized,
+            ApiError::NoRoute(_) => Code::NotFound,
+            ApiError::Unavailable(_) => Code::Unavailable,
         }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, String) {
+        let code = self.code();
+        (status(code), code.to_string())
     }
 
     /// The `{code, message}` pair, e.g. for an SSE `error` event.

@@ -25,7 +25,9 @@ pub struct GenerateBody {
     pub height: Option<u32>,
     /// Denoising steps (default 20).
     pub steps: Option<u32>,
-    /// Classifier-free guidance scale; <= 1 disables guidance (default 7.5).
+    /// Classifier-free guidance scale (default 7.5). Stable Diffusion runs unguided at
+    /// <= 1, the LDM text-to-image model only at exactly 1; models without guidance
+    /// refuse it.
     pub guidance_scale: Option<f64>,
     /// One of ddim, pndm, euler, euler-a, dpmpp-2m, dpmpp-2m-karras (default: the model's).
     pub scheduler: Option<String>,
@@ -182,9 +184,10 @@ impl JobStatus {
                 queue_ms: snapshot.queue_ms,
                 inference_ms: snapshot.inference_ms,
             },
-            error: snapshot
-                .error
-                .map(|(code, message)| ErrorDetail { code, message }),
+            error: snapshot.error.map(|(code, message)| ErrorDetail {
+                code: code.to_string(),
+                message,
+            }),
             id: snapshot.id,
         }
     }
