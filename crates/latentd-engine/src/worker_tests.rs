@@ -7,7 +7,7 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor};
 use latentd_models::pipeline::{
     generate, AutoencoderKind, ConditionInput, Conditioning, ConditioningKind, DiffusionModel,
-    Family, GuidanceRule, InitialNoise, ModelInfo, RgbImage, SamplingRules,
+    Family, GuidanceRule, InitialNoise, ModelBase, ModelInfo, RgbImage, SamplingRules,
 };
 use latentd_models::schedulers::{SchedulerConfig, SchedulerKind};
 use latentd_models::{Error, Result};
@@ -18,8 +18,7 @@ use crate::{Engine, EngineConfig, Event, GenerateRequest, Job};
 /// A text- or un-conditioned model whose "denoiser" is a cheap function of each row's
 /// input, timestep and context, so a row's result cannot depend on its batch.
 struct FakeModel {
-    info: ModelInfo,
-    scheduler: SchedulerConfig,
+    base: ModelBase,
     /// Rows of every denoiser call made.
     calls: Mutex<Vec<usize>>,
 }
@@ -28,34 +27,38 @@ impl FakeModel {
     fn new(name: &str, conditioning: ConditioningKind) -> Arc<Self> {
         let text = conditioning == ConditioningKind::Text;
         Arc::new(Self {
-            info: ModelInfo {
-                name: name.into(),
-                family: if text {
-                    Family::StableDiffusion1
-                } else {
-                    Family::LdmUnconditional
-                },
-                conditioning,
-                autoencoder: AutoencoderKind::Kl,
-                native_width: 8,
-                native_height: 8,
-                vae_scale_factor: 4,
-                size_multiple: 8,
-                latent_channels: 2,
-                max_prompt_tokens: text.then_some(16),
-                rules: SamplingRules {
-                    guidance: if text {
-                        GuidanceRule::AboveOne
+            base: ModelBase {
+                info: ModelInfo {
+                    name: name.into(),
+                    family: if text {
+                        Family::StableDiffusion1
                     } else {
-                        GuidanceRule::Never
+                        Family::LdmUnconditional
                     },
-                    initial_noise: InitialNoise::Scaled,
-                    scale_model_input: true,
+                    conditioning,
+                    autoencoder: AutoencoderKind::Kl,
+                    native_width: 8,
+                    native_height: 8,
+                    vae_scale_factor: 4,
+                    size_multiple: 8,
+                    latent_channels: 2,
+                    max_prompt_tokens: text.then_some(16),
+                    rules: SamplingRules {
+                        guidance: if text {
+                            GuidanceRule::AboveOne
+                        } else {
+                            GuidanceRule::Never
+                        },
+                        initial_noise: InitialNoise::Scaled,
+                        scale_model_input: true,
+                    },
+                    default_scheduler: SchedulerKind::Ddim,
+                    prediction_type: "epsilon".into(),
                 },
-                default_scheduler: SchedulerKind::Ddim,
-                prediction_type: "epsilon".into(),
+                scheduler_config: SchedulerConfig::default(),
+                device: Device::Cpu,
+                dtype: DType::F32,
             },
-            scheduler: SchedulerConfig::default(),
             calls: Mutex::new(Vec::new()),
         })
     }
@@ -66,17 +69,8 @@ impl FakeModel {
 }
 
 impl DiffusionModel for FakeModel {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-    fn scheduler_config(&self) -> &SchedulerConfig {
-        &self.scheduler
-    }
-    fn device(&self) -> &Device {
-        &Device::Cpu
-    }
-    fn dtype(&self) -> DType {
-        DType::F32
+    fn base(&self) -> &ModelBase {
+        &self.base
     }
     fn count_tokens(&self, text: &str) -> Result<usize> {
         Ok(text.split_whitespace().count())
@@ -92,7 +86,7 @@ impl DiffusionModel for FakeModel {
         };
         jobs.iter()
             .map(|job| {
-                if self.info.conditioning != ConditioningKind::Text {
+                if self.base.info.conditioning != ConditioningKind::Text {
                     return Ok(Conditioning::default());
                 }
                 if job.prompt.contains("boom") {
@@ -354,17 +348,8 @@ async fn shutdown_and_drop_end_every_accepted_job() {
 struct SlowModel(Arc<FakeModel>);
 
 impl DiffusionModel for SlowModel {
-    fn info(&self) -> &ModelInfo {
-        self.0.info()
-    }
-    fn scheduler_config(&self) -> &SchedulerConfig {
-        self.0.scheduler_config()
-    }
-    fn device(&self) -> &Device {
-        self.0.device()
-    }
-    fn dtype(&self) -> DType {
-        self.0.dtype()
+    fn base(&self) -> &ModelBase {
+        self.0.base()
     }
     fn count_tokens(&self, text: &str) -> Result<usize> {
         self.0.count_tokens(text)

@@ -5,14 +5,15 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::image::{to_rgb8, RgbImage};
+use super::image::RgbImage;
+use super::model::ModelBase;
 use super::model::{
     encode_text_jobs, AutoencoderKind, ConditionInput, Conditioning, ConditioningKind,
     DiffusionModel, Family, GuidanceRule, InitialNoise, ModelInfo, SamplingRules,
 };
 use super::model_index::ModelIndex;
+use super::stable_diffusion::{decode_kl, predict_with_text};
 use super::weights::WeightFiles;
-use crate::schedulers::SchedulerConfig;
 use crate::text::{BertTokenizer, LdmBertConfig, LdmBertModel, LDM_MAX_LENGTH};
 use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
@@ -23,14 +24,11 @@ pub(crate) const PIPELINE_CLASS: &str = "LDMTextToImagePipeline";
 
 /// An `LDMTextToImagePipeline` loaded from a diffusers folder.
 pub struct LdmTextToImage {
-    info: ModelInfo,
+    base: ModelBase,
     tokenizer: BertTokenizer,
     bert: LdmBertModel,
     unet: UNet2DConditionModel,
     vae: AutoencoderKL,
-    scheduler_config: SchedulerConfig,
-    device: Device,
-    dtype: DType,
 }
 
 impl LdmTextToImage {
@@ -138,14 +136,16 @@ impl LdmTextToImage {
         };
         tracing::info!(model = %info.name, family = %info.family, "loaded pipeline");
         Ok(Self {
-            info,
+            base: ModelBase {
+                info,
+                scheduler_config,
+                device: device.clone(),
+                dtype,
+            },
             tokenizer,
             bert,
             unet,
             vae,
-            scheduler_config,
-            device: device.clone(),
-            dtype,
         })
     }
 
@@ -157,7 +157,7 @@ impl LdmTextToImage {
             .map(|p| {
                 Ok(Tensor::new(
                     self.tokenizer.encode(p)?.as_slice(),
-                    &self.device,
+                    &self.base.device,
                 )?)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -169,20 +169,8 @@ impl LdmTextToImage {
 }
 
 impl DiffusionModel for LdmTextToImage {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn scheduler_config(&self) -> &SchedulerConfig {
-        &self.scheduler_config
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn dtype(&self) -> DType {
-        self.dtype
+    fn base(&self) -> &ModelBase {
+        &self.base
     }
 
     fn count_tokens(&self, text: &str) -> Result<usize> {
@@ -199,17 +187,10 @@ impl DiffusionModel for LdmTextToImage {
         timesteps: &[f32],
         context: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let _span = tracing::debug_span!("unet", rows = timesteps.len()).entered();
-        let context = context.ok_or_else(|| {
-            Error::InvalidArgument("the LDM text-to-image UNet needs a text context".into())
-        })?;
-        let t = Tensor::new(timesteps, &self.device)?.to_dtype(self.dtype)?;
-        self.unet.forward(input, &t, context)
+        predict_with_text(&self.unet, &self.base, input, timesteps, context)
     }
 
     fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
-        let _span = tracing::debug_span!("vae_decode", n = latents.dim(0)?).entered();
-        let scaled = (latents / self.vae.config().scaling_factor)?;
-        to_rgb8(&self.vae.decode(&scaled)?)
+        decode_kl(&self.vae, latents)
     }
 }

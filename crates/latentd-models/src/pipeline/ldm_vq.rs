@@ -7,13 +7,13 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use super::image::{to_rgb8, RgbImage};
+use super::model::ModelBase;
 use super::model::{
     AutoencoderKind, ConditionInput, Conditioning, ConditioningKind, DiffusionModel, Family,
     GuidanceRule, InitialNoise, ModelInfo, SamplingRules,
 };
 use super::model_index::ModelIndex;
 use super::weights::WeightFiles;
-use crate::schedulers::SchedulerConfig;
 use crate::unet2d::{UNet2DConfig, UNet2DModel};
 use crate::vae::{VQModel, VQModelConfig};
 use crate::{Error, Result};
@@ -28,12 +28,9 @@ const IMAGE_CHANNELS: usize = 3;
 
 /// An `LDMPipeline` or `LDMSuperResolutionPipeline` loaded from a diffusers folder.
 pub struct VqLatentDiffusion {
-    info: ModelInfo,
+    base: ModelBase,
     unet: UNet2DModel,
     vqvae: VQModel,
-    scheduler_config: SchedulerConfig,
-    device: Device,
-    dtype: DType,
 }
 
 impl VqLatentDiffusion {
@@ -124,37 +121,27 @@ impl VqLatentDiffusion {
         };
         tracing::info!(model = %info.name, family = %info.family, "loaded pipeline");
         Ok(Self {
-            info,
+            base: ModelBase {
+                info,
+                scheduler_config,
+                device: device.clone(),
+                dtype,
+            },
             unet,
             vqvae,
-            scheduler_config,
-            device: device.clone(),
-            dtype,
         })
     }
 }
 
 impl DiffusionModel for VqLatentDiffusion {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn scheduler_config(&self) -> &SchedulerConfig {
-        &self.scheduler_config
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn dtype(&self) -> DType {
-        self.dtype
+    fn base(&self) -> &ModelBase {
+        &self.base
     }
 
     fn count_tokens(&self, _text: &str) -> Result<usize> {
         Err(Error::InvalidArgument(format!(
             "{} reads no text",
-            self.info.family
+            self.base.info.family
         )))
     }
 
@@ -162,13 +149,13 @@ impl DiffusionModel for VqLatentDiffusion {
     /// (`[1, 3, h, w]`, the latent size) for super-resolution.
     fn encode(&self, jobs: &[ConditionInput<'_>]) -> Result<Vec<Conditioning>> {
         jobs.iter()
-            .map(|job| match self.info.conditioning {
+            .map(|job| match self.base.info.conditioning {
                 ConditioningKind::Image => {
                     let image = job.image.ok_or_else(|| {
                         Error::InvalidArgument("super-resolution needs an input image".into())
                     })?;
                     Ok(Conditioning {
-                        concat: Some(image.to_tensor(&self.device, self.dtype)?),
+                        concat: Some(image.to_tensor(&self.base.device, self.base.dtype)?),
                         ..Conditioning::default()
                     })
                 }
@@ -189,7 +176,7 @@ impl DiffusionModel for VqLatentDiffusion {
                 "a UNet2DModel takes no text context".into(),
             ));
         }
-        let t = Tensor::new(timesteps, &self.device)?;
+        let t = Tensor::new(timesteps, &self.base.device)?;
         self.unet.forward(input, &t)
     }
 
@@ -198,7 +185,7 @@ impl DiffusionModel for VqLatentDiffusion {
     /// VQ decoder quantizes them.
     fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
         let _span = tracing::debug_span!("vq_decode", n = latents.dim(0)?).entered();
-        let latents = match self.info.family {
+        let latents = match self.base.info.family {
             Family::LdmSuperResolution => latents.clone(),
             _ => (latents / self.vqvae.config().scaling_factor)?,
         };

@@ -18,7 +18,7 @@ pub use ldm_text::LdmTextToImage;
 pub use ldm_vq::VqLatentDiffusion;
 pub use model::{
     AutoencoderKind, ConditionInput, Conditioning, ConditioningKind, DiffusionModel, Family,
-    GuidanceRule, InitialNoise, ModelInfo, SamplingRules,
+    GuidanceRule, InitialNoise, ModelBase, ModelInfo, SamplingRules,
 };
 pub use model_index::ModelIndex;
 pub use params::GenerationParams;

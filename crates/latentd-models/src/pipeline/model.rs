@@ -256,22 +256,46 @@ pub struct Conditioning {
     pub concat: Option<Tensor>,
 }
 
+/// What every loaded model holds for the engine besides its networks.
+#[derive(Debug, Clone)]
+pub struct ModelBase {
+    /// What the model is and accepts.
+    pub info: ModelInfo,
+    /// The folder's scheduler configuration, shared by every scheduler kind.
+    pub scheduler_config: SchedulerConfig,
+    /// The device the model runs on.
+    pub device: Device,
+    /// The dtype the denoiser computes in.
+    pub dtype: DType,
+}
+
 /// A loaded latent diffusion model, as the engine drives it.
 ///
 /// Every operation is batchable over jobs: conditioning of several jobs is encoded in
 /// one call, and one denoiser call takes rows of many jobs at different timesteps.
 pub trait DiffusionModel: Send + Sync {
+    /// The model's description, scheduler configuration, device and dtype.
+    fn base(&self) -> &ModelBase;
+
     /// What the model is and accepts.
-    fn info(&self) -> &ModelInfo;
+    fn info(&self) -> &ModelInfo {
+        &self.base().info
+    }
 
     /// The folder's scheduler configuration, shared by every scheduler kind.
-    fn scheduler_config(&self) -> &SchedulerConfig;
+    fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.base().scheduler_config
+    }
 
     /// The device the model runs on.
-    fn device(&self) -> &Device;
+    fn device(&self) -> &Device {
+        &self.base().device
+    }
 
     /// The dtype the denoiser computes in.
-    fn dtype(&self) -> DType;
+    fn dtype(&self) -> DType {
+        self.base().dtype
+    }
 
     /// Content tokens of a prompt (without begin/end markers), for validation.
     /// Models that read no text answer with an error.

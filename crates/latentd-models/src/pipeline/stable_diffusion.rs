@@ -6,13 +6,13 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use super::image::{to_rgb8, RgbImage};
+use super::model::ModelBase;
 use super::model::{
     encode_text_jobs, AutoencoderKind, ConditionInput, Conditioning, ConditioningKind,
     DiffusionModel, Family, GuidanceRule, InitialNoise, ModelInfo, SamplingRules,
 };
 use super::model_index::ModelIndex;
 use super::weights::WeightFiles;
-use crate::schedulers::SchedulerConfig;
 use crate::text::{ClipTextConfig, ClipTextModel, ClipTokenizer, HiddenAct};
 use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
@@ -23,14 +23,11 @@ pub(crate) const PIPELINE_CLASS: &str = "StableDiffusionPipeline";
 
 /// A Stable Diffusion 1.x/2.x pipeline loaded from a diffusers folder.
 pub struct StableDiffusion {
-    info: ModelInfo,
+    base: ModelBase,
     tokenizer: ClipTokenizer,
     text_encoder: ClipTextModel,
     unet: UNet2DConditionModel,
     vae: AutoencoderKL,
-    scheduler_config: SchedulerConfig,
-    device: Device,
-    dtype: DType,
 }
 
 impl StableDiffusion {
@@ -138,14 +135,16 @@ impl StableDiffusion {
         };
         tracing::info!(model = %info.name, family = %info.family, "loaded pipeline");
         Ok(Self {
-            info,
+            base: ModelBase {
+                info,
+                scheduler_config,
+                device: device.clone(),
+                dtype,
+            },
             tokenizer,
             text_encoder,
             unet,
             vae,
-            scheduler_config,
-            device: device.clone(),
-            dtype,
         })
     }
 
@@ -160,7 +159,7 @@ impl StableDiffusion {
         let mut ids = Vec::with_capacity(prompts.len());
         for prompt in prompts {
             let row = self.tokenizer.encode(prompt)?;
-            ids.push(Tensor::new(row.as_slice(), &self.device)?);
+            ids.push(Tensor::new(row.as_slice(), &self.base.device)?);
         }
         if ids.is_empty() {
             return Err(Error::InvalidArgument("no prompts to encode".into()));
@@ -178,20 +177,8 @@ impl StableDiffusion {
 }
 
 impl DiffusionModel for StableDiffusion {
-    fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    fn scheduler_config(&self) -> &SchedulerConfig {
-        &self.scheduler_config
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn dtype(&self) -> DType {
-        self.dtype
+    fn base(&self) -> &ModelBase {
+        &self.base
     }
 
     fn count_tokens(&self, text: &str) -> Result<usize> {
@@ -208,18 +195,35 @@ impl DiffusionModel for StableDiffusion {
         timesteps: &[f32],
         context: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let _span = tracing::debug_span!("unet", rows = timesteps.len()).entered();
-        let context = context.ok_or_else(|| {
-            Error::InvalidArgument("Stable Diffusion's UNet needs a text context".into())
-        })?;
-        let t = Tensor::new(timesteps, &self.device)?.to_dtype(self.dtype)?;
-        self.unet.forward(input, &t, context)
+        predict_with_text(&self.unet, &self.base, input, timesteps, context)
     }
 
     fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
-        let _span = tracing::debug_span!("vae_decode", n = latents.dim(0)?).entered();
-        let scaled = (latents / self.vae.config().scaling_factor)?;
-        let images = self.vae.decode(&scaled)?;
-        to_rgb8(&images)
+        decode_kl(&self.vae, latents)
     }
+}
+
+/// One `UNet2DConditionModel` call over rows with their own timesteps and text context
+/// (Stable Diffusion and the LDM text-to-image model).
+pub(crate) fn predict_with_text(
+    unet: &UNet2DConditionModel,
+    base: &ModelBase,
+    input: &Tensor,
+    timesteps: &[f32],
+    context: Option<&Tensor>,
+) -> Result<Tensor> {
+    let _span = tracing::debug_span!("unet", rows = timesteps.len()).entered();
+    let context = context.ok_or_else(|| {
+        Error::InvalidArgument(format!("{}'s UNet needs a text context", base.info.family))
+    })?;
+    let t = Tensor::new(timesteps, &base.device)?.to_dtype(base.dtype)?;
+    unet.forward(input, &t, context)
+}
+
+/// Decodes final latents with a KL autoencoder: divided by its `scaling_factor`, then
+/// decoded and converted to 8-bit images.
+pub(crate) fn decode_kl(vae: &AutoencoderKL, latents: &Tensor) -> Result<Vec<RgbImage>> {
+    let _span = tracing::debug_span!("vae_decode", n = latents.dim(0)?).entered();
+    let scaled = (latents / vae.config().scaling_factor)?;
+    to_rgb8(&vae.decode(&scaled)?)
 }

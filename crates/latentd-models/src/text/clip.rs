@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
 
 use super::config::{ClipTextConfig, HiddenAct};
+use super::token_ids::check_token_ids;
 use crate::nn::ops::{layer_norm, LayerNorm};
 use crate::{Error, Result};
 
@@ -89,38 +90,12 @@ impl ClipTextModel {
 
     /// Checks shape, dtype and ranges; returns the sequence length.
     fn check_input(&self, input_ids: &Tensor) -> Result<usize> {
-        let (batch, seq_len) = input_ids.dims2().map_err(|_| {
-            Error::InvalidArgument(format!(
-                "input_ids must be [B, T], got {:?}",
-                input_ids.dims()
-            ))
-        })?;
-        if input_ids.dtype() != DType::U32 {
-            return Err(Error::InvalidArgument(format!(
-                "input_ids must be U32, got {:?}",
-                input_ids.dtype()
-            )));
-        }
-        if batch == 0 || seq_len == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "input_ids is empty: {:?}",
-                input_ids.dims()
-            )));
-        }
-        let max_positions = self.max_position_embeddings();
-        if seq_len > max_positions {
-            return Err(Error::InvalidArgument(format!(
-                "{seq_len} tokens exceed the text encoder's {max_positions} positions"
-            )));
-        }
-        let max_id = input_ids.max_all()?.to_scalar::<u32>()?;
-        if max_id as usize >= self.vocab_size {
-            return Err(Error::InvalidArgument(format!(
-                "token id {max_id} is outside the vocabulary of {} tokens",
-                self.vocab_size
-            )));
-        }
-        Ok(seq_len)
+        check_token_ids(
+            input_ids,
+            self.max_position_embeddings(),
+            self.vocab_size,
+            "the text encoder",
+        )
     }
 }
 

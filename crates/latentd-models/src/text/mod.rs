@@ -8,6 +8,7 @@ pub mod config;
 pub mod ldm_bert;
 pub mod ldm_bert_config;
 mod normalize;
+mod token_ids;
 pub mod tokenizer;
 mod tokenizer_files;
 
