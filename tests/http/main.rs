@@ -11,3 +11,4 @@ mod jobs;
 mod lifecycle;
 mod load;
 mod openai;
+mod surprises;

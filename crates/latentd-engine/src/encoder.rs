@@ -63,5 +63,6 @@ pub(crate) fn publish(task: EncodeTask) {
     job.push(Event::Done {
         queue_ms,
         inference_ms,
+        seed: request.params.seed,
     });
 }

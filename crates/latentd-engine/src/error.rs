@@ -16,6 +16,10 @@ pub enum Code {
     Unauthorized,
     /// No such route.
     NotFound,
+    /// The route does not take this method.
+    MethodNotAllowed,
+    /// None of the accepted response types can be served.
+    NotAcceptable,
     /// No served model has the requested id.
     ModelNotFound,
     /// No such job (or it expired, or was deleted).
@@ -38,12 +42,14 @@ pub enum Code {
 
 impl Code {
     /// Every code, for documentation and tests.
-    pub const ALL: [Code; 14] = [
+    pub const ALL: [Code; 16] = [
         Code::InvalidRequest,
         Code::MalformedJson,
         Code::BodyTooLarge,
         Code::Unauthorized,
         Code::NotFound,
+        Code::MethodNotAllowed,
+        Code::NotAcceptable,
         Code::ModelNotFound,
         Code::JobNotFound,
         Code::ImageNotFound,
@@ -63,6 +69,8 @@ impl Code {
             Code::BodyTooLarge => "body_too_large",
             Code::Unauthorized => "unauthorized",
             Code::NotFound => "not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
+            Code::NotAcceptable => "not_acceptable",
             Code::ModelNotFound => "model_not_found",
             Code::JobNotFound => "job_not_found",
             Code::ImageNotFound => "image_not_found",
@@ -97,6 +105,12 @@ pub enum ValidationError {
     /// The prompt has more tokens than the text encoder reads.
     #[error("prompt is {tokens} tokens long; the model reads at most {max}")]
     PromptTooLong { tokens: usize, max: usize },
+    /// The prompt is larger than is tokenized at all.
+    #[error("prompt is {bytes} bytes long; at most {max} bytes are read")]
+    PromptTooManyBytes { bytes: usize, max: usize },
+    /// `eta` was set for a scheduler that does not use it.
+    #[error("eta applies to the ddim scheduler only, not to {scheduler}")]
+    EtaNotUsed { scheduler: String },
     /// Width or height is not a positive multiple of the model's size step.
     #[error("{field} must be a positive multiple of {multiple}, got {value}")]
     SizeNotMultiple {

@@ -53,7 +53,11 @@ pub enum Event {
     /// Image `index` is ready as PNG.
     Image { index: usize, seed: u64, png: Bytes },
     /// Every image is ready.
-    Done { queue_ms: u64, inference_ms: u64 },
+    Done {
+        queue_ms: u64,
+        inference_ms: u64,
+        seed: u64,
+    },
     /// The job failed or was cancelled; nothing follows.
     Error { code: Code, message: String },
 }
@@ -428,6 +432,7 @@ mod tests {
             j2.push(Event::Done {
                 queue_ms: 1,
                 inference_ms: 2,
+                seed: 0,
             });
             j2.push(Event::Started); // ignored after the terminal event
         });

@@ -74,25 +74,19 @@ pub fn validate(
             return Err(ValidationError::EmptyPrompt);
         }
         for text in std::iter::once(prompt).chain(req.negative_prompt.as_deref()) {
-            let tokens = if text.len() > MAX_PROMPT_BYTES {
-                None
-            } else {
-                count_tokens(text)
-            };
-            match tokens {
-                Some(t) if t <= max_tokens => {}
-                Some(t) => {
-                    return Err(ValidationError::PromptTooLong {
-                        tokens: t,
-                        max: max_tokens,
-                    })
-                }
-                None => {
-                    return Err(ValidationError::PromptTooLong {
-                        tokens: text.len(),
-                        max: max_tokens,
-                    })
-                }
+            if text.len() > MAX_PROMPT_BYTES {
+                return Err(ValidationError::PromptTooManyBytes {
+                    bytes: text.len(),
+                    max: MAX_PROMPT_BYTES,
+                });
+            }
+            let tokens = count_tokens(text)
+                .ok_or_else(|| ValidationError::Other("the prompt cannot be tokenized".into()))?;
+            if tokens > max_tokens {
+                return Err(ValidationError::PromptTooLong {
+                    tokens,
+                    max: max_tokens,
+                });
             }
         }
     }
@@ -156,6 +150,11 @@ pub fn validate(
         image: req.image.clone(),
         step_noise_seed: None,
     };
+    if eta != 0.0 && scheduler != SchedulerKind::Ddim {
+        return Err(ValidationError::EtaNotUsed {
+            scheduler: scheduler.to_string(),
+        });
+    }
     Ok(ValidRequest {
         model: model.name.clone(),
         model_index,
@@ -458,6 +457,21 @@ mod tests {
                     ..req()
                 },
                 |e| matches!(e, ValidationError::UnknownScheduler { .. }),
+            ),
+            (
+                GenerateRequest {
+                    prompt: Some("w".repeat(MAX_PROMPT_BYTES + 1)),
+                    ..req()
+                },
+                |e| matches!(e, ValidationError::PromptTooManyBytes { .. }),
+            ),
+            (
+                GenerateRequest {
+                    eta: Some(0.5),
+                    scheduler: Some("euler".into()),
+                    ..req()
+                },
+                |e| matches!(e, ValidationError::EtaNotUsed { .. }),
             ),
             (
                 GenerateRequest {

@@ -2,9 +2,18 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A fresh seed from the clock and the process id, mixed with SplitMix64 so that
-/// seeds picked close together differ in every bit.
+/// Seeds latentd picks stay below this (2^53), so that they survive JSON parsers that
+/// read numbers as doubles (JavaScript); clients may send any u64.
+pub const MAX_PICKED_SEED: u64 = 1 << 53;
+
+/// A fresh seed below [`MAX_PICKED_SEED`] from the clock and the process id, mixed with
+/// SplitMix64 so that seeds picked close together differ in every bit.
 pub fn random_seed() -> u64 {
+    random_bits() % MAX_PICKED_SEED
+}
+
+/// 64 mixed bits from the clock, the process id and a counter.
+fn random_bits() -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -19,7 +28,7 @@ pub fn random_job_id() -> String {
     let mut bytes = [0u8; 16];
     if getrandom::fill(&mut bytes).is_err() {
         // No OS randomness (never seen on supported platforms): still unique.
-        let (a, b) = (random_seed(), random_seed());
+        let (a, b) = (random_bits(), random_bits());
         bytes[..8].copy_from_slice(&a.to_le_bytes());
         bytes[8..].copy_from_slice(&b.to_le_bytes());
     }
@@ -43,6 +52,7 @@ mod tests {
         let a = super::random_seed();
         let b = super::random_seed();
         assert_ne!(a, b);
+        assert!((0..1000).all(|_| super::random_seed() < super::MAX_PICKED_SEED));
     }
 
     #[test]

@@ -154,6 +154,7 @@ mod tests {
         j.push(Event::Done {
             queue_ms: 0,
             inference_ms: 0,
+            seed: 0,
         });
     }
 

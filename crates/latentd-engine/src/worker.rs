@@ -338,6 +338,8 @@ impl Worker {
                     let (rows, group) = job_shape(&job);
                     job.set_total(denoiser.total_steps());
                     job.push(Event::Started);
+                    metrics::histogram!("latentd_queue_wait_seconds")
+                        .record(job.queue_time().as_secs_f64());
                     job.span().in_scope(|| {
                         tracing::info!(
                             worker = self.index,

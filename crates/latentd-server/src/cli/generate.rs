@@ -44,7 +44,7 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale (default 7.5 for models that take guidance).
     /// Stable Diffusion runs unguided at <= 1; the LDM text-to-image model, as
     /// diffusers runs it, only at exactly 1.
-    #[arg(long)]
+    #[arg(long, visible_alias = "guidance-scale")]
     pub guidance: Option<f64>,
     /// Scheduler: ddim, pndm, euler, euler-a, dpmpp-2m, dpmpp-2m-karras
     /// (default: the one the model folder ships with).

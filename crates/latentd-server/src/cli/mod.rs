@@ -10,9 +10,11 @@ pub use generate::GenerateArgs;
 pub use serve::ServeArgs;
 pub use train::TrainDemoArgs;
 
-/// latentd: an inference server for latent diffusion models.
+/// latentd: an HTTP inference server for latent diffusion models (Stable Diffusion 1.x/2.x
+/// and the CompVis LDMs) with step-level batching; it also generates images from the
+/// command line and trains its small built-in model.
 #[derive(Debug, Parser)]
-#[command(name = "latentd", version, about)]
+#[command(name = "latentd", version, about, long_about = None)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

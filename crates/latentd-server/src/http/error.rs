@@ -34,6 +34,8 @@ pub fn status(code: Code) -> StatusCode {
         Code::NotFound | Code::ModelNotFound | Code::JobNotFound | Code::ImageNotFound => {
             StatusCode::NOT_FOUND
         }
+        Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Code::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
         Code::Cancelled => StatusCode::CONFLICT,
         Code::QueueFull => StatusCode::TOO_MANY_REQUESTS,
         Code::ShuttingDown | Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -62,6 +64,12 @@ pub enum ApiError {
     /// The route does not exist.
     #[error("no route for {0}")]
     NoRoute(String),
+    /// The route exists but not with this method.
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    /// The `Accept` header asks only for types this route cannot produce.
+    #[error("cannot answer with {0}; this route gives {1}")]
+    NotAcceptable(String, &'static str),
     /// The model is not loaded yet or the server is shutting down.
     #[error("{0}")]
     Unavailable(String),
@@ -77,6 +85,8 @@ impl ApiError {
             ApiError::BodyTooLarge(_) => Code::BodyTooLarge,
             ApiError::Unauthorized => Code::Unauthorized,
             ApiError::NoRoute(_) => Code::NotFound,
+            ApiError::MethodNotAllowed { .. } => Code::MethodNotAllowed,
+            ApiError::NotAcceptable(..) => Code::NotAcceptable,
             ApiError::Unavailable(_) => Code::Unavailable,
         }
     }

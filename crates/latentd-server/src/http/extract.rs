@@ -30,7 +30,37 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    serde_json::from_value(value).map_err(|e| ApiError::InvalidField(e.to_string()))
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path.is_empty() || path == "." {
+            ApiError::InvalidField(inner)
+        } else {
+            ApiError::InvalidField(format!("`{path}`: {inner}"))
+        }
+    })
+}
+
+/// `Path<T>` with our error mapping: a path parameter of the wrong type is a 422 in
+/// the API's error shape, naming the parameter.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| ApiPath(value))
+            .map_err(|rejection| ApiError::InvalidField(format!("path: {}", rejection.body_text())))
+    }
 }
 
 #[cfg(test)]
@@ -64,6 +94,10 @@ mod tests {
             parse::<GenerateBody>(b"{\"prompt\":\"x\",\"width\":-8}"),
             Err(ApiError::InvalidField(_))
         ));
+        let err = parse::<GenerateBody>(b"{\"prompt\":\"x\",\"seed\":-1}")
+            .err()
+            .unwrap();
+        assert!(err.to_string().starts_with("`seed`:"), "{err}");
         let err = parse::<GenerateBody>(b"{\"prompt\":\"x\",\"guidance\":3}")
             .err()
             .unwrap();

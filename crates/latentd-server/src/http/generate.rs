@@ -25,18 +25,33 @@ pub enum Format {
     Sse,
 }
 
-/// Picks the response format from the `Accept` header.
-pub fn negotiate(headers: &HeaderMap) -> Format {
+/// Picks the response format from the `Accept` header; a header that accepts none of
+/// JSON, PNG and event streams is a 406.
+pub fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if accept.contains("text/event-stream") {
-        Format::Sse
-    } else if accept.contains("image/png") && !accept.contains("application/json") {
-        Format::Png
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let types: Vec<&str> = accept
+        .split(',')
+        .map(|range| range.split(';').next().unwrap_or("").trim())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let has = |wanted: &[&str]| types.iter().any(|t| wanted.contains(t));
+    if types.is_empty() {
+        Ok(Format::Json)
+    } else if has(&["text/event-stream"]) {
+        Ok(Format::Sse)
+    } else if has(&["image/png", "image/*"]) && !has(&["application/json"]) {
+        Ok(Format::Png)
+    } else if has(&["application/json", "application/*", "*/*"]) {
+        Ok(Format::Json)
     } else {
-        Format::Json
+        Err(ApiError::NotAcceptable(
+            accept.clone(),
+            "application/json, image/png or text/event-stream",
+        ))
     }
 }
 
@@ -60,6 +75,7 @@ pub fn negotiate(headers: &HeaderMap) -> Format {
         (status = 200, description = "Event stream (Accept: text/event-stream)", content_type = "text/event-stream"),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 406, description = "Accept names no type this route gives", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Invalid field", body = ErrorBody),
         (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
@@ -71,7 +87,7 @@ pub async fn generate(
     headers: HeaderMap,
     ApiJson(body): ApiJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let format = negotiate(&headers);
+    let format = negotiate(&headers)?;
     if format == Format::Png && body.n.unwrap_or(1) > 1 {
         return Err(ApiError::InvalidField(
             "Accept: image/png returns a single image; use application/json or text/event-stream for n > 1".into(),
@@ -176,13 +192,22 @@ mod tests {
 
     #[test]
     fn accept_header_picks_the_format() {
-        assert_eq!(negotiate(&HeaderMap::new()), Format::Json);
-        assert_eq!(negotiate(&accept("*/*")), Format::Json);
-        assert_eq!(negotiate(&accept("image/png")), Format::Png);
-        assert_eq!(negotiate(&accept("text/event-stream")), Format::Sse);
+        let pick = |h: &HeaderMap| negotiate(h).ok();
+        assert_eq!(pick(&HeaderMap::new()), Some(Format::Json));
+        assert_eq!(pick(&accept("*/*")), Some(Format::Json));
+        assert_eq!(pick(&accept("image/png")), Some(Format::Png));
+        assert_eq!(pick(&accept("text/event-stream")), Some(Format::Sse));
         assert_eq!(
-            negotiate(&accept("application/json, image/png")),
-            Format::Json
+            pick(&accept("application/json, image/png")),
+            Some(Format::Json)
         );
+        assert_eq!(
+            pick(&accept("image/png;q=0.9, */*;q=0.1")),
+            Some(Format::Png)
+        );
+        assert!(matches!(
+            negotiate(&accept("image/jpeg")),
+            Err(ApiError::NotAcceptable(..))
+        ));
     }
 }

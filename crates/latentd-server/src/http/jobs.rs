@@ -1,13 +1,13 @@
 //! Asynchronous jobs: create, poll, stream events, fetch images, cancel.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use latentd_engine::EngineError;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath};
 use super::types::{GenerateBody, JobCreated, JobStatus};
 use super::AppState;
 
@@ -59,7 +59,7 @@ pub async fn create(
 )]
 pub async fn status(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
     let job = state.engine.job(&id)?;
     Ok(Json(JobStatus::new(
@@ -85,7 +85,7 @@ pub async fn status(
 )]
 pub async fn events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let job = state.engine.job(&id)?;
@@ -114,7 +114,7 @@ pub async fn events(
 )]
 pub async fn image(
     State(state): State<AppState>,
-    Path((id, index)): Path<(String, usize)>,
+    ApiPath((id, index)): ApiPath<(String, usize)>,
 ) -> Result<Response, ApiError> {
     let job = state.engine.job(&id)?;
     let png = job
@@ -137,7 +137,7 @@ pub async fn image(
 )]
 pub async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
     let snapshot = state.engine.cancel(&id)?;
     Ok(Json(JobStatus::new(snapshot, None)))
@@ -156,7 +156,7 @@ pub async fn cancel(
 )]
 pub async fn delete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
     let snapshot = state.engine.remove(&id)?;
     Ok(Json(JobStatus::new(snapshot, None)))

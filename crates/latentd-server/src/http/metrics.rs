@@ -35,6 +35,7 @@ pub fn prometheus() -> PrometheusHandle {
                             "a metrics recorder was already installed; /metrics will be empty"
                         );
                     }
+                    describe();
                     handle
                 }
                 Err(e) => {
@@ -44,6 +45,64 @@ pub fn prometheus() -> PrometheusHandle {
             }
         })
         .clone()
+}
+
+/// The `# HELP` text of every metric latentd records.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "latentd_http_requests_total",
+        "HTTP requests answered, by route and status"
+    );
+    describe_histogram!(
+        "latentd_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to the response headers, by route (event streams: until the headers)"
+    );
+    describe_counter!(
+        "latentd_jobs_total",
+        "Jobs ended, by outcome (succeeded, failed, cancelled)"
+    );
+    describe_counter!("latentd_images_generated_total", "Images generated");
+    describe_counter!(
+        "latentd_rejected_total",
+        "Requests refused before queueing, by reason"
+    );
+    describe_counter!(
+        "latentd_worker_restarts_total",
+        "Workers restarted after a panic"
+    );
+    describe_counter!(
+        "latentd_encoder_panics_total",
+        "PNG encodings that panicked"
+    );
+    describe_gauge!("latentd_queue_depth", "Jobs waiting to start");
+    describe_gauge!(
+        "latentd_active_rows",
+        "Denoiser rows in flight over all workers"
+    );
+    describe_gauge!("latentd_build_info", "Always 1, labelled with the version");
+    describe_gauge!(
+        "latentd_model_info",
+        "Always 1 for each served model, with its family"
+    );
+    describe_histogram!("latentd_batch_rows", "Rows per denoiser call");
+    describe_histogram!(
+        "latentd_step_seconds",
+        Unit::Seconds,
+        "Time of one denoiser call"
+    );
+    describe_histogram!(
+        "latentd_queue_wait_seconds",
+        Unit::Seconds,
+        "Time jobs waited in the queue before a worker took them"
+    );
+    describe_histogram!(
+        "latentd_job_seconds",
+        Unit::Seconds,
+        "Time from submission to the last image"
+    );
+    metrics::gauge!("latentd_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 /// Prometheus text format.

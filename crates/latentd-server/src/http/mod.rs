@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod models;
 pub mod openai;
 pub mod openapi;
+pub mod seed;
 pub mod sse;
 pub mod types;
 
@@ -51,9 +52,18 @@ pub struct AppState {
 impl AppState {
     /// State for an engine with the given limits.
     pub fn new(engine: Engine, api_key: Option<String>, max_body_bytes: usize) -> Self {
+        let metrics = metrics::prometheus();
+        for info in engine.models() {
+            ::metrics::gauge!(
+                "latentd_model_info",
+                "model" => info.name.clone(),
+                "family" => info.family.name()
+            )
+            .set(1.0);
+        }
         Self {
             engine,
-            metrics: metrics::prometheus(),
+            metrics,
             api_key: api_key.filter(|k| !k.is_empty()).map(Arc::from),
             max_body_bytes,
             started_unix: SystemTime::now()
@@ -108,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/images/{index}", get(jobs::image))
         .route("/v1/images/generations", post(openai::generations))
         .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::retrieve))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,
@@ -122,11 +133,18 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(open)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
-        .layer(TraceLayer::new_for_http())
+        // 5xx answers are logged where they arise (ApiError); a saturated /ready is not
+        // an error.
+        .layer(
+            TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ),
+        )
 }
 
 /// A small page to try the API from a browser: prompt, live progress, result.
@@ -136,6 +154,13 @@ async fn playground() -> axum::response::Html<&'static str> {
 
 async fn not_found(uri: Uri) -> ApiError {
     ApiError::NoRoute(uri.path().to_string())
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
 }
 
 /// A server running on a tokio task.

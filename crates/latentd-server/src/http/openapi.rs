@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
         super::jobs::delete,
         super::openai::generations,
         super::models::list,
+        super::models::retrieve,
         super::health::health,
         super::health::ready,
         super::metrics::render,

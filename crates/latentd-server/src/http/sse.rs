@@ -32,8 +32,9 @@ pub fn to_sse(id: usize, event: &Event) -> SseEvent {
         Event::Done {
             queue_ms,
             inference_ms,
+            seed,
         } => {
-            json!({ "queue_ms": queue_ms, "inference_ms": inference_ms })
+            json!({ "queue_ms": queue_ms, "inference_ms": inference_ms, "seed": seed })
         }
         Event::Error { code, message } => json!({ "code": code, "message": message }),
     };

@@ -31,7 +31,10 @@ pub struct GenerateBody {
     pub guidance_scale: Option<f64>,
     /// One of ddim, pndm, euler, euler-a, dpmpp-2m, dpmpp-2m-karras (default: the model's).
     pub scheduler: Option<String>,
-    /// Seed; the same seed and parameters give the same images (default: random, returned).
+    /// Seed; the same seed and parameters give the same images (default: random below
+    /// 2^53, returned). Any u64, as a number or a decimal string.
+    #[serde(default, deserialize_with = "super::seed::deserialize")]
+    #[schema(schema_with = super::seed::schema)]
     pub seed: Option<u64>,
     /// Number of images (default 1).
     pub n: Option<u32>,
@@ -278,7 +281,9 @@ pub struct OpenAiImageRequest {
     pub guidance_scale: Option<f64>,
     /// Extension: scheduler name.
     pub scheduler: Option<String>,
-    /// Extension: seed.
+    /// Extension: seed (a number or a decimal string).
+    #[serde(default, deserialize_with = "super::seed::deserialize")]
+    #[schema(schema_with = super::seed::schema)]
     pub seed: Option<u64>,
 }
 
