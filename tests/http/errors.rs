@@ -20,7 +20,7 @@ async fn expect(r: reqwest::Response, status: u16, code: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_invalid_field_is_422() {
     let mut opts = Options::default();
-    opts.config.max_width = 64;
+    opts.config.max_width = Some(64);
     opts.config.max_steps = 1000;
     let s = TestServer::start(opts).await;
     let long_prompt = "word ".repeat(100);

@@ -100,6 +100,22 @@ async fn models_retrieve_done_carries_the_seed_and_metrics_explain_themselves() 
     let card: Value = s.get("/v1/models/sd1-tiny").await.json().await.unwrap();
     assert_eq!(card["id"], "sd1-tiny");
     assert_eq!(card["family"], "stable-diffusion-1");
+    // Limits follow the model: twice its native 32 x 32.
+    assert_eq!(
+        (card["max_width"].clone(), card["max_height"].clone()),
+        (json!(64), json!(64))
+    );
+    let message = error(
+        s.post(
+            "/v1/generate",
+            json!({"prompt": "x", "width": 1024, "height": 1024}),
+        )
+        .await,
+        422,
+        "invalid_request",
+    )
+    .await;
+    assert!(message.contains("maximum of 64"), "{message}");
     let message = error(s.get("/v1/models/dall-e-3").await, 404, "model_not_found").await;
     assert!(message.contains("sd1-tiny"), "{message}");
 

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use latentd_models::pipeline::ModelInfo;
+
 /// Engine limits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
@@ -9,10 +11,10 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Most UNet rows in flight at once (a guided job of n images takes 2n rows).
     pub max_batch_rows: usize,
-    /// Largest width accepted, in pixels.
-    pub max_width: usize,
-    /// Largest height accepted, in pixels.
-    pub max_height: usize,
+    /// Largest width accepted, in pixels (`None`: twice each model's native width).
+    pub max_width: Option<usize>,
+    /// Largest height accepted, in pixels (`None`: twice each model's native height).
+    pub max_height: Option<usize>,
     /// Most denoising steps accepted.
     pub max_steps: usize,
     /// Most images per job.
@@ -34,13 +36,25 @@ pub struct EngineConfig {
     pub wedged_after: Duration,
 }
 
+impl EngineConfig {
+    /// The largest width and height accepted for a model: the configured ones, else
+    /// twice the model's native size (larger images from a model trained at one size
+    /// are mostly noise, and cost quadratically more).
+    pub fn max_size(&self, model: &ModelInfo) -> (usize, usize) {
+        (
+            self.max_width.unwrap_or(2 * model.native_width),
+            self.max_height.unwrap_or(2 * model.native_height),
+        )
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             max_queue: 64,
             max_batch_rows: 8,
-            max_width: 1024,
-            max_height: 1024,
+            max_width: None,
+            max_height: None,
             max_steps: 150,
             max_n: 8,
             max_guidance: 50.0,

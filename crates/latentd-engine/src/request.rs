@@ -228,10 +228,8 @@ fn output_size(
         ),
     };
     let multiple = model.size_multiple;
-    for (field, value, max) in [
-        ("width", width, config.max_width),
-        ("height", height, config.max_height),
-    ] {
+    let (max_width, max_height) = config.max_size(model);
+    for (field, value, max) in [("width", width, max_width), ("height", height, max_height)] {
         if value == 0 || !value.is_multiple_of(multiple) {
             return Err(if req.image.is_some() {
                 let f = model.vae_scale_factor.max(1);
@@ -354,7 +352,7 @@ mod tests {
     #[test]
     fn each_rule_has_its_own_error() {
         let cfg = EngineConfig {
-            max_width: 64,
+            max_width: Some(64),
             ..EngineConfig::default()
         };
         type Check = fn(&ValidationError) -> bool;

@@ -67,8 +67,8 @@ pub struct GenerateArgs {
 /// The limits of a local generation: what the flags allow, with sizes up to 4096.
 fn cli_limits() -> EngineConfig {
     EngineConfig {
-        max_width: 4096,
-        max_height: 4096,
+        max_width: Some(4096),
+        max_height: Some(4096),
         max_steps: 1000,
         max_n: 64,
         ..EngineConfig::default()

@@ -55,12 +55,13 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "LATENTD_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Largest width in pixels.
-    #[arg(long, env = "LATENTD_MAX_WIDTH", default_value_t = 1024)]
-    pub max_width: usize,
-    /// Largest height in pixels.
-    #[arg(long, env = "LATENTD_MAX_HEIGHT", default_value_t = 1024)]
-    pub max_height: usize,
+    /// Largest width in pixels, for every model (default: twice each model's native width).
+    #[arg(long, env = "LATENTD_MAX_WIDTH")]
+    pub max_width: Option<usize>,
+    /// Largest height in pixels, for every model (default: twice each model's native
+    /// height).
+    #[arg(long, env = "LATENTD_MAX_HEIGHT")]
+    pub max_height: Option<usize>,
     /// Most denoising steps per request.
     #[arg(long, env = "LATENTD_MAX_STEPS", default_value_t = 150)]
     pub max_steps: usize,

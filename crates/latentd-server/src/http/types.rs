@@ -230,9 +230,9 @@ pub struct ModelCard {
     pub native_height: usize,
     /// Width and height must be multiples of this.
     pub size_multiple: usize,
-    /// Largest width and height accepted.
+    /// Largest width accepted (`--max-width`, else twice the native width).
     pub max_width: usize,
-    /// Largest height accepted.
+    /// Largest height accepted (`--max-height`, else twice the native height).
     pub max_height: usize,
     /// Tokens of a prompt the model reads (absent for models without text).
     pub max_prompt_tokens: Option<usize>,
