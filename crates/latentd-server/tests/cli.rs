@@ -64,6 +64,10 @@ fn bad_sizes_and_schedulers_exit_with_2() {
         vec!["--height", "0"],
         vec!["--scheduler", "lms"],
         vec!["--steps", "0"],
+        // The server's limits hold here too.
+        vec!["--steps", "151"],
+        vec!["--n", "9"],
+        vec!["--width", "1024"],
         // 36 is a multiple of 4 but not of 8.
         vec!["--width", "36"],
     ] {

@@ -38,9 +38,9 @@ pub struct GenerateArgs {
     /// Height in pixels, a multiple of 8 (default: the model's native size).
     #[arg(long, value_parser = parse_size)]
     pub height: Option<usize>,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    pub steps: u16,
+    /// Denoising steps (1 to 150, as the server allows by default).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
     /// Classifier-free guidance scale (default 7.5 for models that take guidance).
     /// Stable Diffusion runs unguided at <= 1; the LDM text-to-image model, as
     /// diffusers runs it, only at exactly 1.
@@ -53,9 +53,9 @@ pub struct GenerateArgs {
     /// Seed (default: a random one, printed).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Number of images (FILE-0.png, FILE-1.png, ... when more than one).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub n: u16,
+    /// Number of images, 1 to 8 (FILE-0.png, FILE-1.png, ... when more than one).
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
     /// DDIM eta (0 = deterministic).
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
@@ -64,15 +64,10 @@ pub struct GenerateArgs {
     pub output: PathBuf,
 }
 
-/// The limits of a local generation: what the flags allow, with sizes up to 4096.
+/// The limits of a local generation: the server's defaults, so that what works here
+/// works there (sizes up to twice the model's native size, 150 steps, 8 images).
 fn cli_limits() -> EngineConfig {
-    EngineConfig {
-        max_width: Some(4096),
-        max_height: Some(4096),
-        max_steps: 1000,
-        max_n: 64,
-        ..EngineConfig::default()
-    }
+    EngineConfig::default()
 }
 
 /// Runs the command; returns the exit code.
@@ -112,11 +107,11 @@ pub fn run(args: GenerateArgs) -> i32 {
         negative_prompt: args.negative_prompt,
         width: args.width,
         height: args.height,
-        steps: Some(args.steps as usize),
+        steps: Some(args.steps),
         guidance_scale: args.guidance,
         scheduler: args.scheduler.map(|k| k.to_string()),
         seed: args.seed,
-        n: Some(args.n as usize),
+        n: Some(args.n),
         eta: Some(args.eta),
         image,
     };

@@ -81,6 +81,7 @@ pub async fn status(
     responses(
         (status = 200, description = "Event stream", content_type = "text/event-stream"),
         (status = 404, description = "Unknown or expired job", body = ErrorBody),
+        (status = 422, description = "Last-Event-ID is not an event id", body = ErrorBody),
     )
 )]
 pub async fn events(
@@ -89,12 +90,23 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let job = state.engine.job(&id)?;
-    let from = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .map(|last| last.saturating_add(1))
-        .unwrap_or(0);
+    let from = match headers.get("last-event-id") {
+        None => 0,
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|last| {
+                usize::try_from(last)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(1)
+            })
+            .ok_or_else(|| {
+                ApiError::InvalidField(
+                    "Last-Event-ID must be the decimal id of an event of this job".into(),
+                )
+            })?,
+    };
     Ok(super::sse::respond(job.subscribe(from), None))
 }
 

@@ -11,6 +11,7 @@ use super::error::ErrorDetail;
 /// Body of `POST /v1/generate` and `POST /v1/jobs`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"prompt": "a red circle above a blue square", "steps": 20, "seed": 42}))]
 pub struct GenerateBody {
     /// Model id (default: the first served model; see `GET /v1/models`).
     pub model: Option<String>,
