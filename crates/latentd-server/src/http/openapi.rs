@@ -25,7 +25,7 @@ use utoipa::{Modify, OpenApi};
         super::health::ready,
         super::metrics::render,
     ),
-    modifiers(&Security),
+    modifiers(&Security, &UnsignedFormats),
     tags(
         (name = "generate", description = "Synchronous and streaming generation"),
         (name = "jobs", description = "Asynchronous jobs"),
@@ -49,6 +49,36 @@ impl Modify for Security {
                 "api_key",
                 SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))),
             );
+        }
+    }
+}
+
+/// Writes unsigned integer formats as the usual `uint32` / `uint64` (utoipa spells
+/// them `u-int32` / `u-int64`, which schema tools do not know).
+struct UnsignedFormats;
+
+impl Modify for UnsignedFormats {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        fn fix(value: &mut serde_json::Value) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::String(format)) = map.get_mut("format") {
+                        if let Some(bits) = format.strip_prefix("u-int") {
+                            *format = format!("uint{bits}");
+                        }
+                    }
+                    map.values_mut().for_each(fix);
+                }
+                serde_json::Value::Array(items) => items.iter_mut().for_each(fix),
+                _ => {}
+            }
+        }
+        let Ok(mut value) = serde_json::to_value(&*openapi) else {
+            return;
+        };
+        fix(&mut value);
+        if let Ok(fixed) = serde_json::from_value(value) {
+            *openapi = fixed;
         }
     }
 }
