@@ -89,7 +89,7 @@ async fn one_request(client: reqwest::Client, base: String, i: usize, steps: usi
         "prompt": format!("soak {i}: a red circle above a blue square"),
         "steps": steps + i % 3,
         "seed": i,
-        "guidance_scale": if i % 5 == 0 { 1.0 } else { 7.5 },
+        "guidance_scale": if i.is_multiple_of(5) { 1.0 } else { 7.5 },
     });
     let job_of = |r: &reqwest::Response| {
         r.headers()
@@ -122,7 +122,7 @@ async fn one_request(client: reqwest::Client, base: String, i: usize, steps: usi
         },
         // Streams; every third client hangs up after the first progress event.
         4..=6 => {
-            let hang_up = i % 3 == 0;
+            let hang_up = i.is_multiple_of(3);
             let sent = client
                 .post(format!("{base}/v1/generate"))
                 .header("accept", "text/event-stream")
@@ -171,7 +171,7 @@ async fn one_request(client: reqwest::Client, base: String, i: usize, steps: usi
                 .await
                 .ok()
                 .and_then(|v| v["id"].as_str().map(str::to_string));
-            let cancel = i % 2 == 0;
+            let cancel = i.is_multiple_of(2);
             if let (true, Some(id)) = (cancel, &job) {
                 let _ = client
                     .post(format!("{base}/v1/jobs/{id}/cancel"))
