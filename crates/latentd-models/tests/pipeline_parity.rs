@@ -145,3 +145,38 @@ fn broken_folders_give_errors_that_name_the_file_and_key() {
     let msg = err(&dir);
     assert!(msg.contains("model_index.json"), "{msg}");
 }
+
+/// `LDMPipeline` scales by `init_noise_sigma` before `set_timesteps`: the training
+/// schedule's, also for configurations whose leading timesteps with `steps_offset`
+/// would not fit 1000 inference steps.
+#[test]
+fn untimed_init_noise_sigma_is_the_training_schedules() {
+    use latentd_models::schedulers::{untimed_init_noise_sigma, SchedulerConfig};
+    let text = std::fs::read_to_string(fixtures().join("refs/ldm-tiny.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let run = json["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["scheduler_overrides"]["timestep_spacing"] == "leading")
+        .expect("a leading-spacing run");
+    let path = fixtures().join("ldm-tiny/scheduler/scheduler_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["timestep_spacing"] = "leading".into();
+    config["steps_offset"] = 1.into();
+    let config: SchedulerConfig = serde_json::from_value(config).unwrap();
+    let sigma = untimed_init_noise_sigma(SchedulerKind::Euler, &config).unwrap();
+    let want = run["init_noise_sigma"].as_f64().unwrap();
+    assert!(
+        (sigma - want).abs() <= 1e-4 * want,
+        "{sigma} vs diffusers' {want}"
+    );
+    for kind in [
+        SchedulerKind::Ddim,
+        SchedulerKind::Pndm,
+        SchedulerKind::DpmPp2m,
+    ] {
+        assert_eq!(untimed_init_noise_sigma(kind, &config).unwrap(), 1.0);
+    }
+}

@@ -12,7 +12,7 @@ use candle_core::Tensor;
 use super::model::{Conditioning, DiffusionModel, InitialNoise, SamplingRules};
 use super::params::GenerationParams;
 use crate::rng::TorchRng;
-use crate::schedulers::{build_scheduler, Scheduler};
+use crate::schedulers::{build_scheduler, untimed_init_noise_sigma, Scheduler};
 use crate::{Error, Result};
 
 /// Inputs a job contributes to one model call.
@@ -65,11 +65,8 @@ impl Denoiser {
             InitialNoise::Unscaled => noise,
             InitialNoise::Scaled => (noise * scheduler.init_noise_sigma())?,
             InitialNoise::ScaledBeforeSetTimesteps => {
-                // A scheduler over every training timestep is the one before set_timesteps.
-                let config = model.scheduler_config();
-                let train_steps = config.num_train_timesteps.unwrap_or(1000);
-                let untimed = build_scheduler(params.scheduler, config, train_steps, params.eta)?;
-                (noise * untimed.init_noise_sigma())?
+                let sigma = untimed_init_noise_sigma(params.scheduler, model.scheduler_config())?;
+                (noise * sigma)?
             }
         };
 

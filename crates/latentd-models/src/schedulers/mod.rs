@@ -162,5 +162,25 @@ pub fn build_scheduler(
     })
 }
 
+/// `init_noise_sigma` of a scheduler of `kind` freshly configured from `config`, before
+/// `set_timesteps`: that of the whole training schedule (what `LDMPipeline` multiplies
+/// its initial noise by). It differs from the value after `set_timesteps` only for the
+/// Euler samplers with `leading` spacing; the others start from 1.
+pub fn untimed_init_noise_sigma(kind: SchedulerKind, config: &SchedulerConfig) -> Result<f64> {
+    match kind {
+        SchedulerKind::Euler | SchedulerKind::EulerAncestral => {
+            let alphas_cumprod =
+                common::train_alphas_cumprod(config, common::ZeroSnr::RescaleFloored)?;
+            let sigmas = common::train_sigmas(&alphas_cumprod);
+            let spacing = common::Spacing::from_config(config, common::Spacing::Linspace)?;
+            Ok(f64::from(euler::start_sigma(spacing, &sigmas)))
+        }
+        SchedulerKind::Ddim
+        | SchedulerKind::Pndm
+        | SchedulerKind::DpmPp2m
+        | SchedulerKind::DpmPp2mKarras => Ok(1.0),
+    }
+}
+
 #[cfg(test)]
 mod tests;
