@@ -3,6 +3,7 @@
 
 mod added_tokens;
 pub mod bert_tokenizer;
+mod bert_tokenizer_files;
 pub mod clip;
 pub mod config;
 pub mod ldm_bert;
