@@ -28,6 +28,11 @@ pub(crate) struct CoderConfig<'a> {
 }
 
 impl CoderConfig<'_> {
+    /// Total spatial downsampling of the encoder: `2^(levels - 1)`.
+    pub(crate) fn downsampling_factor(&self) -> usize {
+        1 << self.block_out_channels.len().saturating_sub(1)
+    }
+
     /// Checks that every value is supported; `unsupported(key, message)` builds
     /// the error of the model configuration the values come from.
     pub(crate) fn check(&self, unsupported: impl Fn(&str, String) -> Error) -> Result<()> {

@@ -94,7 +94,7 @@ impl AutoencoderKLConfig {
 
     /// Total spatial downsampling of the encoder: `2^(levels - 1)`.
     pub fn downsampling_factor(&self) -> usize {
-        1 << self.block_out_channels.len().saturating_sub(1)
+        self.coder().downsampling_factor()
     }
 
     fn unsupported(&self, key: &str, message: impl Into<String>) -> Error {

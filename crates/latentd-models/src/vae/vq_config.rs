@@ -93,7 +93,7 @@ impl VQModelConfig {
 
     /// Total spatial downsampling of the encoder: `2^(levels - 1)`.
     pub fn downsampling_factor(&self) -> usize {
-        1 << self.block_out_channels.len().saturating_sub(1)
+        self.coder().downsampling_factor()
     }
 
     /// Width of the codebook entries: `vq_embed_dim`, or `latent_channels` when unset.

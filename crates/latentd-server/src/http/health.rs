@@ -4,6 +4,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
+use latentd_engine::WorkerHealth;
+
 use super::types::HealthBody;
 use super::AppState;
 
@@ -16,19 +18,14 @@ use super::AppState;
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthBody>) {
     let workers = state.engine.worker_health();
     let stopping = state.engine.is_shutting_down();
-    if !stopping && workers.iter().any(|w| !w.alive) {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(body(&state, "worker_dead")),
-        )
+    let (code, status) = if !stopping && workers.iter().any(|w| !w.alive) {
+        (StatusCode::SERVICE_UNAVAILABLE, "worker_dead")
     } else if workers.iter().any(|w| w.wedged) {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(body(&state, "worker_wedged")),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, "worker_wedged")
     } else {
-        (StatusCode::OK, Json(body(&state, "ok")))
-    }
+        (StatusCode::OK, "ok")
+    };
+    (code, Json(body(&state, status, &workers)))
 }
 
 /// Readiness: the model is loaded, the queue has room and the server is not
@@ -38,31 +35,21 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthBo
               (status = 503, description = "Saturated or shutting down", body = HealthBody)))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<HealthBody>) {
     let engine = &state.engine;
-    if engine.is_shutting_down() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(body(&state, "shutting_down")),
-        )
+    let (code, status) = if engine.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
     } else if !engine.is_ready() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(body(&state, "saturated")),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, "saturated")
     } else {
-        (StatusCode::OK, Json(body(&state, "ready")))
-    }
+        (StatusCode::OK, "ready")
+    };
+    (code, Json(body(&state, status, &engine.worker_health())))
 }
 
-fn body(state: &AppState, status: &str) -> HealthBody {
+fn body(state: &AppState, status: &str, workers: &[WorkerHealth]) -> HealthBody {
     HealthBody {
         status: status.into(),
         queue_depth: state.engine.queue_len(),
         active_rows: state.engine.active_rows(),
-        worker_restarts: state
-            .engine
-            .worker_health()
-            .iter()
-            .map(|w| w.restarts)
-            .sum(),
+        worker_restarts: workers.iter().map(|w| w.restarts).sum(),
     }
 }

@@ -51,7 +51,7 @@ pub async fn retrieve(
 }
 
 fn card(state: &AppState, info: &ModelInfo) -> ModelCard {
-    let config = state.engine.config();
+    let (max_width, max_height) = state.engine.config().max_size(info);
     ModelCard {
         id: info.name.clone(),
         object: "model".into(),
@@ -68,8 +68,8 @@ fn card(state: &AppState, info: &ModelInfo) -> ModelCard {
         native_width: info.native_width,
         native_height: info.native_height,
         size_multiple: info.size_multiple,
-        max_width: config.max_size(info).0,
-        max_height: config.max_size(info).1,
+        max_width,
+        max_height,
         max_prompt_tokens: info.max_prompt_tokens,
         default_scheduler: info.default_scheduler.to_string(),
         schedulers: SchedulerKind::ALL.iter().map(|k| k.to_string()).collect(),
