@@ -203,6 +203,8 @@ mod tests {
             n: 2,
             eta: 0.0,
             image: None,
+            mask: None,
+            strength: None,
             step_noise_seed: None,
         }
     }

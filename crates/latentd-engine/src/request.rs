@@ -148,6 +148,8 @@ pub fn validate(
         n,
         eta,
         image: req.image.clone(),
+        mask: None,
+        strength: None,
         step_noise_seed: None,
     };
     if eta != 0.0 && scheduler != SchedulerKind::Ddim {
@@ -280,6 +282,8 @@ mod tests {
             },
             default_scheduler: SchedulerKind::Pndm,
             prediction_type: "epsilon".into(),
+            image_edits: false,
+            mask_channels: false,
         }
     }
 

@@ -141,6 +141,8 @@ mod tests {
                     n: 1,
                     eta: 0.0,
                     image: None,
+                    mask: None,
+                    strength: None,
                     step_noise_seed: None,
                 },
                 model_index: 0,

@@ -54,6 +54,8 @@ impl FakeModel {
                     },
                     default_scheduler: SchedulerKind::Ddim,
                     prediction_type: "epsilon".into(),
+                    image_edits: false,
+                    mask_channels: false,
                 },
                 scheduler_config: SchedulerConfig::default(),
                 device: Device::Cpu,
@@ -99,7 +101,7 @@ impl DiffusionModel for FakeModel {
                     } else {
                         None
                     },
-                    concat: None,
+                    ..Conditioning::default()
                 })
             })
             .collect()

@@ -41,6 +41,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             n: 1,
             eta: 0.0,
             image: None,
+            mask: None,
+            strength: None,
             step_noise_seed: None,
         };
         let started = Instant::now();

@@ -75,6 +75,8 @@ fn generate_without_model_uses_the_builtin_model() {
         n: 1,
         eta: meta.eta,
         image: None,
+        mask: None,
+        strength: None,
         step_noise_seed: None,
     };
     let images = generate(&pipe, &p, |_, _| {}).unwrap();

@@ -35,6 +35,8 @@ pub fn params(pipe: &StableDiffusion, prompt: &str, seed: u64, guidance: f64) ->
         n: 1,
         eta: 0.0,
         image: None,
+        mask: None,
+        strength: None,
         step_noise_seed: None,
     }
 }

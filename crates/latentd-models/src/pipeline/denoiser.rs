@@ -15,6 +15,11 @@ use crate::rng::TorchRng;
 use crate::schedulers::{build_scheduler, untimed_init_noise_sigma, Scheduler};
 use crate::{Error, Result};
 
+/// The conditioning part a job's start needs, or an error naming it.
+fn required<'a, T>(value: Option<&'a T>, what: &str) -> Result<&'a T> {
+    value.ok_or_else(|| Error::InvalidArgument(format!("the job needs {what}")))
+}
+
 /// Inputs a job contributes to one model call.
 #[derive(Debug)]
 pub struct ModelInput {
@@ -34,17 +39,50 @@ pub struct Denoiser {
     step_rng: Option<TorchRng>,
     latents: Tensor,
     context: Option<Tensor>,
+    /// Channels concatenated before the scheduler's input scaling (super-resolution).
     concat: Option<Tensor>,
+    /// Channels concatenated after it (a 9-channel inpainting UNet's mask and masked
+    /// image latents), `[n, 1 + C, h, w]`.
+    concat_scaled: Option<Tensor>,
+    /// The known region blended back after every step (inpainting with a 4-channel UNet).
+    blend: Option<Blend>,
     rules: SamplingRules,
     guidance_scale: f64,
     guided: bool,
     n: usize,
+    /// The first model call (img2img and inpainting skip the start of the schedule).
+    start: usize,
+    /// The next model call, an index into the whole schedule.
     step: usize,
+}
+
+/// What an ordinary UNet's inpainting keeps: the input image's latents, re-noised to
+/// each step's level with the job's initial noise, replace the latents outside the mask.
+struct Blend {
+    image_latents: Tensor,
+    /// `[n, 1, h, w]`, 1 = repaint.
+    mask: Tensor,
+    noise: Tensor,
+}
+
+/// How a job starts, from its parameters and the model.
+enum Start {
+    /// Pure noise (text-to-image, unconditional, super-resolution).
+    Noise,
+    /// img2img: the input image's latents noised to the start step.
+    Image,
+    /// Inpainting, at `strength`.
+    Inpaint { full_strength: bool },
 }
 
 impl Denoiser {
     /// Draws the initial noise and prepares the scheduler for a job on `model` with
     /// its encoded `conditioning` (from [`DiffusionModel::encode`]).
+    ///
+    /// Random draws follow diffusers' order: for img2img the input image's posterior
+    /// sample, then the noise (`StableDiffusionImg2ImgPipeline`); for inpainting the
+    /// image's sample (unless a 9-channel UNet runs at full strength), the noise, then
+    /// the masked image's sample (`StableDiffusionInpaintPipeline`).
     pub fn new(
         model: &dyn DiffusionModel,
         params: &GenerationParams,
@@ -52,25 +90,88 @@ impl Denoiser {
     ) -> Result<Self> {
         let info = model.info();
         params.check(info.size_multiple)?;
-        let scheduler = build_scheduler(
+        let mut scheduler = build_scheduler(
             params.scheduler,
             model.scheduler_config(),
             params.steps,
             params.eta,
         )?;
+        let kind = if !info.image_edits || params.image.is_none() {
+            Start::Noise
+        } else if params.mask.is_some() || info.mask_channels {
+            Start::Inpaint {
+                full_strength: params.effective_strength(info.mask_channels) == Some(1.0),
+            }
+        } else {
+            Start::Image
+        };
+        let start = match (&kind, params.effective_strength(info.mask_channels)) {
+            (Start::Noise, _) | (_, None) => 0,
+            (_, Some(strength)) => GenerationParams::start_step(params.steps, strength)?,
+        };
+        if start > 0 {
+            scheduler.set_begin_index(start)?;
+        }
+        let n = params.n;
+        let shape = info.latent_shape(params);
+        let dtype = model.dtype();
         let mut rng = TorchRng::new(params.seed);
-        let noise = rng.randn_tensor(&info.latent_shape(params), model.device())?;
-        let noise = noise.to_dtype(model.dtype())?;
-        let latents = match info.rules.initial_noise {
-            InitialNoise::Unscaled => noise,
-            InitialNoise::Scaled => (noise * scheduler.init_noise_sigma())?,
-            InitialNoise::ScaledBeforeSetTimesteps => {
-                let sigma = untimed_init_noise_sigma(params.scheduler, model.scheduler_config())?;
-                (noise * sigma)?
+        let mut concat_scaled = None;
+        let mut blend = None;
+        let latents = match kind {
+            Start::Noise => {
+                let noise = rng.randn_tensor(&shape, model.device())?.to_dtype(dtype)?;
+                match info.rules.initial_noise {
+                    InitialNoise::Unscaled => noise,
+                    InitialNoise::Scaled => (noise * scheduler.init_noise_sigma())?,
+                    InitialNoise::ScaledBeforeSetTimesteps => {
+                        let sigma =
+                            untimed_init_noise_sigma(params.scheduler, model.scheduler_config())?;
+                        (noise * sigma)?
+                    }
+                }
+            }
+            Start::Image => {
+                let init = required(conditioning.init.as_ref(), "the input image's latents")?;
+                let image_latents = init.sample(&mut rng)?.repeat((n, 1, 1, 1))?;
+                let noise = rng.randn_tensor(&shape, model.device())?.to_dtype(dtype)?;
+                scheduler.add_noise(&image_latents, &noise, start)?
+            }
+            Start::Inpaint { full_strength } => {
+                let needs_image = !info.mask_channels || !full_strength;
+                let image_latents = match needs_image {
+                    true => {
+                        let init =
+                            required(conditioning.init.as_ref(), "the input image's latents")?;
+                        Some(init.sample(&mut rng)?.repeat((n, 1, 1, 1))?)
+                    }
+                    false => None,
+                };
+                let noise = rng.randn_tensor(&shape, model.device())?.to_dtype(dtype)?;
+                let latents = match (&image_latents, full_strength) {
+                    (Some(image), false) => scheduler.add_noise(image, &noise, start)?,
+                    _ => (&noise * scheduler.init_noise_sigma())?,
+                };
+                let masked = required(conditioning.masked.as_ref(), "the masked image's latents")?;
+                let masked = masked.sample(&mut rng)?.repeat((n, 1, 1, 1))?;
+                let mask = required(conditioning.mask.as_ref(), "the mask")?
+                    .to_dtype(dtype)?
+                    .repeat((n, 1, 1, 1))?;
+                if info.mask_channels {
+                    concat_scaled = Some(Tensor::cat(&[&mask, &masked], 1)?);
+                } else {
+                    let image_latents =
+                        required(image_latents.as_ref(), "the input image's latents")?.clone();
+                    blend = Some(Blend {
+                        image_latents,
+                        mask,
+                        noise,
+                    });
+                }
+                latents
             }
         };
 
-        let n = params.n;
         let guided = info.is_guided(params.guidance_scale);
         let context = match conditioning.text {
             None => None,
@@ -89,7 +190,7 @@ impl Denoiser {
             }
         };
         let concat = match conditioning.concat {
-            Some(c) => Some(c.repeat((n, 1, 1, 1))?.to_dtype(model.dtype())?),
+            Some(c) => Some(c.repeat((n, 1, 1, 1))?.to_dtype(dtype)?),
             None => None,
         };
         Ok(Self {
@@ -99,11 +200,14 @@ impl Denoiser {
             latents,
             context,
             concat,
+            concat_scaled,
+            blend,
             rules: info.rules,
             guidance_scale: params.guidance_scale,
             guided,
             n,
-            step: 0,
+            start,
+            step: start,
         })
     }
 
@@ -116,19 +220,20 @@ impl Denoiser {
         }
     }
 
-    /// Model calls this job needs in total.
+    /// Model calls this job makes in total (fewer than the schedule's for img2img and
+    /// inpainting below full strength).
     pub fn total_steps(&self) -> usize {
-        self.scheduler.timesteps().len()
+        self.scheduler.timesteps().len() - self.start
     }
 
     /// Model calls done so far.
     pub fn steps_done(&self) -> usize {
-        self.step
+        self.step - self.start
     }
 
     /// Whether every model call has been made.
     pub fn is_finished(&self) -> bool {
-        self.step >= self.total_steps()
+        self.step >= self.scheduler.timesteps().len()
     }
 
     /// The text context of this job's rows, `[rows, T, D]` (text-conditioned models).
@@ -154,6 +259,10 @@ impl Denoiser {
             self.scheduler.scale_model_input(&input, self.step)?
         } else {
             input
+        };
+        let input = match &self.concat_scaled {
+            Some(channels) => Tensor::cat(&[&input, channels], 1)?,
+            None => input,
         };
         let latents = if self.guided {
             Tensor::cat(&[&input, &input], 0)?
@@ -183,9 +292,25 @@ impl Denoiser {
             model_output.clone()
         };
         let rng = self.step_rng.as_mut().unwrap_or(&mut self.rng);
-        self.latents = self
+        let latents = self
             .scheduler
             .step(&prediction, self.step, &self.latents, rng)?;
+        self.latents = match &self.blend {
+            None => latents,
+            Some(blend) => {
+                // diffusers: the known region at the next step's noise level (noise-free
+                // after the last step), blended in where the mask keeps the image.
+                let next = self.step + 1;
+                let known = if next < self.scheduler.timesteps().len() {
+                    self.scheduler
+                        .add_noise(&blend.image_latents, &blend.noise, next)?
+                } else {
+                    blend.image_latents.clone()
+                };
+                let keep = (1.0 - &blend.mask)?;
+                ((keep.broadcast_mul(&known))? + blend.mask.broadcast_mul(&latents)?)?
+            }
+        };
         self.step += 1;
         Ok(())
     }

@@ -118,6 +118,8 @@ impl VqLatentDiffusion {
             },
             default_scheduler,
             prediction_type: scheduler_config.prediction_type().to_string(),
+            image_edits: false,
+            mask_channels: false,
         };
         tracing::info!(model = %info.name, family = %info.family, "loaded pipeline");
         Ok(Self {

@@ -13,15 +13,15 @@ mod stable_diffusion;
 mod weights;
 
 pub use denoiser::{Denoiser, ModelInput};
-pub use image::{max_abs_diff, to_rgb8, RgbImage};
+pub use image::{downsample_nearest, max_abs_diff, to_rgb8, Mask, RgbImage};
 pub use ldm_text::LdmTextToImage;
 pub use ldm_vq::VqLatentDiffusion;
 pub use model::{
-    AutoencoderKind, ConditionInput, Conditioning, ConditioningKind, DiffusionModel, Family,
-    GuidanceRule, InitialNoise, ModelBase, ModelInfo, SamplingRules,
+    AutoencoderKind, ConditionInput, Conditioning, ConditioningKind, DiffusionModel, EncodedImage,
+    Family, GuidanceRule, InitialNoise, ModelBase, ModelInfo, SamplingRules,
 };
 pub use model_index::ModelIndex;
-pub use params::GenerationParams;
+pub use params::{GenerationParams, DEFAULT_IMG2IMG_STRENGTH, DEFAULT_INPAINT_STRENGTH};
 pub use registry::{folder_name, load_model, supported_pipelines};
 pub use run::{generate, generate_batch, generate_latents};
 pub use stable_diffusion::StableDiffusion;

@@ -6,10 +6,11 @@ use std::fmt;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::image::RgbImage;
+use super::image::{Mask, RgbImage};
 use super::params::GenerationParams;
 use crate::schedulers::{SchedulerConfig, SchedulerKind};
-use crate::Result;
+use crate::vae::DiagonalGaussian;
+use crate::{Result, TorchRng};
 
 /// The model families latentd serves (the diffusers pipeline class they load from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -175,6 +176,12 @@ pub struct ModelInfo {
     pub default_scheduler: SchedulerKind,
     /// `epsilon`, `v_prediction` or `sample`.
     pub prediction_type: String,
+    /// Whether a request may bring an input image to start from (img2img) and a mask
+    /// of what to repaint (inpainting), besides its prompt.
+    pub image_edits: bool,
+    /// Whether the denoiser takes the mask and the masked image's latents as extra input
+    /// channels (a 9-channel inpainting UNet): every request then needs an image.
+    pub mask_channels: bool,
 }
 
 impl ModelInfo {
@@ -183,9 +190,14 @@ impl ModelInfo {
         self.conditioning == ConditioningKind::Text
     }
 
-    /// Whether the model needs an input image.
+    /// Whether the model needs an input image (super-resolution, inpainting UNets).
     pub fn takes_image(&self) -> bool {
-        self.conditioning == ConditioningKind::Image
+        self.conditioning == ConditioningKind::Image || self.mask_channels
+    }
+
+    /// Whether the model accepts an input image at all.
+    pub fn accepts_image(&self) -> bool {
+        self.takes_image() || self.image_edits
     }
 
     /// Whether the model applies classifier-free guidance at some scale.
@@ -229,8 +241,13 @@ pub struct ConditionInput<'a> {
     pub negative_prompt: &'a str,
     /// Whether the job runs guided.
     pub guided: bool,
-    /// The input image of image-conditioned models.
+    /// The input image: the conditioning image of image-conditioned models, or the
+    /// image an img2img or inpainting job starts from.
     pub image: Option<&'a RgbImage>,
+    /// The inpainting mask (same size as `image`; bright = repaint).
+    pub mask: Option<&'a Mask>,
+    /// The strength of a job with an input image.
+    pub strength: Option<f64>,
 }
 
 impl<'a> ConditionInput<'a> {
@@ -241,6 +258,8 @@ impl<'a> ConditionInput<'a> {
             negative_prompt: params.negative_prompt.as_deref().unwrap_or(""),
             guided: info.is_guided(params.guidance_scale),
             image: params.image.as_deref(),
+            mask: params.mask.as_deref(),
+            strength: params.effective_strength(info.mask_channels),
         }
     }
 }
@@ -252,8 +271,33 @@ pub struct Conditioning {
     pub text: Option<Tensor>,
     /// The negative prompt's text embedding `[1, T, D]` (guided jobs).
     pub negative_text: Option<Tensor>,
-    /// Channels concatenated to the latents, `[1, C, h, w]`.
+    /// Channels concatenated to the latents, `[1, C, h, w]`, before the scheduler's
+    /// input scaling (super-resolution).
     pub concat: Option<Tensor>,
+    /// The input image's latent distribution, which img2img and inpainting start from.
+    pub init: Option<EncodedImage>,
+    /// The masked input image's latent distribution (inpainting).
+    pub masked: Option<EncodedImage>,
+    /// The mask on the latent grid, `[1, 1, h, w]` (1 = repaint; inpainting).
+    pub mask: Option<Tensor>,
+}
+
+/// An image encoded by a KL autoencoder: its posterior and the factor that scales a
+/// sample of it into the sampler's latent space.
+#[derive(Debug, Clone)]
+pub struct EncodedImage {
+    /// The posterior `[1, C, h, w]`.
+    pub dist: DiagonalGaussian,
+    /// The autoencoder's `scaling_factor`.
+    pub scaling_factor: f64,
+}
+
+impl EncodedImage {
+    /// `scaling_factor * (mean + std * randn)`, the noise drawn from `rng` as
+    /// diffusers' `retrieve_latents(..., generator)` draws it.
+    pub fn sample(&self, rng: &mut TorchRng) -> Result<Tensor> {
+        Ok((self.dist.sample(rng)? * self.scaling_factor)?)
+    }
 }
 
 /// What every loaded model holds for the engine besides its networks.
@@ -350,7 +394,7 @@ pub(crate) fn encode_text_jobs(
         out.push(Conditioning {
             text,
             negative_text,
-            concat: None,
+            ..Conditioning::default()
         });
     }
     Ok(out)

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::image::RgbImage;
+use super::image::{Mask, RgbImage};
 use crate::schedulers::SchedulerKind;
 use crate::{Error, Result};
 
@@ -29,9 +29,16 @@ pub struct GenerationParams {
     pub n: usize,
     /// DDIM eta (0 = deterministic); ignored by the other schedulers.
     pub eta: f64,
-    /// The input image of image-conditioned models (e.g. the low-resolution image of
-    /// super-resolution), shared by the job's `n` images.
+    /// The input image, shared by the job's `n` images: the conditioning image of
+    /// image-conditioned models (the low-resolution image of super-resolution), or the
+    /// image img2img and inpainting start from (at the output size).
     pub image: Option<Arc<RgbImage>>,
+    /// The inpainting mask, at the output size (bright = repaint).
+    pub mask: Option<Arc<Mask>>,
+    /// How much of the input image img2img and inpainting repaint, in (0, 1]: only the
+    /// last `int(steps * strength)` steps run. `None`: diffusers' defaults (0.8 for
+    /// img2img, 1.0 for inpainting).
+    pub strength: Option<f64>,
     /// Seed of a second generator for the samplers' per-step noise (DDIM with eta > 0,
     /// ancestral samplers). `None` (the default) continues the job's generator after the
     /// initial noise, as `StableDiffusionPipeline` does; the CompVis LDM pipelines draw
@@ -40,7 +47,41 @@ pub struct GenerationParams {
     pub step_noise_seed: Option<u64>,
 }
 
+/// diffusers' default strength of `StableDiffusionImg2ImgPipeline`.
+pub const DEFAULT_IMG2IMG_STRENGTH: f64 = 0.8;
+
+/// diffusers' default strength of `StableDiffusionInpaintPipeline`.
+pub const DEFAULT_INPAINT_STRENGTH: f64 = 1.0;
+
 impl GenerationParams {
+    /// The strength a job with an input image runs at (its own, or the default of its
+    /// kind: inpainting when it has a mask or the model is an inpainting UNet
+    /// (`mask_channels`)); `None` without one.
+    pub fn effective_strength(&self, mask_channels: bool) -> Option<f64> {
+        self.image.as_ref()?;
+        Some(
+            self.strength
+                .unwrap_or(if self.mask.is_some() || mask_channels {
+                    DEFAULT_INPAINT_STRENGTH
+                } else {
+                    DEFAULT_IMG2IMG_STRENGTH
+                }),
+        )
+    }
+
+    /// The model calls skipped at the start of the schedule for `strength`
+    /// (diffusers' `t_start = steps - min(int(steps * strength), steps)`), or an error
+    /// when no step would be left.
+    pub fn start_step(steps: usize, strength: f64) -> Result<usize> {
+        let init = ((steps as f64 * strength) as usize).min(steps);
+        if init == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "strength {strength} with {steps} steps leaves no step to run (int(steps * strength) must be at least 1)"
+            )));
+        }
+        Ok(steps - init)
+    }
+
     /// Checks what the model itself requires; the server adds its own configured limits.
     pub fn check(&self, size_multiple: usize) -> Result<()> {
         let multiple = size_multiple.max(8);
@@ -62,6 +103,21 @@ impl GenerationParams {
                 "guidance_scale must be a finite number >= 0, got {}",
                 self.guidance_scale
             )));
+        }
+        if let Some(strength) = self.strength {
+            if !(strength > 0.0 && strength <= 1.0) {
+                return Err(Error::InvalidArgument(format!(
+                    "strength must be in (0, 1], got {strength}"
+                )));
+            }
+            if self.image.is_none() {
+                return Err(Error::InvalidArgument(
+                    "strength needs an input image to start from".into(),
+                ));
+            }
+        }
+        if self.mask.is_some() && self.image.is_none() {
+            return Err(Error::InvalidArgument("a mask needs an input image".into()));
         }
         if !(0.0..=1.0).contains(&self.eta) {
             return Err(Error::InvalidArgument(format!(
@@ -90,6 +146,8 @@ mod tests {
             n: 1,
             eta: 0.0,
             image: None,
+            mask: None,
+            strength: None,
             step_noise_seed: None,
         }
     }

@@ -18,15 +18,18 @@ type Loader = fn(&Path, &str, &Device) -> Result<Arc<dyn DiffusionModel>>;
 
 /// Every pipeline class latentd serves, with its loader.
 const LOADERS: &[(&str, Loader)] = &[
-    (stable_diffusion::PIPELINE_CLASS, |dir, name, device| {
-        Ok(Arc::new(StableDiffusion::load_named(dir, name, device)?))
-    }),
+    (stable_diffusion::PIPELINE_CLASS, load_sd),
+    (stable_diffusion::INPAINT_PIPELINE_CLASS, load_sd),
     (ldm_text::PIPELINE_CLASS, |dir, name, device| {
         Ok(Arc::new(LdmTextToImage::load_named(dir, name, device)?))
     }),
     (ldm_vq::UNCONDITIONAL_CLASS, load_vq),
     (ldm_vq::SUPER_RESOLUTION_CLASS, load_vq),
 ];
+
+fn load_sd(dir: &Path, name: &str, device: &Device) -> Result<Arc<dyn DiffusionModel>> {
+    Ok(Arc::new(StableDiffusion::load_named(dir, name, device)?))
+}
 
 fn load_vq(dir: &Path, name: &str, device: &Device) -> Result<Arc<dyn DiffusionModel>> {
     Ok(Arc::new(VqLatentDiffusion::load_named(dir, name, device)?))

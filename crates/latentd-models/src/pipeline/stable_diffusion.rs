@@ -1,18 +1,19 @@
 //! A loaded Stable Diffusion pipeline: text encoding, UNet calls and decoding as
 //! separate, batchable operations.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::image::{to_rgb8, RgbImage};
+use super::image::{downsample_nearest, to_rgb8, Mask, RgbImage};
 use super::model::ModelBase;
 use super::model::{
     encode_text_jobs, AutoencoderKind, ConditionInput, Conditioning, ConditioningKind,
-    DiffusionModel, Family, GuidanceRule, InitialNoise, ModelInfo, SamplingRules,
+    DiffusionModel, EncodedImage, Family, GuidanceRule, InitialNoise, ModelInfo, SamplingRules,
 };
 use super::model_index::ModelIndex;
 use super::weights::WeightFiles;
+use crate::schedulers::{SchedulerConfig, SchedulerKind};
 use crate::text::{ClipTextConfig, ClipTextModel, ClipTokenizer, HiddenAct};
 use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
@@ -20,6 +21,29 @@ use crate::{Error, Result};
 
 /// The class name of the pipelines this loader serves.
 pub(crate) const PIPELINE_CLASS: &str = "StableDiffusionPipeline";
+
+/// The class name of inpainting folders (a UNet with mask and masked-image channels).
+pub(crate) const INPAINT_PIPELINE_CLASS: &str = "StableDiffusionInpaintPipeline";
+
+/// The loaded parts of a Stable Diffusion pipeline, wherever they came from.
+pub(crate) struct SdComponents {
+    /// The folder or file they were read from (for error messages).
+    pub source: PathBuf,
+    /// The CLIP tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// The text encoder's configuration.
+    pub text_config: ClipTextConfig,
+    /// The CLIP text encoder.
+    pub text_encoder: ClipTextModel,
+    /// The denoiser.
+    pub unet: UNet2DConditionModel,
+    /// The autoencoder.
+    pub vae: AutoencoderKL,
+    /// The scheduler configuration.
+    pub scheduler_config: SchedulerConfig,
+    /// The scheduler the source names.
+    pub default_scheduler: SchedulerKind,
+}
 
 /// A Stable Diffusion 1.x/2.x pipeline loaded from a diffusers folder.
 pub struct StableDiffusion {
@@ -42,7 +66,7 @@ impl StableDiffusion {
     pub fn load_named(dir: &Path, name: &str, device: &Device) -> Result<Self> {
         let dtype = DType::F32;
         let index = ModelIndex::from_dir(dir)?;
-        index.require_pipeline(&[PIPELINE_CLASS])?;
+        index.require_pipeline(&[PIPELINE_CLASS, INPAINT_PIPELINE_CLASS])?;
         index.require("unet", &["UNet2DConditionModel"])?;
         index.require("vae", &["AutoencoderKL"])?;
         index.require("text_encoder", &["CLIPTextModel"])?;
@@ -68,11 +92,45 @@ impl StableDiffusion {
         let vae = WeightFiles::load(&vae_dir, dtype, device, |vb| {
             AutoencoderKL::new(vb, &vae_config)
         })?;
+        Self::from_components(
+            name,
+            SdComponents {
+                source: dir.to_path_buf(),
+                tokenizer,
+                text_config,
+                text_encoder,
+                unet,
+                vae,
+                scheduler_config,
+                default_scheduler,
+            },
+            device,
+            dtype,
+        )
+    }
 
+    /// Assembles a pipeline from loaded components (a diffusers folder's or a
+    /// single-file checkpoint's), checking that they fit together.
+    pub(crate) fn from_components(
+        name: &str,
+        parts: SdComponents,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let SdComponents {
+            source,
+            tokenizer,
+            text_config,
+            text_encoder,
+            unet,
+            vae,
+            scheduler_config,
+            default_scheduler,
+        } = parts;
         let context_dim = unet.config().context_dim()?;
         if text_encoder.hidden_size() != context_dim {
             return Err(Error::UnsupportedConfig {
-                path: unet_dir.join("config.json"),
+                path: source.join("unet"),
                 key: "cross_attention_dim".into(),
                 message: format!(
                     "{context_dim} does not match the text encoder's hidden_size {}",
@@ -82,7 +140,7 @@ impl StableDiffusion {
         }
         if tokenizer.max_length() > text_config.max_position_embeddings {
             return Err(Error::UnsupportedConfig {
-                path: dir.join("tokenizer"),
+                path: source.join("tokenizer"),
                 key: "model_max_length".into(),
                 message: format!(
                     "{} tokens is more than the text encoder's {} positions",
@@ -91,14 +149,18 @@ impl StableDiffusion {
                 ),
             });
         }
-        if unet.config().in_channels != vae.config().latent_channels {
+        let latent_channels = vae.config().latent_channels;
+        // An inpainting UNet also reads the mask and the masked image's latents.
+        let in_channels = unet.config().in_channels;
+        let mask_channels = in_channels == 2 * latent_channels + 1;
+        if in_channels != latent_channels && !mask_channels {
             return Err(Error::UnsupportedConfig {
-                path: unet_dir.join("config.json"),
+                path: source.join("unet"),
                 key: "in_channels".into(),
                 message: format!(
-                    "{} input channels for {} latent channels (inpainting UNets are not supported yet)",
-                    unet.config().in_channels,
-                    vae.config().latent_channels
+                    "{in_channels} input channels for {latent_channels} latent channels \
+                     (expected {latent_channels}, or {} for an inpainting UNet)",
+                    2 * latent_channels + 1
                 ),
             });
         }
@@ -123,7 +185,7 @@ impl StableDiffusion {
             native_height: native_h * vae_scale_factor,
             vae_scale_factor,
             size_multiple: vae_scale_factor.max(8),
-            latent_channels: vae.config().latent_channels,
+            latent_channels,
             max_prompt_tokens: Some(tokenizer.max_length().saturating_sub(2)),
             rules: SamplingRules {
                 guidance: GuidanceRule::AboveOne,
@@ -132,6 +194,8 @@ impl StableDiffusion {
             },
             default_scheduler,
             prediction_type: scheduler_config.prediction_type().to_string(),
+            image_edits: true,
+            mask_channels,
         };
         tracing::info!(model = %info.name, family = %info.family, "loaded pipeline");
         Ok(Self {
@@ -174,6 +238,61 @@ impl StableDiffusion {
         let dist = self.vae.encode(images)?;
         Ok((dist.mean * self.vae.config().scaling_factor)?)
     }
+
+    /// An image `[1, 3, H, W]` in [-1, 1] through the autoencoder's encoder.
+    fn encode_image(&self, image: &Tensor) -> Result<EncodedImage> {
+        let _span = tracing::debug_span!("vae_encode").entered();
+        Ok(EncodedImage {
+            dist: self.vae.encode(image)?,
+            scaling_factor: self.vae.config().scaling_factor,
+        })
+    }
+
+    /// The image parts of a job's conditioning: the input image's posterior (img2img,
+    /// inpainting), and for inpainting the masked image's and the mask on the latent
+    /// grid, as `StableDiffusionInpaintPipeline` prepares them.
+    fn encode_edit(&self, job: &ConditionInput<'_>, conditioning: &mut Conditioning) -> Result<()> {
+        let Some(image) = job.image else {
+            if self.base.info.mask_channels {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is an inpainting model: it needs an input image",
+                    self.base.info.name
+                )));
+            }
+            return Ok(());
+        };
+        let (device, dtype) = (&self.base.device, self.base.dtype);
+        let pixels = image.to_tensor(device, dtype)?;
+        let inpaint = job.mask.is_some() || self.base.info.mask_channels;
+        if !inpaint {
+            conditioning.init = Some(self.encode_image(&pixels)?);
+            return Ok(());
+        }
+        let full;
+        let mask = match job.mask {
+            Some(mask) => mask,
+            None => {
+                full = Mask::full(image.width, image.height);
+                &full
+            }
+        };
+        if (mask.width, mask.height) != (image.width, image.height) {
+            return Err(Error::InvalidArgument(format!(
+                "the mask is {}x{}, the image {}x{}: they must be the same size",
+                mask.width, mask.height, image.width, image.height
+            )));
+        }
+        let mask = mask.to_tensor(device, dtype)?;
+        // A 9-channel UNet at full strength starts from pure noise: no image latents.
+        if !self.base.info.mask_channels || job.strength != Some(1.0) {
+            conditioning.init = Some(self.encode_image(&pixels)?);
+        }
+        let keep = mask.lt(0.5)?.to_dtype(dtype)?;
+        let masked = pixels.broadcast_mul(&keep)?;
+        conditioning.masked = Some(self.encode_image(&masked)?);
+        conditioning.mask = Some(downsample_nearest(&mask, self.base.info.vae_scale_factor)?);
+        Ok(())
+    }
 }
 
 impl DiffusionModel for StableDiffusion {
@@ -186,7 +305,11 @@ impl DiffusionModel for StableDiffusion {
     }
 
     fn encode(&self, jobs: &[ConditionInput<'_>]) -> Result<Vec<Conditioning>> {
-        encode_text_jobs(jobs, |prompts| self.encode_prompts(prompts))
+        let mut out = encode_text_jobs(jobs, |prompts| self.encode_prompts(prompts))?;
+        for (job, conditioning) in jobs.iter().zip(out.iter_mut()) {
+            self.encode_edit(job, conditioning)?;
+        }
+        Ok(out)
     }
 
     fn predict(

@@ -278,6 +278,50 @@ impl StepCursor {
     pub(crate) fn advance(&mut self) {
         self.next += 1;
     }
+
+    /// Makes `index` the first step (diffusers' `set_begin_index`); only before any step.
+    pub(crate) fn begin_at(&mut self, index: usize) -> Result<()> {
+        if index >= self.total {
+            return Err(Error::InvalidArgument(format!(
+                "begin index {index} is out of range: the schedule has {} steps",
+                self.total
+            )));
+        }
+        if self.next != 0 {
+            return Err(Error::InvalidArgument(
+                "the begin index must be set before the first step".into(),
+            ));
+        }
+        self.next = index;
+        Ok(())
+    }
+}
+
+/// `sqrt(alpha_cumprod) * original + sqrt(1 - alpha_cumprod) * noise`, in float32: the
+/// `add_noise` of the schedulers that index `alphas_cumprod` by timestep (DDIM, PNDM).
+pub(crate) fn add_noise_alpha(
+    original: &Tensor,
+    noise: &Tensor,
+    alpha_cumprod: f32,
+) -> Result<Tensor> {
+    check_same_shape(noise, original)?;
+    Ok((mul(original, alpha_cumprod.sqrt())? + mul(noise, (1.0 - alpha_cumprod).sqrt())?)?)
+}
+
+/// `original + noise * sigma`, in float32: the `add_noise` of the Euler schedulers.
+pub(crate) fn add_noise_sigma(original: &Tensor, noise: &Tensor, sigma: f32) -> Result<Tensor> {
+    check_same_shape(noise, original)?;
+    Ok((original + mul(noise, sigma)?)?)
+}
+
+/// The sigma at `index` of a schedule's sigmas, as `add_noise` indexes it.
+pub(crate) fn sigma_at(sigmas: &[f32], index: usize) -> Result<f32> {
+    sigmas.get(index).copied().ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "step {index} is out of range: the schedule has {} sigmas",
+            sigmas.len()
+        ))
+    })
 }
 
 /// Ok when `step` indexes a schedule of `len` model calls.

@@ -90,6 +90,16 @@ impl Scheduler for Ddim {
         Ok(sample.clone())
     }
 
+    fn set_begin_index(&mut self, index: usize) -> Result<()> {
+        self.cursor.begin_at(index)
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, index: usize) -> Result<Tensor> {
+        check_step_index(index, self.timesteps.len())?;
+        let t = self.timesteps[index] as i64;
+        common::add_noise_alpha(original, noise, self.alpha_prod(t))
+    }
+
     fn step(
         &mut self,
         model_output: &Tensor,

@@ -316,6 +316,16 @@ impl Scheduler for DpmSolver {
         Ok(sample.clone())
     }
 
+    fn set_begin_index(&mut self, index: usize) -> Result<()> {
+        self.cursor.begin_at(index)
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, index: usize) -> Result<Tensor> {
+        check_same_shape(noise, original)?;
+        let level = Level::new(common::sigma_at(&self.sigmas, index)?);
+        Ok((mul(original, level.alpha)? + mul(noise, level.sigma)?)?)
+    }
+
     fn step(
         &mut self,
         model_output: &Tensor,

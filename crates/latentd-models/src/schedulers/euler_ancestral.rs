@@ -68,6 +68,14 @@ impl Scheduler for EulerAncestral {
         div(sample, (sigma * sigma + 1.0).sqrt())
     }
 
+    fn set_begin_index(&mut self, index: usize) -> Result<()> {
+        self.cursor.begin_at(index)
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, index: usize) -> Result<Tensor> {
+        common::add_noise_sigma(original, noise, common::sigma_at(&self.sigmas, index)?)
+    }
+
     fn step(
         &mut self,
         model_output: &Tensor,

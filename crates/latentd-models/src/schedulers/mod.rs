@@ -117,6 +117,16 @@ pub trait Scheduler: Send {
     /// Scale the sample before the model call number `step` (0-based).
     fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor>;
 
+    /// Makes model call `index` the first one (diffusers' `set_begin_index`, which
+    /// img2img and inpainting set to `t_start`); only before the first step. Multistep
+    /// state (history, warm-up counters) starts from scratch there, as in diffusers.
+    fn set_begin_index(&mut self, index: usize) -> Result<()>;
+
+    /// `original` noised with `noise` to the level of model call `index`: diffusers'
+    /// `add_noise` at `timesteps[index]` (for the sigma schedulers, at
+    /// `sigmas[index]`, the index their `add_noise` uses once a begin index is set).
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, index: usize) -> Result<Tensor>;
+
     /// One update after model call `step`; ancestral / eta>0 noise is drawn from `rng`
     /// exactly as diffusers draws it from its generator (same shape, same order).
     fn step(

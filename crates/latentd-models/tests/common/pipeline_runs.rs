@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use latentd_models::pipeline::{
-    generate_latents, load_model, max_abs_diff, DiffusionModel, GenerationParams, RgbImage,
+    generate_latents, load_model, max_abs_diff, DiffusionModel, GenerationParams, Mask, RgbImage,
 };
 use latentd_models::schedulers::SchedulerKind;
 use serde_json::Value;
@@ -24,14 +24,28 @@ fn load_refs(dir: &Path, name: &str) -> (Value, HashMap<String, Tensor>) {
     (json, tensors)
 }
 
-/// The input image of a super-resolution run, from its recorded 8-bit pixels.
-fn low_res(refs: &HashMap<String, Tensor>, id: &str) -> Option<Arc<RgbImage>> {
-    let pixels = refs.get(&format!("{id}.low_res_u8"))?;
+/// The input image of a super-resolution, img2img or inpainting run, from its recorded
+/// 8-bit pixels.
+fn input_image(refs: &HashMap<String, Tensor>, id: &str) -> Option<Arc<RgbImage>> {
+    let pixels = refs
+        .get(&format!("{id}.low_res_u8"))
+        .or_else(|| refs.get(&format!("{id}.image_u8")))?;
     let (height, width, _) = pixels.dims3().unwrap();
     Some(Arc::new(RgbImage {
         width,
         height,
         data: pixels.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+    }))
+}
+
+/// The mask of an inpainting run, from its recorded 8-bit luma.
+fn input_mask(refs: &HashMap<String, Tensor>, id: &str) -> Option<Arc<Mask>> {
+    let luma = refs.get(&format!("{id}.mask_u8"))?;
+    let (height, width) = luma.dims2().unwrap();
+    Some(Arc::new(Mask {
+        width,
+        height,
+        data: luma.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
     }))
 }
 
@@ -53,7 +67,9 @@ fn params(run: &Value, refs: &HashMap<String, Tensor>) -> GenerationParams {
         seed: run["seed"].as_u64().unwrap(),
         n: run["n"].as_u64().unwrap() as usize,
         eta: run["eta"].as_f64().unwrap(),
-        image: low_res(refs, id),
+        image: input_image(refs, id),
+        mask: input_mask(refs, id),
+        strength: run["strength"].as_f64(),
         // The LDM pipelines draw step noise from torch's global generator, which the
         // generator seeds with `step_noise_seed` before each call.
         step_noise_seed: run["step_noise_seed"].as_u64(),
