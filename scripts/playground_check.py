@@ -9,6 +9,7 @@ an unconditional model hides and omits the prompt, and Cancel stops a long job.
 """
 import base64
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -83,6 +84,32 @@ try:
     print("figures:", figs, "| caption:", cap, "| PNG seed:", meta and meta["seed"])
     assert figs == 1 and seed in cap and str(meta["seed"]) == seed, "seed or double-click check failed"
     print("session key kept:", ev('sessionStorage.getItem("latentd_api_key")'))
+    # img2img: the image just made as the input, strength 0.5, through the file input.
+    input_png = os.path.join(profile, "input.png")
+    with open(input_png, "wb") as f: f.write(png)
+    def cdp(method, **params):
+        n[0] += 1
+        ws.send(json.dumps({"id": n[0], "method": method, "params": params}))
+        while True:
+            m = json.loads(ws.recv())
+            if m.get("id") == n[0]:
+                return m.get("result", {})
+    root = cdp("DOM.getDocument")["root"]["nodeId"]
+    node = cdp("DOM.querySelector", nodeId=root, selector='input[name="image"]')["nodeId"]
+    cdp("DOM.setFileInputFiles", nodeId=node, files=[input_png])
+    print("image field shown:", not ev('form.image.closest("label").classList.contains("hidden")'))
+    ev('form.strength.value = "0.5"; form.steps.value = "4"; form.generate.click(); true')
+    wait('$("status").textContent.startsWith("done")')
+    src = ev('$("images").querySelector("img").src')
+    edited = base64.b64decode(src.split(",", 1)[1])
+    pos, meta = 8, None
+    while pos < len(edited):
+        length, kind = struct.unpack(">I4s", edited[pos:pos + 8]); data = edited[pos + 8:pos + 8 + length]
+        if kind == b"tEXt" and data.startswith(b"latentd\x00"): meta = json.loads(data[8:])
+        pos += 12 + length
+    print("img2img strength:", meta and meta.get("strength"), "| input:", meta and meta.get("input_image"))
+    assert meta and meta.get("strength") == 0.5 and meta.get("input_image"), "img2img from the playground failed"
+    ev('form.image.value = ""; form.strength.value = ""; true')
     # An unconditional model: the prompt field is hidden and not sent.
     ev('form.model.value = "faces"; form.model.dispatchEvent(new Event("change")); true')
     print("prompt hidden:", ev('form.prompt.closest("label").classList.contains("hidden")'))

@@ -197,7 +197,12 @@ async fn each_family_refuses_what_it_does_not_take() {
             "image",
         ),
         (json!({"model": "text"}), "prompt"),
-        (json!({"prompt": "x", "image": low_res()}), "image"),
+        // Stable Diffusion takes an image (img2img); the LDM text-to-image model does not.
+        (
+            json!({"model": "text", "prompt": "x", "image": low_res()}),
+            "image",
+        ),
+        (json!({"model": "faces", "strength": 0.5}), "strength"),
     ];
     for (body, field) in cases {
         let r = s.post("/v1/generate", body.clone()).await;

@@ -4,6 +4,7 @@
 mod common;
 
 mod batching;
+mod edits;
 mod errors;
 mod families;
 mod generate;

@@ -150,9 +150,23 @@ pub enum ValidationError {
     /// The model needs an input image and none was given.
     #[error("model `{model}` needs an input image (`image`)")]
     ImageRequired { model: String },
+    /// The strength is out of range.
+    #[error("strength must be greater than 0 and at most 1, got {0}")]
+    Strength(f64),
+    /// The mask and the image differ in size.
+    #[error("the mask is {mask_width}x{mask_height} but the image is {width}x{height}; they must be the same size")]
+    MaskSize {
+        mask_width: usize,
+        mask_height: usize,
+        width: usize,
+        height: usize,
+    },
     /// The input image could not be read.
     #[error("image: {0}")]
     Image(String),
+    /// The mask could not be read.
+    #[error("mask: {0}")]
+    Mask(String),
     /// Any other invalid field.
     #[error("{0}")]
     Other(String),

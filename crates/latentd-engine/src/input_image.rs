@@ -1,11 +1,13 @@
-//! Input images sent with a request: base64 or data URLs of PNG, JPEG or WebP files,
-//! decoded to RGB with their size bounded before any pixel is decoded.
+//! Input images and masks sent with a request: base64 or data URLs of PNG, JPEG or WebP
+//! files (or the raw files of a multipart form), decoded with their size bounded before
+//! any pixel is decoded, and resized to the output size.
 
 use std::io::Cursor;
 
 use base64::Engine as _;
-use image::{ImageFormat, ImageReader, Limits};
-use latentd_models::pipeline::RgbImage;
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageFormat, ImageReader, Limits};
+use latentd_models::pipeline::{Mask, RgbImage};
 
 use crate::error::ValidationError;
 
@@ -14,6 +16,101 @@ pub const MAX_INPUT_SIDE: u32 = 4096;
 
 /// Decodes a base64 string (or a `data:image/...;base64,` URL) holding an image file.
 pub fn decode_base64(text: &str) -> Result<RgbImage, ValidationError> {
+    decode(&base64_bytes(text)?)
+}
+
+/// Decodes a base64 mask file: its luma, bright = repaint (alpha is ignored).
+pub fn decode_base64_mask(text: &str) -> Result<Mask, ValidationError> {
+    decode_mask(&base64_bytes(text)?)
+}
+
+/// Decodes a mask file: its luma as PIL's `convert("L")` computes it (bright = repaint).
+pub fn decode_mask(bytes: &[u8]) -> Result<Mask, ValidationError> {
+    Ok(Mask::from_rgb(&rgb(decode_image(bytes)?)))
+}
+
+/// Decodes an image file to RGB, with the mask of its fully transparent pixels (the
+/// OpenAI Images API's edit area) when it has an alpha channel with any.
+pub fn decode_with_alpha(bytes: &[u8]) -> Result<(RgbImage, Option<Mask>), ValidationError> {
+    let image = decode_image(bytes)?;
+    let mask = transparent_area(&image);
+    Ok((rgb(image), mask))
+}
+
+/// Decodes an OpenAI-style mask file: its fully transparent pixels are repainted. A mask
+/// without an alpha channel marks nothing, which is refused.
+pub fn decode_alpha_mask(bytes: &[u8]) -> Result<Mask, ValidationError> {
+    let image = decode_image(bytes)?;
+    if !image.color().has_alpha() {
+        return Err(invalid(
+            "the mask has no alpha channel: its fully transparent pixels mark the area to edit",
+        ));
+    }
+    let (width, height) = (image.width() as usize, image.height() as usize);
+    Ok(transparent_area(&image).unwrap_or_else(|| Mask {
+        width,
+        height,
+        data: vec![0; width * height],
+    }))
+}
+
+/// 255 where the alpha channel is 0, else 0; `None` for images without transparency.
+fn transparent_area(image: &DynamicImage) -> Option<Mask> {
+    if !image.color().has_alpha() {
+        return None;
+    }
+    let rgba = image.to_rgba8();
+    let data: Vec<u8> = rgba
+        .pixels()
+        .map(|p| if p.0[3] == 0 { 255 } else { 0 })
+        .collect();
+    Some(Mask {
+        width: rgba.width() as usize,
+        height: rgba.height() as usize,
+        data,
+    })
+}
+
+/// The image resized to `width` x `height` with a Lanczos filter (itself when it has
+/// that size already).
+pub fn resize_image(
+    image: &RgbImage,
+    width: usize,
+    height: usize,
+) -> Result<RgbImage, ValidationError> {
+    if (image.width, image.height) == (width, height) {
+        return Ok(image.clone());
+    }
+    let buffer =
+        image::RgbImage::from_raw(image.width as u32, image.height as u32, image.data.clone())
+            .ok_or_else(|| invalid("the image's pixels do not match its size"))?;
+    let resized =
+        image::imageops::resize(&buffer, width as u32, height as u32, FilterType::Lanczos3);
+    Ok(RgbImage {
+        width,
+        height,
+        data: resized.into_raw(),
+    })
+}
+
+/// The mask resized to `width` x `height` with a Lanczos filter (binarised later).
+pub fn resize_mask(mask: &Mask, width: usize, height: usize) -> Result<Mask, ValidationError> {
+    if (mask.width, mask.height) == (width, height) {
+        return Ok(mask.clone());
+    }
+    let buffer =
+        image::GrayImage::from_raw(mask.width as u32, mask.height as u32, mask.data.clone())
+            .ok_or_else(|| invalid("the mask's pixels do not match its size"))?;
+    let resized =
+        image::imageops::resize(&buffer, width as u32, height as u32, FilterType::Lanczos3);
+    Ok(Mask {
+        width,
+        height,
+        data: resized.into_raw(),
+    })
+}
+
+fn base64_bytes(text: &str) -> Result<Vec<u8>, ValidationError> {
     let payload = match text.trim().strip_prefix("data:") {
         Some(url) => {
             let (kind, data) = url
@@ -26,16 +123,29 @@ pub fn decode_base64(text: &str) -> Result<RgbImage, ValidationError> {
         }
         None => text.trim(),
     };
-    let bytes = base64::engine::general_purpose::STANDARD
+    base64::engine::general_purpose::STANDARD
         .decode(payload.as_bytes())
-        .map_err(|e| invalid(&format!("not valid base64: {e}")))?;
-    decode(&bytes)
+        .map_err(|e| invalid(&format!("not valid base64: {e}")))
 }
 
-/// Decodes a PNG, JPEG or WebP file to 8-bit RGB (alpha is dropped). The header's size
-/// is checked against [`MAX_INPUT_SIDE`] before decoding, so a file claiming a huge
-/// size costs nothing.
+/// Decodes a PNG, JPEG or WebP file to 8-bit RGB (alpha is dropped, as PIL's
+/// `convert("RGB")` does).
 pub fn decode(bytes: &[u8]) -> Result<RgbImage, ValidationError> {
+    Ok(rgb(decode_image(bytes)?))
+}
+
+fn rgb(image: DynamicImage) -> RgbImage {
+    let rgb = image.into_rgb8();
+    RgbImage {
+        width: rgb.width() as usize,
+        height: rgb.height() as usize,
+        data: rgb.into_raw(),
+    }
+}
+
+/// Decodes a PNG, JPEG or WebP file. The header's size is checked against
+/// [`MAX_INPUT_SIDE`] before decoding, so a file claiming a huge size costs nothing.
+fn decode_image(bytes: &[u8]) -> Result<DynamicImage, ValidationError> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| invalid(&format!("cannot read the image: {e}")))?;
@@ -65,15 +175,9 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, ValidationError> {
     // RGBA at 16 bits per channel is the largest buffer a decoder may need.
     limits.max_alloc = Some(u64::from(width) * u64::from(height) * 8 + (1 << 20));
     reader.limits(limits);
-    let decoded = reader
+    reader
         .decode()
-        .map_err(|e| invalid(&format!("cannot decode the image: {e}")))?;
-    let rgb = decoded.into_rgb8();
-    Ok(RgbImage {
-        width: rgb.width() as usize,
-        height: rgb.height() as usize,
-        data: rgb.into_raw(),
-    })
+        .map_err(|e| invalid(&format!("cannot decode the image: {e}")))
 }
 
 fn invalid(message: &str) -> ValidationError {
@@ -121,6 +225,48 @@ mod tests {
             assert_eq!((image.width, image.height), (2, 1));
             assert_eq!(image.data, pixels);
         }
+    }
+
+    fn png_rgba(width: u32, height: u32, pixels: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(pixels).unwrap();
+        writer.finish().unwrap();
+        out
+    }
+
+    #[test]
+    fn masks_come_from_luma_or_from_transparency() {
+        let file = png(2, 1, &[255, 255, 255, 10, 10, 10]);
+        assert_eq!(decode_mask(&file).unwrap().data, vec![255, 10]);
+        // No alpha: no edit area of its own, and refused as an OpenAI mask.
+        assert_eq!(decode_with_alpha(&file).unwrap().1, None);
+        assert!(decode_alpha_mask(&file).is_err());
+        let rgba = png_rgba(3, 1, &[1, 2, 3, 0, 4, 5, 6, 255, 7, 8, 9, 1]);
+        let (image, mask) = decode_with_alpha(&rgba).unwrap();
+        assert_eq!(image.data, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(mask.unwrap().data, vec![255, 0, 0]);
+        assert_eq!(decode_alpha_mask(&rgba).unwrap().data, vec![255, 0, 0]);
+    }
+
+    #[test]
+    fn resizing_keeps_same_size_images_untouched() {
+        let image = RgbImage {
+            width: 4,
+            height: 2,
+            data: (0..24).collect(),
+        };
+        assert_eq!(resize_image(&image, 4, 2).unwrap(), image);
+        let smaller = resize_image(&image, 2, 1).unwrap();
+        assert_eq!(
+            (smaller.width, smaller.height, smaller.data.len()),
+            (2, 1, 6)
+        );
+        let mask = Mask::full(4, 2);
+        assert_eq!(resize_mask(&mask, 8, 4).unwrap().data, vec![255; 32]);
     }
 
     #[test]

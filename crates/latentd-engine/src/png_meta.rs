@@ -41,6 +41,12 @@ pub struct ImageMetadata {
     /// `WIDTHxHEIGHT` of the input image, for image-conditioned models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_image: Option<String>,
+    /// The strength of an img2img or inpainting job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
+    /// Whether an inpainting mask was used.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mask: bool,
 }
 
 impl ImageMetadata {
@@ -63,6 +69,8 @@ impl ImageMetadata {
                 .image
                 .as_ref()
                 .map(|image| format!("{}x{}", image.width, image.height)),
+            strength: params.strength,
+            mask: params.mask.is_some(),
         }
     }
 
@@ -86,6 +94,12 @@ impl ImageMetadata {
         ));
         if let Some(input) = &self.input_image {
             s.push_str(&format!(", Input image: {input}"));
+        }
+        if let Some(strength) = self.strength {
+            s.push_str(&format!(", Denoising strength: {strength}"));
+        }
+        if self.mask {
+            s.push_str(", Mask: yes");
         }
         s
     }

@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
-use latentd_models::pipeline::{GenerationParams, ModelInfo, RgbImage};
+use latentd_models::pipeline::{ConditioningKind, GenerationParams, Mask, ModelInfo, RgbImage};
 use latentd_models::schedulers::SchedulerKind;
 
 use crate::config::EngineConfig;
 use crate::error::ValidationError;
+use crate::input_image::{resize_image, resize_mask};
 use crate::seed::random_seed;
 
 /// A generation request as a client states it; unset fields take defaults.
@@ -34,8 +35,13 @@ pub struct GenerateRequest {
     pub n: Option<usize>,
     /// DDIM eta.
     pub eta: Option<f64>,
-    /// The input image of image-conditioned models, decoded.
+    /// The input image, decoded: the conditioning image of image-conditioned models, or
+    /// the image img2img and inpainting start from.
     pub image: Option<Arc<RgbImage>>,
+    /// The inpainting mask, decoded (same size as `image`; bright = repaint).
+    pub mask: Option<Arc<Mask>>,
+    /// How much of the input image to repaint, in (0, 1].
+    pub strength: Option<f64>,
 }
 
 /// A request that passed validation: exactly what the worker will run.
@@ -136,6 +142,7 @@ pub fn validate(
                 })?
         }
     };
+    let (image, mask) = edit_inputs(req, model, width, height)?;
     let params = GenerationParams {
         prompt: req.prompt.clone().unwrap_or_default(),
         negative_prompt: req.negative_prompt.clone(),
@@ -147,10 +154,15 @@ pub fn validate(
         seed: req.seed.unwrap_or_else(random_seed),
         n,
         eta,
-        image: req.image.clone(),
-        mask: None,
-        strength: None,
+        image,
+        mask,
+        strength: req.strength,
         step_noise_seed: None,
+    };
+    // The default strength filled in, so that it is recorded with the images.
+    let params = GenerationParams {
+        strength: edit_strength(&params, model, steps)?,
+        ..params
     };
     if eta != 0.0 && scheduler != SchedulerKind::Ddim {
         return Err(ValidationError::EtaNotUsed {
@@ -189,27 +201,111 @@ fn check_conditioning(req: &GenerateRequest, model: &ModelInfo) -> Result<(), Va
             &format!("it is a {family} model without classifier-free guidance"),
         ));
     }
-    match (&req.image, model.takes_image()) {
-        (Some(_), false) => Err(refuse(
+    for (field, given) in [
+        ("mask", req.mask.is_some()),
+        ("strength", req.strength.is_some()),
+    ] {
+        if given && !model.image_edits {
+            return Err(refuse(
+                field,
+                &format!("it is a {family} model without img2img or inpainting"),
+            ));
+        }
+        if given && req.image.is_none() {
+            return Err(ValidationError::Other(format!(
+                "`{field}` needs an input image (`image`) to edit"
+            )));
+        }
+    }
+    match (&req.image, model.accepts_image(), model.takes_image()) {
+        (Some(_), false, _) => Err(refuse(
             "image",
             &format!("it is a {family} model and takes no input image"),
         )),
-        (None, true) => Err(ValidationError::ImageRequired {
+        (None, _, true) => Err(ValidationError::ImageRequired {
             model: model.name.clone(),
         }),
         _ => Ok(()),
     }
 }
 
+/// The strength of an img2img or inpainting job (its own or the default of its kind),
+/// checked: in (0, 1] and leaving at least one of the `steps` to run.
+fn edit_strength(
+    params: &GenerationParams,
+    model: &ModelInfo,
+    steps: usize,
+) -> Result<Option<f64>, ValidationError> {
+    if !model.image_edits {
+        return Ok(None);
+    }
+    let Some(strength) = params.effective_strength(model.mask_channels) else {
+        return Ok(None);
+    };
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(ValidationError::Strength(strength));
+    }
+    if GenerationParams::start_step(steps, strength).is_err() {
+        return Err(ValidationError::Other(format!(
+            "strength {strength} with {steps} steps runs no step: int(steps * strength) must be at least 1"
+        )));
+    }
+    Ok(Some(strength))
+}
+
+/// The input image and mask of an img2img or inpainting job, at the output size (the
+/// request's, which may differ from the image's); other requests' image as given.
+#[allow(clippy::type_complexity)]
+fn edit_inputs(
+    req: &GenerateRequest,
+    model: &ModelInfo,
+    width: usize,
+    height: usize,
+) -> Result<(Option<Arc<RgbImage>>, Option<Arc<Mask>>), ValidationError> {
+    let Some(image) = &req.image else {
+        return Ok((None, None));
+    };
+    if !model.image_edits {
+        return Ok((Some(image.clone()), None));
+    }
+    let mask = match &req.mask {
+        None => None,
+        Some(mask) => {
+            if (mask.width, mask.height) != (image.width, image.height) {
+                return Err(ValidationError::MaskSize {
+                    mask_width: mask.width,
+                    mask_height: mask.height,
+                    width: image.width,
+                    height: image.height,
+                });
+            }
+            Some(Arc::new(resize_mask(mask, width, height)?))
+        }
+    };
+    let image = if (image.width, image.height) == (width, height) {
+        image.clone()
+    } else {
+        Arc::new(resize_image(image, width, height)?)
+    };
+    Ok((Some(image), mask))
+}
+
 /// The output size: the request's (or the model's native one) for generated images;
-/// the input image's size times the model's factor for super-resolution.
+/// the input image's size times the model's factor for super-resolution; for img2img
+/// and inpainting the request's, by default the input image's rounded down to the
+/// model's size multiple (as diffusers' image processor rounds it).
 fn output_size(
     req: &GenerateRequest,
     model: &ModelInfo,
     config: &EngineConfig,
 ) -> Result<(usize, usize), ValidationError> {
+    let multiple = model.size_multiple;
     let (width, height) = match &req.image {
-        Some(image) if model.takes_image() => {
+        Some(image) if model.image_edits => (
+            req.width.unwrap_or(image.width / multiple * multiple),
+            req.height.unwrap_or(image.height / multiple * multiple),
+        ),
+        Some(image) if model.conditioning == ConditioningKind::Image => {
             let f = model.vae_scale_factor;
             let (width, height) = (image.width * f, image.height * f);
             for (field, given, value) in
@@ -229,11 +325,15 @@ fn output_size(
             req.height.unwrap_or(model.native_height),
         ),
     };
-    let multiple = model.size_multiple;
     let (max_width, max_height) = config.max_size(model);
     for (field, value, max) in [("width", width, max_width), ("height", height, max_height)] {
         if value == 0 || !value.is_multiple_of(multiple) {
-            return Err(if req.image.is_some() {
+            return Err(if req.image.is_some() && model.image_edits {
+                ValidationError::Other(format!(
+                    "{field} {value}: the output size must be a positive multiple of {multiple} \
+                     (by default the input image's size rounded down to one)"
+                ))
+            } else if req.image.is_some() {
                 let f = model.vae_scale_factor.max(1);
                 ValidationError::Other(format!(
                     "the input image's {field} must be a positive multiple of {}, got {}",

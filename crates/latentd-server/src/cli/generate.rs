@@ -28,10 +28,20 @@ pub struct GenerateArgs {
     /// What to steer away from (default: the empty prompt).
     #[arg(long)]
     pub negative_prompt: Option<String>,
-    /// The input image of image-conditioned models (super-resolution: the image to
-    /// upscale, at its own size), a PNG, JPEG or WebP file.
+    /// An input image, a PNG, JPEG or WebP file: for Stable Diffusion the image to
+    /// start from (img2img; with --mask, inpainting), resized to --width/--height
+    /// (default: its own size rounded down to the model's multiple); for
+    /// super-resolution the image to upscale, at its own size.
     #[arg(long)]
     pub image: Option<PathBuf>,
+    /// Inpainting mask, an image file the size of --image: white is repainted, black
+    /// kept.
+    #[arg(long, requires = "image")]
+    pub mask: Option<PathBuf>,
+    /// How much of --image to repaint, in (0, 1] (default 0.8 for img2img, 1 for
+    /// inpainting): only the last int(steps * strength) steps run.
+    #[arg(long, requires = "image")]
+    pub strength: Option<f64>,
     /// Width in pixels, a multiple of 8 (default: the model's native size).
     #[arg(long, value_parser = parse_size)]
     pub width: Option<usize>,
@@ -100,6 +110,19 @@ pub fn run(args: GenerateArgs) -> i32 {
             }
         },
     };
+    let mask = match &args.mask {
+        None => None,
+        Some(path) => match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| input_image::decode_mask(&bytes).map_err(|e| e.to_string()))
+        {
+            Ok(mask) => Some(Arc::new(mask)),
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", path.display());
+                return EXIT_USAGE;
+            }
+        },
+    };
     let info = model.info().clone();
     let request = GenerateRequest {
         model: None,
@@ -114,6 +137,8 @@ pub fn run(args: GenerateArgs) -> i32 {
         n: Some(args.n),
         eta: Some(args.eta),
         image,
+        mask,
+        strength: args.strength,
     };
     let params = match validate(&request, 0, &info, &cli_limits(), |text| {
         model.count_tokens(text).ok()

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod openai;
+pub mod openai_edits;
 pub mod openapi;
 pub mod seed;
 pub mod sse;
@@ -117,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/jobs/{id}/images/{index}", get(jobs::image))
         .route("/v1/images/generations", post(openai::generations))
+        .route("/v1/images/edits", post(openai_edits::edits))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::retrieve))
         .route_layer(middleware::from_fn_with_state(

@@ -50,6 +50,18 @@ pub async fn retrieve(
     Ok(Json(card(&state, info)))
 }
 
+/// What requests to the model can do.
+fn capabilities(info: &ModelInfo) -> Vec<String> {
+    if info.mask_channels {
+        return vec!["inpainting".into()];
+    }
+    let mut out = vec![info.family.capability().to_string()];
+    if info.image_edits {
+        out.extend(["image-to-image".to_string(), "inpainting".to_string()]);
+    }
+    out
+}
+
 fn card(state: &AppState, info: &ModelInfo) -> ModelCard {
     let (max_width, max_height) = state.engine.config().max_size(info);
     ModelCard {
@@ -58,10 +70,12 @@ fn card(state: &AppState, info: &ModelInfo) -> ModelCard {
         created: state.started_unix,
         owned_by: "latentd".into(),
         family: info.family.to_string(),
-        capabilities: vec![info.family.capability().into()],
+        capabilities: capabilities(info),
         conditioning: info.conditioning.name().into(),
         accepts_prompt: info.takes_prompt(),
-        accepts_image: info.takes_image(),
+        accepts_image: info.accepts_image(),
+        requires_image: info.takes_image(),
+        accepts_mask: info.image_edits,
         accepts_guidance: info.takes_guidance(),
         autoencoder: info.autoencoder.name().into(),
         latent_channels: info.latent_channels,

@@ -43,15 +43,7 @@ pub async fn generations(
     headers: HeaderMap,
     ApiJson(body): ApiJson<OpenAiImageRequest>,
 ) -> Result<Json<OpenAiImageResponse>, ApiError> {
-    let as_url = match body.response_format.as_deref() {
-        None | Some("url") => true,
-        Some("b64_json") => false,
-        Some(other) => {
-            return Err(ApiError::InvalidField(format!(
-                "response_format must be `url` or `b64_json`, got `{other}`"
-            )))
-        }
-    };
+    let as_url = wants_url(body.response_format.as_deref())?;
     let (width, height) = match &body.size {
         Some(size) => {
             let (w, h) = parse_size(size)?;
@@ -72,9 +64,32 @@ pub async fn generations(
         n: body.n.map(|v| v as usize),
         eta: None,
         image: None,
+        mask: None,
+        strength: None,
     };
-    let job = state.engine.submit(&request)?;
-    finish(&state, &job).await?;
+    respond(&state, &headers, &request, as_url).await
+}
+
+/// Whether `response_format` asks for URLs (the default) or base64 (`b64_json`).
+pub fn wants_url(response_format: Option<&str>) -> Result<bool, ApiError> {
+    match response_format {
+        None | Some("url") => Ok(true),
+        Some("b64_json") => Ok(false),
+        Some(other) => Err(ApiError::InvalidField(format!(
+            "response_format must be `url` or `b64_json`, got `{other}`"
+        ))),
+    }
+}
+
+/// Runs a request to the end and answers as the OpenAI Images API does.
+pub async fn respond(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: &GenerateRequest,
+    as_url: bool,
+) -> Result<Json<OpenAiImageResponse>, ApiError> {
+    let job = state.engine.submit(request)?;
+    finish(state, &job).await?;
 
     let base = headers
         .get(header::HOST)

@@ -19,6 +19,7 @@ use utoipa::{Modify, OpenApi};
         super::jobs::cancel,
         super::jobs::delete,
         super::openai::generations,
+        super::openai_edits::edits,
         super::models::list,
         super::models::retrieve,
         super::health::health,

@@ -41,9 +41,18 @@ pub struct GenerateBody {
     pub n: Option<u32>,
     /// DDIM eta between 0 and 1 (default 0).
     pub eta: Option<f64>,
-    /// Input image of image-conditioned models (super-resolution: the low-resolution
-    /// image, upscaled at its own size): base64 PNG, JPEG or WebP, or a data URL.
+    /// Input image: base64 PNG, JPEG or WebP, or a data URL. For Stable Diffusion the
+    /// image to start from (img2img; with `mask`, inpainting), resized to the output size,
+    /// which defaults to the image's own rounded down to the model's multiple; for
+    /// super-resolution the low-resolution image, upscaled at its own size.
     pub image: Option<String>,
+    /// Inpainting mask, the size of `image`: white (luma >= 128) is repainted, black
+    /// kept. Base64 PNG, JPEG or WebP, or a data URL.
+    pub mask: Option<String>,
+    /// How much of `image` to repaint, greater than 0 and at most 1 (default 0.8 for
+    /// img2img, 1 for inpainting): only the last `int(steps * strength)` steps run.
+    #[schema(minimum = 0.0, maximum = 1.0, exclusive_minimum = 0.0)]
+    pub strength: Option<f64>,
 }
 
 impl GenerateBody {
@@ -51,6 +60,15 @@ impl GenerateBody {
     pub fn to_request(&self) -> Result<GenerateRequest, ValidationError> {
         let image = match &self.image {
             Some(text) => Some(Arc::new(input_image::decode_base64(text)?)),
+            None => None,
+        };
+        let mask = match &self.mask {
+            Some(text) => Some(Arc::new(input_image::decode_base64_mask(text).map_err(
+                |e| match e {
+                    ValidationError::Image(message) => ValidationError::Mask(message),
+                    other => other,
+                },
+            )?)),
             None => None,
         };
         Ok(GenerateRequest {
@@ -66,6 +84,8 @@ impl GenerateBody {
             n: self.n.map(|v| v as usize),
             eta: self.eta,
             image,
+            mask,
+            strength: self.strength,
         })
     }
 }
@@ -211,14 +231,20 @@ pub struct ModelCard {
     /// Model family: `stable-diffusion-1`, `stable-diffusion-2`, `ldm-unconditional`,
     /// `ldm-text-to-image` or `ldm-super-resolution`.
     pub family: String,
-    /// What the model can do: `text-to-image`, `unconditional` or `super-resolution`.
+    /// What the model can do: `text-to-image`, `unconditional` or `super-resolution`,
+    /// plus `image-to-image` and `inpainting` for Stable Diffusion (an inpainting UNet
+    /// lists `inpainting` alone).
     pub capabilities: Vec<String>,
     /// How the denoiser is conditioned: `text`, `image` or `none`.
     pub conditioning: String,
     /// Whether requests take a `prompt` (and `negative_prompt`).
     pub accepts_prompt: bool,
-    /// Whether requests need an input `image`.
+    /// Whether requests may carry an input `image`.
     pub accepts_image: bool,
+    /// Whether requests need one (super-resolution, inpainting UNets).
+    pub requires_image: bool,
+    /// Whether requests may carry an inpainting `mask` and a `strength`.
+    pub accepts_mask: bool,
     /// Whether `guidance_scale` applies.
     pub accepts_guidance: bool,
     /// The autoencoder: `kl` or `vq`.
