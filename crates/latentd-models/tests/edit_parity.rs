@@ -233,3 +233,23 @@ fn inpainting_model_without_mask_repaints_all_and_batches() {
     let alone = latentd_models::pipeline::generate(&*model, &masked, |_, _| {}).unwrap();
     assert_eq!(together[1], alone);
 }
+
+/// Acceptance by hand on other diffusers-built pipelines: `LATENTD_ACCEPTANCE=DIR` holds
+/// pipeline folders and `DIR/refs/{folder}.{json,safetensors}` in the format of the
+/// fixtures' edit references (FORMAT.md). Run with `--ignored`.
+#[test]
+#[ignore = "needs LATENTD_ACCEPTANCE pointing at diffusers-built folders and references"]
+fn acceptance_folders_match_diffusers() {
+    let dir = PathBuf::from(std::env::var("LATENTD_ACCEPTANCE").expect("LATENTD_ACCEPTANCE"));
+    let refs = dir.join("refs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.join("model_index.json").is_file() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            pipeline_runs::check_reference_runs(&path, &refs, &name);
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no pipeline folder in {}", dir.display());
+}
