@@ -5,10 +5,16 @@
 //!   stay within `max_rows`. The head of the queue is never overtaken, so a big job
 //!   cannot starve. A job larger than `max_rows` on its own is admitted when nothing
 //!   else is in flight, and runs alone.
-//! - **Running**: rows in one UNet call must share a group (model and latent shape). The group
-//!   of the job that has waited longest for a step runs, with every active job of that
-//!   group. Since rows in flight never exceed the budget (except a lone oversized job),
-//!   every job of the chosen group fits.
+//! - **Running**: rows in one UNet call must share a group (model and latent shape). Groups
+//!   share the device by the time their calls took (a [`Ledger`] of each group's service):
+//!   the least-served group runs, with every active job of that group, so a 32x32 job
+//!   takes many quick steps for each 20-second step of a 1024x1024 job instead of one
+//!   (deficit round robin by cost; ties go to the group whose job waited longest). A group
+//!   that appears starts level with the least-served one, banking no credit while idle.
+//!   Since rows in flight never exceed the budget (except a lone oversized job), every job
+//!   of the chosen group fits.
+
+use std::collections::HashMap;
 
 /// Rows in one denoiser call must share this: the model and the latent size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,8 +75,48 @@ pub struct Plan {
     pub admit_stop: AdmitStop,
 }
 
-/// Plans one tick. `tick` is the current tick number, used for fairness between groups.
-pub fn plan(active: &[ActiveJob], waiting: &[WaitingJob], max_rows: usize, tick: u64) -> Plan {
+/// The service each shape group with jobs has had: the microseconds its calls took.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ledger {
+    served: HashMap<GroupKey, u64>,
+}
+
+impl Ledger {
+    /// The service `group` has had; a group not on the ledger counts as the least-served
+    /// one that is (it joins level, with no credit).
+    pub fn served(&self, group: GroupKey) -> u64 {
+        match self.served.get(&group) {
+            Some(&s) => s,
+            None => self.served.values().copied().min().unwrap_or(0),
+        }
+    }
+
+    /// Adds a call's cost (microseconds) to `group`'s service.
+    pub fn charge(&mut self, group: GroupKey, cost: u64) {
+        let start = self.served(group);
+        self.served.insert(group, start.saturating_add(cost));
+    }
+
+    /// Makes the ledger hold exactly `groups` (those with jobs): gone ones are forgotten,
+    /// so one that comes back later starts level again; new ones start at the
+    /// least-served count among those already there (0 on an empty ledger).
+    pub fn sync(&mut self, groups: &[GroupKey]) {
+        self.served.retain(|g, _| groups.contains(g));
+        let start = self.served.values().copied().min().unwrap_or(0);
+        for &g in groups {
+            self.served.entry(g).or_insert(start);
+        }
+    }
+}
+
+/// Plans one tick. `tick` is the current tick number; `ledger` the groups' service.
+pub fn plan(
+    active: &[ActiveJob],
+    waiting: &[WaitingJob],
+    max_rows: usize,
+    tick: u64,
+    ledger: &Ledger,
+) -> Plan {
     let max_rows = max_rows.max(1);
     let mut in_flight: usize = active.iter().map(|j| j.rows).sum();
     let mut jobs: Vec<ActiveJob> = active.to_vec();
@@ -98,11 +144,12 @@ pub fn plan(active: &[ActiveJob], waiting: &[WaitingJob], max_rows: usize, tick:
         }
     }
 
-    // The group whose most-starved job waited longest; ties go to queue order.
+    // The least-served group; ties go to the group whose most-starved job waited
+    // longest, then to queue order.
     let group = jobs
         .iter()
         .enumerate()
-        .min_by_key(|(i, j)| (j.last_ran, *i))
+        .min_by_key(|(i, j)| (ledger.served(j.group), j.last_ran, *i))
         .map(|(_, j)| j.group);
     let run: Vec<u64> = jobs
         .iter()
@@ -158,7 +205,7 @@ mod tests {
 
     #[test]
     fn idle_engine_plans_nothing() {
-        let p = plan(&[], &[], 8, 0);
+        let p = plan(&[], &[], 8, 0, &Ledger::default());
         assert!(p.admit.is_empty() && p.run.is_empty());
         assert_eq!(
             (p.group, p.rows, p.admit_stop),
@@ -169,7 +216,7 @@ mod tests {
     #[test]
     fn admits_fifo_up_to_the_budget_and_never_overtakes_the_head() {
         let waiting = [w(1, 2, A), w(2, 4, A), w(3, 4, A), w(4, 1, A)];
-        let p = plan(&[], &waiting, 8, 0);
+        let p = plan(&[], &waiting, 8, 0, &Ledger::default());
         // 2 + 4 = 6; job 3 (4 rows) does not fit, and job 4 may not overtake it.
         assert_eq!(p.admit, vec![1, 2]);
         assert_eq!(p.run, vec![1, 2]);
@@ -180,7 +227,7 @@ mod tests {
     #[test]
     fn newcomers_join_a_running_batch() {
         let active = [a(1, 2, A, 5)];
-        let p = plan(&active, &[w(2, 2, A)], 8, 6);
+        let p = plan(&active, &[w(2, 2, A)], 8, 6, &Ledger::default());
         assert_eq!(p.admit, vec![2]);
         assert_eq!(p.run, vec![1, 2]);
         assert_eq!(p.rows, 4);
@@ -188,11 +235,17 @@ mod tests {
 
     #[test]
     fn oversized_job_runs_alone_when_idle_and_waits_otherwise() {
-        let p = plan(&[], &[w(1, 16, A), w(2, 1, A)], 8, 0);
+        let p = plan(&[], &[w(1, 16, A), w(2, 1, A)], 8, 0, &Ledger::default());
         assert_eq!(p.admit, vec![1]);
         assert_eq!(p.run, vec![1]);
         assert_eq!(p.rows, 16);
-        let p = plan(&[a(9, 1, A, 0)], &[w(1, 16, A), w(2, 1, A)], 8, 1);
+        let p = plan(
+            &[a(9, 1, A, 0)],
+            &[w(1, 16, A), w(2, 1, A)],
+            8,
+            1,
+            &Ledger::default(),
+        );
         assert!(p.admit.is_empty());
         assert_eq!(p.run, vec![9]);
     }
@@ -200,11 +253,11 @@ mod tests {
     #[test]
     fn groups_take_turns_by_longest_wait() {
         let active = [a(1, 2, A, 4), a(2, 2, B, 3), a(3, 2, A, 4)];
-        let p = plan(&active, &[], 8, 5);
+        let p = plan(&active, &[], 8, 5, &Ledger::default());
         assert_eq!(p.group, Some(B));
         assert_eq!(p.run, vec![2]);
         let active = [a(1, 2, A, 4), a(2, 2, B, 5), a(3, 2, A, 4)];
-        let p = plan(&active, &[], 8, 6);
+        let p = plan(&active, &[], 8, 6, &Ledger::default());
         assert_eq!(p.group, Some(A));
         assert_eq!(p.run, vec![1, 3]);
         assert_eq!(p.rows, 4);
@@ -213,16 +266,57 @@ mod tests {
     #[test]
     fn models_never_share_a_call() {
         let active = [a(1, 2, A, 4), a(2, 2, C, 4), a(3, 2, A, 4)];
-        let p = plan(&active, &[], 8, 5);
+        let p = plan(&active, &[], 8, 5, &Ledger::default());
         assert_eq!((p.group, p.run.clone()), (Some(A), vec![1, 3]));
         let active = [a(1, 2, A, 5), a(2, 2, C, 4), a(3, 2, A, 5)];
-        let p = plan(&active, &[], 8, 6);
+        let p = plan(&active, &[], 8, 6, &Ledger::default());
         assert_eq!((p.group, p.run), (Some(C), vec![2]));
     }
 
     #[test]
+    fn the_least_served_group_runs_so_small_jobs_pass_big_ones() {
+        let big = GroupKey {
+            model: 0,
+            height: 128,
+            width: 128,
+        };
+        let mut ledger = Ledger::default();
+        let mut active = vec![a(1, 2, big, 0), a(2, 2, A, 0)];
+        let mut runs = Vec::new();
+        for tick in 1..=12 {
+            let p = plan(&active, &[], 8, tick, &ledger);
+            ledger.sync(&[big, A]);
+            let group = p.group.unwrap();
+            // A big step costs 100 times a small one.
+            ledger.charge(group, if group == big { 1000 } else { 10 });
+            for j in active.iter_mut().filter(|j| j.group == group) {
+                j.last_ran = tick;
+            }
+            runs.push(if group == big { 'B' } else { 's' });
+        }
+        // The big job's turn came first (queue order); then the small one runs until it
+        // has had as much time.
+        assert_eq!(runs.iter().collect::<String>(), "Bsssssssssss");
+        // A group that joins starts level with the least-served one: no banked credit.
+        let late = B;
+        assert_eq!(ledger.served(late), ledger.served(A));
+        active.push(a(3, 1, late, 13));
+        let p = plan(&active, &[], 8, 13, &ledger);
+        assert_eq!(
+            p.group,
+            Some(A),
+            "tie on service: the longest wait runs first"
+        );
+        ledger.sync(&[big, A, late]);
+        assert_eq!(ledger.served(late), ledger.served(A));
+        // Once its jobs are gone a group is forgotten and would rejoin level.
+        ledger.sync(&[A]);
+        assert_eq!(ledger.served(big), ledger.served(A));
+    }
+
+    #[test]
     fn zero_budget_is_treated_as_one_row() {
-        let p = plan(&[], &[w(1, 2, A), w(2, 1, A)], 0, 0);
+        let p = plan(&[], &[w(1, 2, A), w(2, 1, A)], 0, 0, &Ledger::default());
         assert_eq!(p.admit, vec![1]);
     }
 }

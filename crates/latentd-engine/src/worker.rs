@@ -16,13 +16,14 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
+use latentd_models::interrupt::with_interrupt;
 use latentd_models::pipeline::{ConditionInput, Conditioning, Denoiser, DiffusionModel, RgbImage};
 
 use crate::config::EngineConfig;
 use crate::encoder::EncodeTask;
 use crate::error::Code;
 use crate::job::{Event, Job};
-use crate::planner::{self, ActiveJob, GroupKey, WaitingJob};
+use crate::planner::{self, ActiveJob, GroupKey, Ledger, WaitingJob};
 
 /// State shared by the engine handle and its workers.
 pub(crate) struct Shared {
@@ -121,6 +122,8 @@ pub(crate) struct Worker {
     /// Jobs taken off the queue this tick and not yet active.
     admitting: Vec<Arc<Job>>,
     tick: u64,
+    /// Each shape group's share of the device so far, for fair turns between groups.
+    ledger: Ledger,
 }
 
 impl Worker {
@@ -138,6 +141,7 @@ impl Worker {
             active: Vec::new(),
             admitting: Vec::new(),
             tick: 0,
+            ledger: Ledger::default(),
         }
     }
 
@@ -164,6 +168,8 @@ impl Worker {
         self.admitting = admitted.clone();
         self.admit(admitted);
         self.admitting.clear();
+        let groups: Vec<GroupKey> = self.active.iter().map(|a| a.group).collect();
+        self.ledger.sync(&groups);
         #[cfg(test)]
         for a in &self.active {
             let prompt = &a.job.request().params.prompt;
@@ -265,6 +271,7 @@ impl Worker {
             &waiting,
             self.shared.config.max_batch_rows,
             self.tick,
+            &self.ledger,
         );
         let admitted: Vec<Arc<Job>> = queue.waiting.drain(..plan.admit.len()).collect();
         metrics::gauge!("latentd_queue_depth").set(queue.waiting.len() as f64);
@@ -370,9 +377,19 @@ impl Worker {
     fn step(&mut self, run: &[usize]) {
         let started = Instant::now();
         let outputs = self.predict_batch(run);
+        if self.all_cancelled(run) {
+            // Interrupted or not, the next tick drops them as cancelled.
+            return;
+        }
         let rows: usize = run.iter().map(|&i| self.active[i].rows).sum();
         let elapsed = started.elapsed();
         self.shared.record_tick(rows, elapsed);
+        if let Some(&first) = run.first() {
+            let cost = u64::try_from(elapsed.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            self.ledger.charge(self.active[first].group, cost);
+        }
         metrics::histogram!("latentd_batch_rows").record(rows as f64);
         metrics::histogram!("latentd_step_seconds").record(elapsed.as_secs_f64());
 
@@ -437,7 +454,12 @@ impl Worker {
             } else {
                 Some(Tensor::cat(&contexts, 0)?)
             };
-            let out = model.predict(&latents, &timesteps, contexts.as_ref())?;
+            // A call whose every job is cancelled stops between blocks, mid-forward.
+            let jobs: Vec<Arc<Job>> = run.iter().map(|&i| self.active[i].job.clone()).collect();
+            let all_cancelled = Arc::new(move || jobs.iter().all(|j| j.is_cancelled()));
+            let out = with_interrupt(all_cancelled, || {
+                model.predict(&latents, &timesteps, contexts.as_ref())
+            })?;
             let mut offset = 0;
             let mut split = Vec::with_capacity(run.len());
             for &i in run {
@@ -449,7 +471,9 @@ impl Worker {
         });
         match batch {
             Ok(split) => split.into_iter().map(Ok).collect(),
-            Err(message) if run.len() == 1 => vec![Err(message)],
+            Err(message) if run.len() == 1 || self.all_cancelled(run) => {
+                vec![Err(message); run.len()]
+            }
             Err(message) => {
                 tracing::warn!(%message, "batched model call failed; retrying each job alone");
                 run.iter()
@@ -467,6 +491,11 @@ impl Worker {
                     .collect()
             }
         }
+    }
+
+    /// Whether every job of a call was cancelled (its call may have been interrupted).
+    fn all_cancelled(&self, run: &[usize]) -> bool {
+        run.iter().all(|&i| self.active[i].job.is_cancelled())
     }
 
     /// Removes finished and failed jobs; decodes the finished ones batched per shape.

@@ -1,6 +1,7 @@
 //! The worker's logic against small fake models (no weights): batching across jobs
 //! and models, results equal to each job run alone, failures that stay with their job.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ struct FakeModel {
     base: ModelBase,
     /// Rows of every denoiser call made.
     calls: Mutex<Vec<usize>>,
+    /// Milliseconds a call takes per latent cell (0: instant), polling the interrupt
+    /// check every millisecond as the real networks do between blocks.
+    ms_per_cell: AtomicU64,
 }
 
 impl FakeModel {
@@ -62,6 +66,7 @@ impl FakeModel {
                 dtype: DType::F32,
             },
             calls: Mutex::new(Vec::new()),
+            ms_per_cell: AtomicU64::new(0),
         })
     }
 
@@ -114,6 +119,12 @@ impl DiffusionModel for FakeModel {
     ) -> Result<Tensor> {
         self.calls.lock().unwrap().push(timesteps.len());
         let (b, c, h, w) = input.dims4()?;
+        let busy = Duration::from_millis(self.ms_per_cell.load(Ordering::Relaxed) * (h * w) as u64);
+        let until = std::time::Instant::now() + busy;
+        while std::time::Instant::now() < until {
+            latentd_models::interrupt::poll()?;
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let t = Tensor::new(timesteps, &Device::Cpu)?.reshape((b, 1, 1, 1))?;
         let mut out = (input * 0.3)?.broadcast_add(&(t / 1000.0)?)?;
         if let Some(ctx) = context {
@@ -395,4 +406,65 @@ async fn a_worker_without_progress_while_holding_work_is_wedged() {
         "idle again after the job"
     );
     engine.shutdown(Duration::from_secs(5));
+}
+
+/// A cancelled job alone in its call stops mid-call: its long denoiser call is
+/// interrupted instead of run to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_the_only_job_of_a_long_call_stops_it_mid_call() {
+    let model = FakeModel::new("text", ConditioningKind::Text);
+    // 4 latent cells x 3 s: each call would take 12 s.
+    model.ms_per_cell.store(3000, Ordering::Relaxed);
+    let engine = engine(vec![model.clone()], 8);
+    let job = engine
+        .submit(&request(None, Some("a long one"), 1, 3))
+        .unwrap();
+    for _ in 0..500 {
+        if !model.calls().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(model.calls().len(), 1, "the first call should be running");
+    let cancelled_at = std::time::Instant::now();
+    job.cancel();
+    assert_eq!(wait(&job).await, Err("cancelled".to_string()));
+    let took = cancelled_at.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "cancel took {took:?}: the call was not interrupted"
+    );
+    assert_eq!(model.calls().len(), 1, "no further call after the cancel");
+}
+
+/// Shape groups share the device by time: a small job submitted while a big one runs
+/// finishes all its steps before the big one makes many more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_job_is_not_held_behind_a_big_one_step_by_step() {
+    let model = FakeModel::new("text", ConditioningKind::Text);
+    model.ms_per_cell.store(2, Ordering::Relaxed);
+    let config = EngineConfig {
+        max_width: Some(64),
+        max_height: Some(64),
+        ..EngineConfig::default()
+    };
+    let models: Vec<Arc<dyn DiffusionModel>> = vec![model.clone()];
+    let engine = Engine::start(vec![models], config).unwrap();
+    // 64x64 pixels: 256 latent cells, ~0.5 s a call; 8x8: 4 cells, ~8 ms.
+    let big = engine
+        .submit(&GenerateRequest {
+            width: Some(64),
+            height: Some(64),
+            ..request(None, Some("big"), 1, 30)
+        })
+        .unwrap();
+    let small = engine.submit(&request(None, Some("small"), 2, 10)).unwrap();
+    assert_eq!(wait(&small).await, Ok(()));
+    let big_steps = big.snapshot().step;
+    assert!(
+        big_steps <= 2,
+        "the big job made {big_steps} steps while the small one ran 10"
+    );
+    big.cancel();
+    let _ = wait(&big).await;
 }

@@ -32,6 +32,9 @@ pub enum Error {
     /// A tokenizer could not be built or failed on an input.
     #[error("tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
+    /// The call was stopped by its caller's interrupt check.
+    #[error("the model call was interrupted")]
+    Interrupted,
     /// Arguments given to a model or scheduler are invalid (shape, step count, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

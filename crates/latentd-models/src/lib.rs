@@ -5,6 +5,7 @@
 
 pub mod diffusers_config;
 pub mod error;
+pub mod interrupt;
 pub mod nn;
 pub mod pipeline;
 pub mod rng;

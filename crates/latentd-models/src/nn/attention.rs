@@ -199,6 +199,7 @@ fn attend_chunked(
     let dtype = v.dtype();
     let mut rows = Vec::with_capacity(n.div_ceil(chunk));
     for start in (0..n).step_by(chunk) {
+        crate::interrupt::poll()?;
         let len = chunk.min(n - start);
         let q = q.narrow(1, start, len)?;
         let outs = (0..heads)

@@ -237,6 +237,7 @@ impl DownBlock {
         let _enter = self.span.enter();
         let mut xs = xs.clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
+            crate::interrupt::poll()?;
             xs = resnet.forward(&xs, Some(temb))?;
             if let Some(attn) = self.attentions.get(i) {
                 xs = attn.forward(&xs, context)?;
@@ -356,6 +357,7 @@ impl UpBlock {
         let _enter = self.span.enter();
         let mut xs = xs.clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
+            crate::interrupt::poll()?;
             let skip = skips
                 .pop()
                 .ok_or_else(|| Error::InvalidArgument("UNet skip connections exhausted".into()))?;
@@ -456,12 +458,15 @@ impl UNetBody {
         let mut xs = xs.clone();
         let mut skips = vec![xs.clone()];
         for block in &self.down_blocks {
+            crate::interrupt::poll()?;
             xs = block.forward(&xs, temb, context, &mut skips)?;
         }
         if let Some(mid) = &self.mid_block {
+            crate::interrupt::poll()?;
             xs = mid.forward(&xs, temb, context)?;
         }
         for block in &self.up_blocks {
+            crate::interrupt::poll()?;
             xs = block.forward(&xs, temb, context, &mut skips)?;
         }
         Ok(xs)
