@@ -36,7 +36,7 @@ pub struct ActiveJob {
     pub rows: usize,
     /// Its latent shape group.
     pub group: GroupKey,
-    /// Tick at which it last ran (or was admitted).
+    /// Tick at which it last ran (0: not yet).
     pub last_ran: u64,
 }
 
@@ -75,46 +75,84 @@ pub struct Plan {
     pub admit_stop: AdmitStop,
 }
 
-/// The service each shape group with jobs has had: the microseconds its calls took.
+/// The service shape groups have had: the microseconds their calls took.
+///
+/// A group that (re)joins starts one call of the costliest active group behind the
+/// least-served active group, never below what it had when it left: a 32x32 job that
+/// arrives while a 1024x1024 job runs gets up to one of the large job's calls' worth of
+/// steps before the large job runs again (so it does not wait a large step per turn),
+/// and a client that sends small jobs one after another cannot starve the large one,
+/// since its group keeps what it was served.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
+    /// Service per group, kept for a while after the group's last job left.
     served: HashMap<GroupKey, u64>,
+    /// The cost of each active group's last call.
+    last_call: HashMap<GroupKey, u64>,
+    /// The groups with jobs, as of the last [`Ledger::sync`].
+    active: Vec<GroupKey>,
 }
 
 impl Ledger {
-    /// The service `group` has had; a group not on the ledger counts as the least-served
-    /// one that is (it joins level, with no credit).
+    /// The service `group` has had, or for a group that is not active, what it would
+    /// start with.
     pub fn served(&self, group: GroupKey) -> u64 {
-        match self.served.get(&group) {
-            Some(&s) => s,
-            None => self.served.values().copied().min().unwrap_or(0),
+        if self.active.contains(&group) {
+            return self.served.get(&group).copied().unwrap_or(0);
         }
+        self.joining(group)
+    }
+
+    /// Where a joining group starts.
+    fn joining(&self, group: GroupKey) -> u64 {
+        let floor = self.joining_floor();
+        self.served.get(&group).copied().unwrap_or(0).max(floor)
     }
 
     /// Adds a call's cost (microseconds) to `group`'s service.
     pub fn charge(&mut self, group: GroupKey, cost: u64) {
         let start = self.served(group);
         self.served.insert(group, start.saturating_add(cost));
+        self.last_call.insert(group, cost);
     }
 
-    /// Makes the ledger hold exactly `groups` (those with jobs): gone ones are forgotten,
-    /// so one that comes back later starts level again; new ones start at the
-    /// least-served count among those already there (0 on an empty ledger).
+    /// Makes `groups` (those with jobs) the active ones: joining groups start as
+    /// [`Ledger::served`] says; records far behind every active group are dropped.
     pub fn sync(&mut self, groups: &[GroupKey]) {
-        self.served.retain(|g, _| groups.contains(g));
-        let start = self.served.values().copied().min().unwrap_or(0);
+        let mut joined = Vec::new();
         for &g in groups {
-            self.served.entry(g).or_insert(start);
+            if !self.active.contains(&g) && !joined.iter().any(|(j, _)| *j == g) {
+                joined.push((g, self.joining(g)));
+            }
         }
+        self.active = groups.to_vec();
+        self.active.dedup();
+        for (g, start) in joined {
+            self.served.insert(g, start);
+        }
+        self.last_call.retain(|g, _| groups.contains(g));
+        let floor = self.joining_floor();
+        self.served.retain(|g, s| groups.contains(g) || *s > floor);
+    }
+
+    /// The least a joining group starts with now.
+    fn joining_floor(&self) -> u64 {
+        let least = self
+            .active
+            .iter()
+            .filter_map(|g| self.served.get(g))
+            .copied()
+            .min()
+            .unwrap_or(0);
+        least.saturating_sub(self.last_call.values().copied().max().unwrap_or(0))
     }
 }
 
-/// Plans one tick. `tick` is the current tick number; `ledger` the groups' service.
+/// Plans one tick; `ledger` holds the groups' service.
 pub fn plan(
     active: &[ActiveJob],
     waiting: &[WaitingJob],
     max_rows: usize,
-    tick: u64,
     ledger: &Ledger,
 ) -> Plan {
     let max_rows = max_rows.max(1);
@@ -132,7 +170,8 @@ pub fn plan(
                 key: w.key,
                 rows: w.rows,
                 group: w.group,
-                last_ran: tick,
+                // Never ran: it wins a tie on service against groups that have.
+                last_ran: 0,
             });
             if !fits {
                 admit_stop = AdmitStop::BudgetFull;
@@ -205,7 +244,7 @@ mod tests {
 
     #[test]
     fn idle_engine_plans_nothing() {
-        let p = plan(&[], &[], 8, 0, &Ledger::default());
+        let p = plan(&[], &[], 8, &Ledger::default());
         assert!(p.admit.is_empty() && p.run.is_empty());
         assert_eq!(
             (p.group, p.rows, p.admit_stop),
@@ -216,7 +255,7 @@ mod tests {
     #[test]
     fn admits_fifo_up_to_the_budget_and_never_overtakes_the_head() {
         let waiting = [w(1, 2, A), w(2, 4, A), w(3, 4, A), w(4, 1, A)];
-        let p = plan(&[], &waiting, 8, 0, &Ledger::default());
+        let p = plan(&[], &waiting, 8, &Ledger::default());
         // 2 + 4 = 6; job 3 (4 rows) does not fit, and job 4 may not overtake it.
         assert_eq!(p.admit, vec![1, 2]);
         assert_eq!(p.run, vec![1, 2]);
@@ -227,7 +266,7 @@ mod tests {
     #[test]
     fn newcomers_join_a_running_batch() {
         let active = [a(1, 2, A, 5)];
-        let p = plan(&active, &[w(2, 2, A)], 8, 6, &Ledger::default());
+        let p = plan(&active, &[w(2, 2, A)], 8, &Ledger::default());
         assert_eq!(p.admit, vec![2]);
         assert_eq!(p.run, vec![1, 2]);
         assert_eq!(p.rows, 4);
@@ -235,7 +274,7 @@ mod tests {
 
     #[test]
     fn oversized_job_runs_alone_when_idle_and_waits_otherwise() {
-        let p = plan(&[], &[w(1, 16, A), w(2, 1, A)], 8, 0, &Ledger::default());
+        let p = plan(&[], &[w(1, 16, A), w(2, 1, A)], 8, &Ledger::default());
         assert_eq!(p.admit, vec![1]);
         assert_eq!(p.run, vec![1]);
         assert_eq!(p.rows, 16);
@@ -243,7 +282,6 @@ mod tests {
             &[a(9, 1, A, 0)],
             &[w(1, 16, A), w(2, 1, A)],
             8,
-            1,
             &Ledger::default(),
         );
         assert!(p.admit.is_empty());
@@ -253,11 +291,11 @@ mod tests {
     #[test]
     fn groups_take_turns_by_longest_wait() {
         let active = [a(1, 2, A, 4), a(2, 2, B, 3), a(3, 2, A, 4)];
-        let p = plan(&active, &[], 8, 5, &Ledger::default());
+        let p = plan(&active, &[], 8, &Ledger::default());
         assert_eq!(p.group, Some(B));
         assert_eq!(p.run, vec![2]);
         let active = [a(1, 2, A, 4), a(2, 2, B, 5), a(3, 2, A, 4)];
-        let p = plan(&active, &[], 8, 6, &Ledger::default());
+        let p = plan(&active, &[], 8, &Ledger::default());
         assert_eq!(p.group, Some(A));
         assert_eq!(p.run, vec![1, 3]);
         assert_eq!(p.rows, 4);
@@ -266,10 +304,10 @@ mod tests {
     #[test]
     fn models_never_share_a_call() {
         let active = [a(1, 2, A, 4), a(2, 2, C, 4), a(3, 2, A, 4)];
-        let p = plan(&active, &[], 8, 5, &Ledger::default());
+        let p = plan(&active, &[], 8, &Ledger::default());
         assert_eq!((p.group, p.run.clone()), (Some(A), vec![1, 3]));
         let active = [a(1, 2, A, 5), a(2, 2, C, 4), a(3, 2, A, 5)];
-        let p = plan(&active, &[], 8, 6, &Ledger::default());
+        let p = plan(&active, &[], 8, &Ledger::default());
         assert_eq!((p.group, p.run), (Some(C), vec![2]));
     }
 
@@ -284,7 +322,7 @@ mod tests {
         let mut active = vec![a(1, 2, big, 0), a(2, 2, A, 0)];
         let mut runs = Vec::new();
         for tick in 1..=12 {
-            let p = plan(&active, &[], 8, tick, &ledger);
+            let p = plan(&active, &[], 8, &ledger);
             ledger.sync(&[big, A]);
             let group = p.group.unwrap();
             // A big step costs 100 times a small one.
@@ -297,26 +335,31 @@ mod tests {
         // The big job's turn came first (queue order); then the small one runs until it
         // has had as much time.
         assert_eq!(runs.iter().collect::<String>(), "Bsssssssssss");
-        // A group that joins starts level with the least-served one: no banked credit.
+        // Served: big 1000, A 110. A group that joins now starts one big call (1000)
+        // behind the least-served: at 0 (saturating), so it runs before both.
         let late = B;
-        assert_eq!(ledger.served(late), ledger.served(A));
-        active.push(a(3, 1, late, 13));
-        let p = plan(&active, &[], 8, 13, &ledger);
-        assert_eq!(
-            p.group,
-            Some(A),
-            "tie on service: the longest wait runs first"
-        );
+        assert_eq!(ledger.served(late), 0);
+        active.push(a(3, 1, late, 0));
+        let p = plan(&active, &[], 8, &ledger);
+        assert_eq!(p.group, Some(late));
         ledger.sync(&[big, A, late]);
-        assert_eq!(ledger.served(late), ledger.served(A));
-        // Once its jobs are gone a group is forgotten and would rejoin level.
-        ledger.sync(&[A]);
-        assert_eq!(ledger.served(big), ledger.served(A));
+        ledger.charge(late, 2000);
+        // Now late (2000) is served most; A (110) and big (1000) come first.
+        assert_eq!(plan(&active, &[], 8, &ledger).group, Some(A));
+        // When late's jobs leave and come back, it keeps what it had: no fresh credit
+        // for a client that sends one small job after another.
+        active.pop();
+        ledger.sync(&[big, A]);
+        assert_eq!(ledger.served(late), 2000);
+        // A newcomer that never ran wins a tie on service.
+        let p = plan(&active, &[w(4, 1, C)], 8, &ledger);
+        assert_eq!(ledger.served(C), 0);
+        assert_eq!(p.group, Some(C));
     }
 
     #[test]
     fn zero_budget_is_treated_as_one_row() {
-        let p = plan(&[], &[w(1, 2, A), w(2, 1, A)], 0, 0, &Ledger::default());
+        let p = plan(&[], &[w(1, 2, A), w(2, 1, A)], 0, &Ledger::default());
         assert_eq!(p.admit, vec![1]);
     }
 }

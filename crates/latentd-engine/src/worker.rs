@@ -270,7 +270,6 @@ impl Worker {
             &active,
             &waiting,
             self.shared.config.max_batch_rows,
-            self.tick,
             &self.ledger,
         );
         let admitted: Vec<Arc<Job>> = queue.waiting.drain(..plan.admit.len()).collect();
@@ -360,7 +359,8 @@ impl Worker {
                         denoiser,
                         rows,
                         group,
-                        last_ran: self.tick,
+                        // Not yet run: wins ties on service (see the planner).
+                        last_ran: 0,
                         started: Instant::now(),
                     });
                 }
