@@ -26,7 +26,7 @@ use utoipa::{Modify, OpenApi};
         super::health::ready,
         super::metrics::render,
     ),
-    modifiers(&Security, &UnsignedFormats),
+    modifiers(&Security, &UnsignedFormats, &Bounds),
     tags(
         (name = "generate", description = "Synchronous and streaming generation"),
         (name = "jobs", description = "Asynchronous jobs"),
@@ -80,6 +80,48 @@ impl Modify for UnsignedFormats {
         fix(&mut value);
         if let Ok(fixed) = serde_json::from_value(value) {
             *openapi = fixed;
+        }
+    }
+}
+
+/// Declares the request fields' bounds, from the engine's default limits (the values a
+/// server started without limit flags enforces; sizes also depend on the model: see
+/// `max_width` / `max_height` in `GET /v1/models`), so that what the document allows a
+/// default server accepts.
+struct Bounds;
+
+impl Modify for Bounds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let limits = latentd_engine::EngineConfig::default();
+        let bounds = serde_json::json!({
+            "steps": {"minimum": 1, "maximum": limits.max_steps},
+            "n": {"minimum": 1, "maximum": limits.max_n},
+            "guidance_scale": {"minimum": 0.0, "maximum": limits.max_guidance},
+            "eta": {"minimum": 0.0, "maximum": 1.0},
+            "strength": {"exclusiveMinimum": 0.0, "maximum": 1.0},
+            "width": {"minimum": 8, "multipleOf": 8},
+            "height": {"minimum": 8, "multipleOf": 8},
+        });
+        let Ok(mut value) = serde_json::to_value(&*openapi) else {
+            return;
+        };
+        for schema in ["GenerateBody", "OpenAiImageRequest", "OpenAiEditForm"] {
+            let Some(properties) = value
+                .pointer_mut(&format!("/components/schemas/{schema}/properties"))
+                .and_then(|p| p.as_object_mut())
+            else {
+                continue;
+            };
+            for (field, bound) in bounds.as_object().into_iter().flatten() {
+                if let (Some(serde_json::Value::Object(property)), Some(bound)) =
+                    (properties.get_mut(field), bound.as_object())
+                {
+                    property.extend(bound.clone());
+                }
+            }
+        }
+        if let Ok(bounded) = serde_json::from_value(value) {
+            *openapi = bounded;
         }
     }
 }

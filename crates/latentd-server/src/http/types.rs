@@ -51,7 +51,6 @@ pub struct GenerateBody {
     pub mask: Option<String>,
     /// How much of `image` to repaint, greater than 0 and at most 1 (default 0.8 for
     /// img2img, 1 for inpainting): only the last `int(steps * strength)` steps run.
-    #[schema(minimum = 0.0, maximum = 1.0, exclusive_minimum = 0.0)]
     pub strength: Option<f64>,
 }
 
