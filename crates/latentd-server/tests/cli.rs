@@ -270,3 +270,147 @@ fn generate_covers_every_family() {
     let out = run(&["--model", &sr, "--image", "/no/such.png"], "x.png");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A recorded 8-bit input of `refs/sd1-tiny-edit` (`[H,W,3]` or `[H,W]`) as an RGB PNG
+/// file (a mask as gray RGB, whose luma is the mask itself).
+fn write_ref_png(
+    refs: &std::collections::HashMap<String, candle_core::Tensor>,
+    key: &str,
+    path: &std::path::Path,
+) {
+    let t = &refs[key];
+    let dims = t.dims().to_vec();
+    let values = t.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    let data = if dims.len() == 2 {
+        values.iter().flat_map(|&v| [v, v, v]).collect()
+    } else {
+        values
+    };
+    let image = latentd_models::pipeline::RgbImage {
+        width: dims[1],
+        height: dims[0],
+        data,
+    };
+    let meta = latentd_engine::png_meta::ImageMetadata {
+        model: "input".into(),
+        prompt: String::new(),
+        negative_prompt: None,
+        width: dims[1],
+        height: dims[0],
+        steps: 0,
+        guidance_scale: 0.0,
+        scheduler: String::new(),
+        seed: 0,
+        n: 1,
+        index: 0,
+        eta: 0.0,
+        input_image: None,
+        strength: None,
+        mask: false,
+    };
+    std::fs::write(
+        path,
+        latentd_engine::png_meta::encode_png(&image, &meta).unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn generate_img2img_and_inpainting_match_diffusers() {
+    let dir = out_dir("edits");
+    let refs = candle_core::safetensors::load(
+        fixtures().join("refs/sd1-tiny-edit.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let sd = fixtures().join("sd1-tiny").to_string_lossy().into_owned();
+    // run0: img2img, ddim, strength 0.6; run6: inpainting, ddim, strength 1 (the default).
+    for (run, prompt, seed, strength) in [
+        ("run0", "a photo of a cat", "0", Some("0.6")),
+        ("run6", "a red door", "10", None),
+    ] {
+        let image = dir.join(format!("{run}.image.png"));
+        write_ref_png(&refs, &format!("{run}.image_u8"), &image);
+        let mut args = vec![
+            "generate".to_string(),
+            "--model".into(),
+            sd.clone(),
+            "--prompt".into(),
+            prompt.into(),
+            "--image".into(),
+            image.to_string_lossy().into_owned(),
+            "--steps".into(),
+            "5".into(),
+            "--scheduler".into(),
+            "ddim".into(),
+            "--guidance".into(),
+            "7.5".into(),
+            "--seed".into(),
+            seed.into(),
+        ];
+        if let Some(s) = strength {
+            args.extend(["--strength".into(), s.into()]);
+        }
+        if refs.contains_key(&format!("{run}.mask_u8")) {
+            let mask = dir.join(format!("{run}.mask.png"));
+            write_ref_png(&refs, &format!("{run}.mask_u8"), &mask);
+            args.extend(["--mask".into(), mask.to_string_lossy().into_owned()]);
+        }
+        let output = dir.join(format!("{run}.png"));
+        args.extend(["--output".into(), output.to_string_lossy().into_owned()]);
+        let out = latentd().args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let png = latentd_engine::png_meta::decode_png(&std::fs::read(&output).unwrap()).unwrap();
+        let meta = png.metadata().unwrap();
+        assert_eq!(
+            meta.strength,
+            Some(strength.map_or(1.0, |s| s.parse().unwrap()))
+        );
+        assert_eq!(meta.mask, run == "run6");
+        let want = refs[&format!("{run}.images")]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let worst = png
+            .image
+            .data
+            .iter()
+            .zip(&want)
+            .map(|(&a, &b)| (a as f32 / 255.0 - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= 2.0 / 255.0, "{run}: {}/255", worst * 255.0);
+    }
+    // A mask without an image, and a strength out of range, are usage errors.
+    let bad = latentd()
+        .args([
+            "generate", "--model", &sd, "--prompt", "x", "--mask", "m.png", "--output",
+        ])
+        .arg(dir.join("x.png"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let image = dir.join("run0.image.png").to_string_lossy().into_owned();
+    let bad = latentd()
+        .args([
+            "generate",
+            "--model",
+            &sd,
+            "--prompt",
+            "x",
+            "--image",
+            &image,
+            "--strength",
+            "1.5",
+            "--output",
+        ])
+        .arg(dir.join("x.png"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("strength"));
+}
