@@ -216,7 +216,7 @@ async fn ids_are_random_128_bit_and_any_last_event_id_is_safe() {
     assert_eq!(id.len(), 4 + 32, "{id}");
     assert!(id[4..].chars().all(|c| c.is_ascii_hexdigit()));
     assert_eq!(wait_job(&s, &id).await["state"], "succeeded");
-    for last in ["abc", "99999999999999999999", "-1"] {
+    for last in ["abc", "", "-1", "1e3"] {
         let r = s
             .client
             .get(s.url(&format!("/v1/jobs/{id}/events")))
@@ -226,7 +226,8 @@ async fn ids_are_random_128_bit_and_any_last_event_id_is_safe() {
             .unwrap();
         assert_eq!(r.status(), 422, "{last}");
     }
-    for last in ["18446744073709551615", "3"] {
+    // Any run of digits is an id, even past u64 (the document says integer).
+    for last in ["18446744073709551615", "99999999999999999999", "3"] {
         let r = s
             .client
             .get(s.url(&format!("/v1/jobs/{id}/events")))

@@ -161,7 +161,7 @@ pub fn validate(
     };
     // The default strength filled in, so that it is recorded with the images.
     let params = GenerationParams {
-        strength: edit_strength(&params, model, steps)?,
+        strength: edit_strength(&params, model)?,
         ..params
     };
     if eta != 0.0 && scheduler != SchedulerKind::Ddim {
@@ -230,11 +230,10 @@ fn check_conditioning(req: &GenerateRequest, model: &ModelInfo) -> Result<(), Va
 }
 
 /// The strength of an img2img or inpainting job (its own or the default of its kind),
-/// checked: in (0, 1] and leaving at least one of the `steps` to run.
+/// checked to be in (0, 1].
 fn edit_strength(
     params: &GenerationParams,
     model: &ModelInfo,
-    steps: usize,
 ) -> Result<Option<f64>, ValidationError> {
     if !model.image_edits {
         return Ok(None);
@@ -244,11 +243,6 @@ fn edit_strength(
     };
     if !(strength > 0.0 && strength <= 1.0) {
         return Err(ValidationError::Strength(strength));
-    }
-    if GenerationParams::start_step(steps, strength).is_err() {
-        return Err(ValidationError::Other(format!(
-            "strength {strength} with {steps} steps runs no step: int(steps * strength) must be at least 1"
-        )));
     }
     Ok(Some(strength))
 }

@@ -107,7 +107,7 @@ impl Denoiser {
         };
         let start = match (&kind, params.effective_strength(info.mask_channels)) {
             (Start::Noise, _) | (_, None) => 0,
-            (_, Some(strength)) => GenerationParams::start_step(params.steps, strength)?,
+            (_, Some(strength)) => GenerationParams::start_step(params.steps, strength),
         };
         if start > 0 {
             scheduler.set_begin_index(start)?;

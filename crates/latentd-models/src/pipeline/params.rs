@@ -36,7 +36,7 @@ pub struct GenerationParams {
     /// The inpainting mask, at the output size (bright = repaint).
     pub mask: Option<Arc<Mask>>,
     /// How much of the input image img2img and inpainting repaint, in (0, 1]: only the
-    /// last `int(steps * strength)` steps run. `None`: diffusers' defaults (0.8 for
+    /// last `int(steps * strength)` steps run (at least one). `None`: diffusers' defaults (0.8 for
     /// img2img, 1.0 for inpainting).
     pub strength: Option<f64>,
     /// Seed of a second generator for the samplers' per-step noise (DDIM with eta > 0,
@@ -69,17 +69,12 @@ impl GenerationParams {
         )
     }
 
-    /// The model calls skipped at the start of the schedule for `strength`
-    /// (diffusers' `t_start = steps - min(int(steps * strength), steps)`), or an error
-    /// when no step would be left.
-    pub fn start_step(steps: usize, strength: f64) -> Result<usize> {
-        let init = ((steps as f64 * strength) as usize).min(steps);
-        if init == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "strength {strength} with {steps} steps leaves no step to run (int(steps * strength) must be at least 1)"
-            )));
-        }
-        Ok(steps - init)
+    /// The model calls skipped at the start of the schedule for `strength`:
+    /// diffusers' `t_start = steps - min(int(steps * strength), steps)`, except that at
+    /// least one step runs (where diffusers refuses a strength that leaves none).
+    pub fn start_step(steps: usize, strength: f64) -> usize {
+        let init = ((steps as f64 * strength) as usize).clamp(1, steps.max(1));
+        steps.saturating_sub(init)
     }
 
     /// Checks what the model itself requires; the server adds its own configured limits.

@@ -80,6 +80,7 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
                  ("x-inference-time" = u64, description = "Milliseconds running"))),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model; the message lists the served ones", body = ErrorBody),
         (status = 406, description = "Accept names no type this route gives", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Invalid field", body = ErrorBody),

@@ -20,6 +20,7 @@ use super::AppState;
     responses(
         (status = 202, description = "Queued", body = JobCreated),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "Unknown model; the message lists the served ones", body = ErrorBody),
         (status = 422, description = "Invalid field", body = ErrorBody),
         (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
         (status = 503, description = "Shutting down", body = ErrorBody),
@@ -95,12 +96,10 @@ pub async fn events(
         Some(value) => value
             .to_str()
             .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|last| {
-                usize::try_from(last)
-                    .unwrap_or(usize::MAX)
-                    .saturating_add(1)
-            })
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            // Any run of digits is an event id; one past every event's gives none.
+            .map(|v| v.parse::<usize>().unwrap_or(usize::MAX).saturating_add(1))
             .ok_or_else(|| {
                 ApiError::InvalidField(
                     "Last-Event-ID must be the decimal id of an event of this job".into(),
@@ -122,12 +121,23 @@ pub async fn events(
     responses(
         (status = 200, description = "The PNG", content_type = "image/png"),
         (status = 404, description = "Unknown job, or no such image (yet)", body = ErrorBody),
+        (status = 422, description = "The index is not a whole number", body = ErrorBody),
     )
 )]
 pub async fn image(
     State(state): State<AppState>,
-    ApiPath((id, index)): ApiPath<(String, usize)>,
+    ApiPath((id, index)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
+    // Any run of digits is an index; one too large for this machine names no image.
+    let index = match index.parse::<usize>() {
+        Ok(index) => index,
+        Err(_) if !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) => usize::MAX,
+        Err(_) => {
+            return Err(ApiError::InvalidField(format!(
+                "path: `index` must be a whole number, got `{index}`"
+            )))
+        }
+    };
     let job = state.engine.job(&id)?;
     let png = job
         .image(index)

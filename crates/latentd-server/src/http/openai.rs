@@ -34,6 +34,7 @@ pub fn parse_size(size: &str) -> Result<(usize, usize), ApiError> {
     responses(
         (status = 200, description = "The images", body = OpenAiImageResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "Unknown model; the message lists the served ones", body = ErrorBody),
         (status = 422, description = "Invalid field", body = ErrorBody),
         (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
     )

@@ -68,6 +68,7 @@ const IGNORED: &[&str] = &[
     responses(
         (status = 200, description = "The edited images", body = OpenAiImageResponse),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 404, description = "Unknown model; the message lists the served ones", body = ErrorBody),
         (status = 422, description = "Invalid field, image or mask", body = ErrorBody),
         (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
     )

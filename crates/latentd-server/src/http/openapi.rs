@@ -78,6 +78,30 @@ impl Modify for UnsignedFormats {
             return;
         };
         fix(&mut value);
+        // Headers are never JSON null: an optional header is simply absent.
+        if let Some(paths) = value.get_mut("paths").and_then(|p| p.as_object_mut()) {
+            for operation in paths.values_mut().filter_map(|p| p.as_object_mut()) {
+                for op in operation.values_mut() {
+                    let Some(params) = op.get_mut("parameters").and_then(|p| p.as_array_mut())
+                    else {
+                        continue;
+                    };
+                    for param in params.iter_mut().filter(|p| p["in"] == "header") {
+                        if let Some(serde_json::Value::Array(types)) =
+                            param.pointer_mut("/schema/type")
+                        {
+                            types.retain(|t| t != "null");
+                            if types.len() == 1 {
+                                let only = types[0].clone();
+                                if let Some(schema) = param.get_mut("schema") {
+                                    schema["type"] = only;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
         if let Ok(fixed) = serde_json::from_value(value) {
             *openapi = fixed;
         }

@@ -50,7 +50,8 @@ pub struct GenerateBody {
     /// kept. Base64 PNG, JPEG or WebP, or a data URL.
     pub mask: Option<String>,
     /// How much of `image` to repaint, greater than 0 and at most 1 (default 0.8 for
-    /// img2img, 1 for inpainting): only the last `int(steps * strength)` steps run.
+    /// img2img, 1 for inpainting): only the last `int(steps * strength)` steps run (at
+    /// least one).
     pub strength: Option<f64>,
 }
 
