@@ -3,6 +3,7 @@
 //! Nothing here knows about tokio or HTTP; the engine crate drives these types
 //! from its own worker threads.
 
+pub mod checkpoint;
 pub mod diffusers_config;
 pub mod error;
 pub mod interrupt;

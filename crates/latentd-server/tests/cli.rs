@@ -56,6 +56,49 @@ fn generate_writes_numbered_pngs_with_metadata() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("seed 7"));
 }
 
+/// A single-file checkpoint with its folder's configs draws the folder's image; one
+/// that follows the detection rules loads alone.
+#[test]
+fn generate_loads_single_file_checkpoints() {
+    let fixtures = fixture().join("..");
+    let dir = out_dir("single");
+    let run = |model: PathBuf, config: Option<PathBuf>, out: &str| {
+        let mut cmd = latentd();
+        cmd.args(["generate", "--model"]).arg(model);
+        if let Some(config) = config {
+            cmd.arg("--model-config").arg(config);
+        }
+        let out_path = dir.join(out);
+        let args = ["--prompt", "a red circle", "--steps", "3", "--seed", "7"];
+        let size = ["--width", "32", "--height", "32"];
+        cmd.args(args).args(size).arg("--output").arg(&out_path);
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stderr, std::fs::read(&out_path).ok())
+    };
+    let file = fixtures.join("single-file/sd1-tiny.safetensors");
+    let (code, stderr, single) = run(file.clone(), Some(fixture()), "single.png");
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr, folder) = run(fixture(), None, "folder.png");
+    assert_eq!(code, Some(0), "{stderr}");
+    let (single, folder) = (single.unwrap(), folder.unwrap());
+    let single = latentd_engine::png_meta::decode_png(&single).unwrap();
+    let folder = latentd_engine::png_meta::decode_png(&folder).unwrap();
+    assert_eq!(single.image.data, folder.image.data);
+    assert_eq!(single.metadata().unwrap().model, "sd1-tiny");
+
+    let rules = fixtures.join("single-file/sd1-rules.safetensors");
+    let (code, stderr, png) = run(rules, None, "rules.png");
+    assert_eq!(code, Some(0), "{stderr}");
+    let png = latentd_engine::png_meta::decode_png(&png.unwrap()).unwrap();
+    assert_eq!(png.metadata().unwrap().model, "sd1-rules");
+
+    // The flag is for single files: a folder brings its own configs.
+    let (code, stderr, _) = run(fixture(), Some(fixture()), "bad.png");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("single-file"), "{stderr}");
+}
+
 #[test]
 fn bad_sizes_and_schedulers_exit_with_2() {
     let dir = out_dir("bad");

@@ -22,7 +22,8 @@ pub use model::{
 };
 pub use model_index::ModelIndex;
 pub use params::{GenerationParams, DEFAULT_IMG2IMG_STRENGTH, DEFAULT_INPAINT_STRENGTH};
-pub use registry::{folder_name, load_model, supported_pipelines};
+pub use registry::{folder_name, load_model, load_model_from, supported_pipelines, LoadOptions};
 pub use run::{generate, generate_batch, generate_latents};
+pub(crate) use stable_diffusion::SdComponents;
 pub use stable_diffusion::StableDiffusion;
 pub use weights::WeightFiles;

@@ -1,7 +1,7 @@
 //! Loading any supported diffusers folder: `model_index.json`'s `_class_name` picks
-//! the loader from one table.
+//! the loader from one table; and a single-file checkpoint (`crate::checkpoint`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::Device;
@@ -11,6 +11,8 @@ use super::ldm_vq::{self, VqLatentDiffusion};
 use super::model::DiffusionModel;
 use super::model_index::ModelIndex;
 use super::stable_diffusion::{self, StableDiffusion};
+use crate::checkpoint::{self, SingleFileOptions};
+use crate::schedulers::PredictionType;
 use crate::{Error, Result};
 
 /// Loads a folder of one pipeline class onto a device under a model id.
@@ -63,6 +65,51 @@ pub fn load_model(
         })?;
     let name = name.map_or_else(|| folder_name(dir), str::to_string);
     loader(dir, &name, device)
+}
+
+/// How [`load_model_from`] loads a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// The model id (default: the folder's name, or the file's without its extension).
+    pub name: Option<String>,
+    /// Single files only: a diffusers folder whose configs, tokenizer and scheduler are
+    /// used instead of the inferred ones (the file supplies the weights).
+    pub model_config: Option<PathBuf>,
+    /// Single files only: overrides the scheduler's `prediction_type`.
+    pub prediction_type: Option<PredictionType>,
+}
+
+/// Loads a diffusers folder (as [`load_model`]) or a single-file Stable Diffusion
+/// checkpoint (`.safetensors`, `.ckpt`, `.pt`, `.pth`; see [`crate::checkpoint`]).
+pub fn load_model_from(
+    path: &Path,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<Arc<dyn DiffusionModel>> {
+    if path.is_dir() {
+        if options.model_config.is_some() || options.prediction_type.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is a diffusers folder: a model config and a prediction type apply to \
+                 single-file checkpoints only",
+                path.display()
+            )));
+        }
+        return load_model(path, options.name.as_deref(), device);
+    }
+    let name = options.name.clone().unwrap_or_else(|| file_name(path));
+    let single = SingleFileOptions {
+        config_dir: options.model_config.clone(),
+        prediction_type: options.prediction_type,
+    };
+    Ok(Arc::new(checkpoint::load(path, &name, &single, device)?))
+}
+
+/// The id of a model loaded from the file `path` without an explicit name: its name
+/// without the extension.
+fn file_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".to_string())
 }
 
 /// The id of a model loaded from `dir` without an explicit name: the folder's name.

@@ -81,6 +81,25 @@ impl ClipTokenizer {
         Self::build(vocabulary, settings)
     }
 
+    /// Like [`ClipTokenizer::from_vocab_merges`], from the files' texts (e.g. embedded in
+    /// the binary); `vocab` and `merges` name them in errors.
+    pub fn from_vocab_merges_text(
+        (vocab, vocab_text): (&Path, &str),
+        (merges, merges_text): (&Path, &str),
+        pad_token: &str,
+        max_length: usize,
+    ) -> Result<Self> {
+        let settings = Settings::clip_defaults(pad_token, max_length);
+        let vocabulary = Vocabulary::from_vocab_merges_text(
+            vocab_text,
+            merges_text,
+            vocab,
+            merges,
+            &settings.unk.content,
+        )?;
+        Self::build(vocabulary, settings)
+    }
+
     /// The same vocabulary and settings, reproducing the given transformers tokenizer.
     pub fn with_kind(mut self, kind: ClipTokenizerKind) -> Self {
         self.kind = kind;
@@ -180,6 +199,11 @@ impl ClipTokenizer {
     /// Which transformers tokenizer this one reproduces.
     pub fn kind(&self) -> ClipTokenizerKind {
         self.kind
+    }
+
+    /// The number of tokens of the BPE vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.bpe.get_vocab_size()
     }
 
     /// The id padding uses.

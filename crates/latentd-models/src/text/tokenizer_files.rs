@@ -187,14 +187,26 @@ impl Vocabulary {
         merges_path: &Path,
         unk: &str,
     ) -> Result<Self> {
-        let vocab_text = read_text(vocab_path)?;
+        let (vocab, merges) = (read_text(vocab_path)?, read_text(merges_path)?);
+        Self::from_vocab_merges_text(&vocab, &merges, vocab_path, merges_path, unk)
+    }
+
+    /// Like [`Vocabulary::from_vocab_merges`], from the files' texts; the paths name
+    /// them in errors.
+    pub(crate) fn from_vocab_merges_text(
+        vocab_text: &str,
+        merges_text: &str,
+        vocab_path: &Path,
+        merges_path: &Path,
+        unk: &str,
+    ) -> Result<Self> {
         let vocab: HashMap<String, u32> =
-            serde_json::from_str(&vocab_text).map_err(|source| Error::Json {
+            serde_json::from_str(vocab_text).map_err(|source| Error::Json {
                 path: vocab_path.to_owned(),
                 source,
             })?;
-        let merges = parse_merges(&read_text(merges_path)?)
-            .map_err(|message| tokenizer_error(merges_path, message))?;
+        let merges =
+            parse_merges(merges_text).map_err(|message| tokenizer_error(merges_path, message))?;
         let bpe = BPE::builder()
             .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
             .unk_token(unk.to_owned())

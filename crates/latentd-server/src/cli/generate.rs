@@ -9,8 +9,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use latentd_engine::request::{validate, GenerateRequest};
 use latentd_engine::{input_image, EngineConfig};
-use latentd_models::pipeline::{generate, load_model};
-use latentd_models::schedulers::SchedulerKind;
+use latentd_models::pipeline::{generate, load_model_from};
+use latentd_models::schedulers::{PredictionType, SchedulerKind};
 
 use super::{parse_size, EXIT_USAGE};
 use latentd_engine::png_meta::{encode_png, ImageMetadata};
@@ -18,10 +18,19 @@ use latentd_engine::png_meta::{encode_png, ImageMetadata};
 /// Arguments of `latentd generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// A diffusers-layout pipeline folder of any supported family (default: the
-    /// built-in model).
+    /// A diffusers-layout pipeline folder of any supported family, or a single-file
+    /// Stable Diffusion 1.x/2.x checkpoint (.safetensors, .ckpt) (default: the built-in
+    /// model).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// For a single-file --model: a diffusers folder whose configs, tokenizer and
+    /// scheduler replace the inferred ones (the file supplies the weights).
+    #[arg(long, value_name = "DIR", requires = "model")]
+    pub model_config: Option<PathBuf>,
+    /// For a single-file --model: the scheduler's prediction type (epsilon,
+    /// v_prediction, sample); e.g. epsilon for SD 2.x base checkpoints.
+    #[arg(long, requires = "model", value_parser = super::serve::prediction_type)]
+    pub prediction_type: Option<PredictionType>,
     /// The prompt (text-conditioned models only).
     #[arg(long)]
     pub prompt: Option<String>,
@@ -39,7 +48,7 @@ pub struct GenerateArgs {
     #[arg(long, requires = "image")]
     pub mask: Option<PathBuf>,
     /// How much of --image to repaint, in (0, 1] (default 0.8 for img2img, 1 for
-    /// inpainting): only the last int(steps * strength) steps run.
+    /// inpainting): only the last int(steps * strength) steps run, at least one.
     #[arg(long, requires = "image")]
     pub strength: Option<f64>,
     /// Width in pixels, a multiple of 8 (default: the model's native size).
@@ -90,7 +99,17 @@ pub fn run(args: GenerateArgs) -> i32 {
             return 1;
         }
     };
-    let model = match load_model(&dir, name.as_deref(), &Device::Cpu) {
+    let options = super::serve::load_options(
+        &dir,
+        name,
+        args.model_config.as_deref(),
+        args.prediction_type,
+    );
+    if dir.is_dir() && (args.model_config.is_some() || args.prediction_type.is_some()) {
+        eprintln!("error: --model-config and --prediction-type apply to single-file models only");
+        return EXIT_USAGE;
+    }
+    let model = match load_model_from(&dir, &options, &Device::Cpu) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: cannot load model {}: {e}", dir.display());

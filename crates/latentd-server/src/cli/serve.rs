@@ -8,27 +8,42 @@ use std::time::Duration;
 use candle_core::Device;
 use clap::Args;
 use latentd_engine::{Engine, EngineConfig};
-use latentd_models::pipeline::{load_model, DiffusionModel};
+use latentd_models::checkpoint::parse_prediction_type;
+use latentd_models::pipeline::{load_model_from, DiffusionModel, LoadOptions};
+use latentd_models::schedulers::PredictionType;
 
 use crate::http::{AppState, RunningServer};
 
 /// Arguments of `latentd serve`; every flag can also be set from the environment.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// A diffusers-layout pipeline folder to serve, as `DIR` (named after the folder)
-    /// or `NAME=DIR`; repeat it (or separate with commas) to serve several models, the
-    /// first being the default. Without it the built-in model is served.
+    /// A model to serve: a diffusers-layout pipeline folder, or a single-file Stable
+    /// Diffusion 1.x/2.x checkpoint (.safetensors, .ckpt, .pt, .pth in the original
+    /// CompVis layout), as `PATH` (named after the folder, or the file without its
+    /// extension) or `NAME=PATH`; repeat it (or separate with commas) to serve several
+    /// models, the first being the default. Without it the built-in model is served.
     #[arg(
         long = "model",
         env = "LATENTD_MODEL",
         value_delimiter = ',',
-        value_name = "[NAME=]DIR"
+        value_name = "[NAME=]PATH"
     )]
     pub models: Vec<ModelSpec>,
     /// Model id of the built-in model or of a single unnamed `--model`
-    /// (default: the folder's name).
+    /// (default: the folder's name, or the file's without its extension).
     #[arg(long, env = "LATENTD_MODEL_NAME")]
     pub model_name: Option<String>,
+    /// For single-file models: a diffusers pipeline folder whose configs, tokenizer and
+    /// scheduler replace the ones inferred from the file, which then supplies the
+    /// weights only (as diffusers' `from_single_file(path, config=DIR)`).
+    #[arg(long, env = "LATENTD_MODEL_CONFIG", value_name = "DIR")]
+    pub model_config: Option<PathBuf>,
+    /// For single-file models: the scheduler's prediction type (`epsilon`,
+    /// `v_prediction`, `sample`) instead of the config's. A file alone is sampled as
+    /// SD 1.5 (epsilon) or SD 2.1 (v_prediction) is: give `epsilon` for SD 2.x base
+    /// (512 px) checkpoints.
+    #[arg(long, env = "LATENTD_PREDICTION_TYPE", value_parser = prediction_type)]
+    pub prediction_type: Option<PredictionType>,
     /// Address to listen on.
     #[arg(long, env = "LATENTD_HOST", default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -132,44 +147,49 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     anyhow::bail!("unknown device `{spec}`: expected cpu or cuda:N")
 }
 
-/// One `--model` argument: a folder and the id to serve it under.
+/// Parses `--prediction-type`.
+pub fn prediction_type(name: &str) -> Result<PredictionType, String> {
+    parse_prediction_type(name).map_err(|e| e.to_string())
+}
+
+/// One `--model` argument: a folder or single file and the id to serve it under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelSpec {
-    /// The id, when given as `NAME=DIR`.
+    /// The id, when given as `NAME=PATH`.
     pub name: Option<String>,
-    /// The pipeline folder.
-    pub dir: PathBuf,
+    /// The pipeline folder or checkpoint file.
+    pub path: PathBuf,
 }
 
 impl std::str::FromStr for ModelSpec {
     type Err = String;
 
-    /// `NAME=DIR`, where NAME has no path separator, or a bare `DIR`.
+    /// `NAME=PATH`, where NAME has no path separator, or a bare `PATH`.
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
         if s.is_empty() {
-            return Err("a model folder must not be empty".into());
+            return Err("a model path must not be empty".into());
         }
         match s.split_once('=') {
-            Some((name, dir)) if !name.contains(['/', '\\']) => {
-                if name.is_empty() || dir.is_empty() {
-                    return Err(format!("`{s}`: expected NAME=DIR"));
+            Some((name, path)) if !name.contains(['/', '\\']) => {
+                if name.is_empty() || path.is_empty() {
+                    return Err(format!("`{s}`: expected NAME=PATH"));
                 }
                 Ok(Self {
                     name: Some(name.to_string()),
-                    dir: PathBuf::from(dir),
+                    path: PathBuf::from(path),
                 })
             }
             _ => Ok(Self {
                 name: None,
-                dir: PathBuf::from(s),
+                path: PathBuf::from(s),
             }),
         }
     }
 }
 
-/// The folders to load and their ids: the `--model` arguments, or the built-in model.
-/// `name` (`--model-name`) names the built-in model or a single unnamed folder.
+/// The folders and files to load and their ids: the `--model` arguments, or the built-in
+/// model. `name` (`--model-name`) names the built-in model or a single unnamed one.
 pub fn model_sources(
     specs: &[ModelSpec],
     name: Option<&str>,
@@ -178,18 +198,19 @@ pub fn model_sources(
         return Ok(vec![model_source(None, name)?]);
     }
     if name.is_some() && (specs.len() > 1 || specs[0].name.is_some()) {
-        anyhow::bail!("--model-name names a single unnamed --model; use NAME=DIR for several");
+        anyhow::bail!("--model-name names a single unnamed --model; use NAME=PATH for several");
     }
     Ok(specs
         .iter()
         .map(|spec| {
             let id = spec.name.clone().or_else(|| name.map(str::to_string));
-            (spec.dir.clone(), id)
+            (spec.path.clone(), id)
         })
         .collect())
 }
 
-/// The folder to load and the id to serve it under: `--model`, or the built-in model.
+/// The folder or file to load and the id to serve it under: `--model`, or the built-in
+/// model.
 pub fn model_source(
     model: Option<&std::path::Path>,
     name: Option<&str>,
@@ -205,17 +226,43 @@ pub fn model_source(
     }
 }
 
+/// How to load the model at `path`: `--model-config` and `--prediction-type` go to
+/// single files only (a folder brings its own configs).
+pub fn load_options(
+    path: &std::path::Path,
+    name: Option<String>,
+    model_config: Option<&std::path::Path>,
+    prediction_type: Option<PredictionType>,
+) -> LoadOptions {
+    let single_file = !path.is_dir();
+    LoadOptions {
+        name,
+        model_config: model_config.filter(|_| single_file).map(PathBuf::from),
+        prediction_type: prediction_type.filter(|_| single_file),
+    }
+}
+
 /// Loads every model once per device and starts the engine.
 pub fn start_engine(args: &ServeArgs) -> anyhow::Result<Engine> {
     let sources = model_sources(&args.models, args.model_name.as_deref())?;
+    let single_file_flags = args.model_config.is_some() || args.prediction_type.is_some();
+    if single_file_flags && sources.iter().all(|(path, _)| path.is_dir()) {
+        anyhow::bail!("--model-config and --prediction-type apply to single-file models only");
+    }
     let mut workers = Vec::new();
     for spec in &args.devices {
         let device = parse_device(spec)?;
         let mut models: Vec<Arc<dyn DiffusionModel>> = Vec::new();
-        for (dir, name) in &sources {
+        for (path, name) in &sources {
             let started = std::time::Instant::now();
-            let model = load_model(dir, name.as_deref(), &device)
-                .map_err(|e| anyhow::anyhow!("cannot load model {}: {e}", dir.display()))?;
+            let options = load_options(
+                path,
+                name.clone(),
+                args.model_config.as_deref(),
+                args.prediction_type,
+            );
+            let model = load_model_from(path, &options, &device)
+                .map_err(|e| anyhow::anyhow!("cannot load model {}: {e}", path.display()))?;
             let info = model.info();
             tracing::info!(
                 device = %spec,
@@ -278,14 +325,34 @@ mod tests {
     fn model_specs_parse_names_and_bare_folders() {
         let named: ModelSpec = "faces=/models/ldm-celebahq".parse().unwrap();
         assert_eq!(named.name.as_deref(), Some("faces"));
-        assert_eq!(named.dir, PathBuf::from("/models/ldm-celebahq"));
+        assert_eq!(named.path, PathBuf::from("/models/ldm-celebahq"));
         let bare: ModelSpec = "models/sd15".parse().unwrap();
-        assert_eq!((bare.name, bare.dir), (None, PathBuf::from("models/sd15")));
+        assert_eq!((bare.name, bare.path), (None, PathBuf::from("models/sd15")));
+        let file: ModelSpec = "sd15=v1-5-pruned-emaonly.safetensors".parse().unwrap();
+        assert_eq!(file.path, PathBuf::from("v1-5-pruned-emaonly.safetensors"));
         let path_with_eq: ModelSpec = "./a=b/c".parse().unwrap();
         assert_eq!(path_with_eq.name, None);
         assert!("=dir".parse::<ModelSpec>().is_err());
         assert!("name=".parse::<ModelSpec>().is_err());
         assert!("".parse::<ModelSpec>().is_err());
+    }
+
+    #[test]
+    fn single_file_flags_go_to_files_only() {
+        let config = Some(std::path::Path::new("sd15-configs"));
+        let epsilon = Some(PredictionType::Epsilon);
+        let folder = load_options(&std::env::temp_dir(), None, config, epsilon);
+        assert_eq!((folder.model_config, folder.prediction_type), (None, None));
+        let file = std::path::Path::new("model.safetensors");
+        let single = load_options(file, Some("m".into()), config, epsilon);
+        assert_eq!(single.name.as_deref(), Some("m"));
+        assert_eq!(single.model_config, Some(PathBuf::from("sd15-configs")));
+        assert_eq!(single.prediction_type, epsilon);
+        assert_eq!(
+            prediction_type("v_prediction"),
+            Ok(PredictionType::VPrediction)
+        );
+        assert!(prediction_type("flow").is_err());
     }
 
     #[test]
