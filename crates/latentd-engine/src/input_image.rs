@@ -21,12 +21,22 @@ pub fn decode_base64(text: &str) -> Result<RgbImage, ValidationError> {
 
 /// Decodes a base64 mask file: its luma, bright = repaint (alpha is ignored).
 pub fn decode_base64_mask(text: &str) -> Result<Mask, ValidationError> {
-    decode_mask(&base64_bytes(text)?)
+    decode_mask(&base64_bytes(text).map_err(mask_error)?)
 }
 
 /// Decodes a mask file: its luma as PIL's `convert("L")` computes it (bright = repaint).
 pub fn decode_mask(bytes: &[u8]) -> Result<Mask, ValidationError> {
-    Ok(Mask::from_rgb(&rgb(decode_image(bytes)?)))
+    Ok(Mask::from_rgb(&rgb(
+        decode_image(bytes).map_err(mask_error)?
+    )))
+}
+
+/// A failure to read a mask, reported as the mask's rather than the image's.
+fn mask_error(e: ValidationError) -> ValidationError {
+    match e {
+        ValidationError::Image(message) => ValidationError::Mask(message),
+        other => other,
+    }
 }
 
 /// Decodes an image file to RGB, with the mask of its fully transparent pixels (the
@@ -40,10 +50,11 @@ pub fn decode_with_alpha(bytes: &[u8]) -> Result<(RgbImage, Option<Mask>), Valid
 /// Decodes an OpenAI-style mask file: its fully transparent pixels are repainted. A mask
 /// without an alpha channel marks nothing, which is refused.
 pub fn decode_alpha_mask(bytes: &[u8]) -> Result<Mask, ValidationError> {
-    let image = decode_image(bytes)?;
+    let image = decode_image(bytes).map_err(mask_error)?;
     if !image.color().has_alpha() {
-        return Err(invalid(
-            "the mask has no alpha channel: its fully transparent pixels mark the area to edit",
+        return Err(ValidationError::Mask(
+            "the mask has no alpha channel: its fully transparent pixels mark the area to edit"
+                .into(),
         ));
     }
     let (width, height) = (image.width() as usize, image.height() as usize);

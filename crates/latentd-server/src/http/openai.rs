@@ -25,6 +25,17 @@ pub fn parse_size(size: &str) -> Result<(usize, usize), ApiError> {
     ))
 }
 
+/// An optional `size`: `(None, None)` when absent.
+pub fn parse_optional_size(size: Option<&str>) -> Result<(Option<usize>, Option<usize>), ApiError> {
+    match size {
+        Some(size) => {
+            let (w, h) = parse_size(size)?;
+            Ok((Some(w), Some(h)))
+        }
+        None => Ok((None, None)),
+    }
+}
+
 /// Create images (OpenAI Images API).
 #[utoipa::path(
     post,
@@ -45,13 +56,7 @@ pub async fn generations(
     ApiJson(body): ApiJson<OpenAiImageRequest>,
 ) -> Result<Json<OpenAiImageResponse>, ApiError> {
     let as_url = wants_url(body.response_format.as_deref())?;
-    let (width, height) = match &body.size {
-        Some(size) => {
-            let (w, h) = parse_size(size)?;
-            (Some(w), Some(h))
-        }
-        None => (None, None),
-    };
+    let (width, height) = parse_optional_size(body.size.as_deref())?;
     let request = GenerateRequest {
         model: body.model.clone(),
         prompt: Some(body.prompt.clone()),

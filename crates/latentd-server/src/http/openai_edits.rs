@@ -11,7 +11,7 @@ use std::sync::Arc;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::openai::{parse_size, respond, wants_url};
+use super::openai::{parse_optional_size, respond, wants_url};
 use super::types::OpenAiImageResponse;
 use super::AppState;
 
@@ -89,23 +89,10 @@ fn to_request(form: &OpenAiEditForm) -> Result<GenerateRequest, ApiError> {
     let invalid = |e: ValidationError| ApiError::Engine(EngineError::Invalid(e));
     let (image, own_area) = input_image::decode_with_alpha(&form.image).map_err(invalid)?;
     let mask = match &form.mask {
-        Some(bytes) => Some(
-            input_image::decode_alpha_mask(bytes)
-                .map_err(|e| match e {
-                    ValidationError::Image(message) => ValidationError::Mask(message),
-                    other => other,
-                })
-                .map_err(invalid)?,
-        ),
+        Some(bytes) => Some(input_image::decode_alpha_mask(bytes).map_err(invalid)?),
         None => own_area,
     };
-    let (width, height) = match &form.size {
-        Some(size) => {
-            let (w, h) = parse_size(size)?;
-            (Some(w), Some(h))
-        }
-        None => (None, None),
-    };
+    let (width, height) = parse_optional_size(form.size.as_deref())?;
     Ok(GenerateRequest {
         model: form.model.clone(),
         prompt: Some(form.prompt.clone()),

@@ -63,12 +63,7 @@ impl GenerateBody {
             None => None,
         };
         let mask = match &self.mask {
-            Some(text) => Some(Arc::new(input_image::decode_base64_mask(text).map_err(
-                |e| match e {
-                    ValidationError::Image(message) => ValidationError::Mask(message),
-                    other => other,
-                },
-            )?)),
+            Some(text) => Some(Arc::new(input_image::decode_base64_mask(text)?)),
             None => None,
         };
         Ok(GenerateRequest {
