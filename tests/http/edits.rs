@@ -269,7 +269,6 @@ async fn bad_edit_inputs_are_clear_422s() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "open bug (#16): about one run in three, one of the sd1-tiny jobs differs from its solo run when the jobs arrive over HTTP in some interleavings; the model core's deterministic mixed-batch test passes"]
 async fn edit_jobs_batch_with_text_to_image_and_equal_each_alone() {
     let s = server().await;
     let bodies = [
@@ -304,9 +303,16 @@ async fn edit_jobs_batch_with_text_to_image_and_equal_each_alone() {
             r.json::<Value>().await.unwrap()
         }));
     }
-    for (task, want) in tasks.into_iter().zip(&alone) {
+    for (i, (task, want)) in tasks.into_iter().zip(&alone).enumerate() {
         let v = task.await.unwrap();
-        assert_eq!(&decode(&png_of(&v)).2, want);
+        let got = decode(&png_of(&v)).2;
+        let diff = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (*a as i32 - *b as i32).abs())
+            .max();
+        let n = got.iter().zip(want).filter(|(a, b)| a != b).count();
+        assert!(&got == want, "job {i} differs: max {diff:?}, {n} bytes");
     }
     let calls = s.engine.stats().unet_calls - calls_before;
     // Alone: 6 + 3 + 4 + 6 + 3 = 22 calls; run together, jobs of one model share calls

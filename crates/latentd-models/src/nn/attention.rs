@@ -185,6 +185,10 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, head_dim: usize) -> 
 }
 
 /// [`attend`] with at most `max_scores` score elements at once.
+///
+/// The query chunk is sized for one sample and samples are grouped to fill the
+/// budget, so every sample's products have the same shapes whatever the batch:
+/// its result does not depend on what else shares the call.
 fn attend_chunked(
     q: &Tensor,
     k: &Tensor,
@@ -195,29 +199,44 @@ fn attend_chunked(
 ) -> Result<Tensor> {
     let (b, n, _) = q.dims3()?;
     let t = k.dim(1)?;
-    let chunk = (max_scores / (b * t).max(1)).clamp(1, n.max(1));
+    let chunk = (max_scores / t.max(1)).clamp(1, n.max(1));
+    let group = (max_scores / (chunk * t).max(1)).clamp(1, b.max(1));
     let dtype = v.dtype();
-    let mut rows = Vec::with_capacity(n.div_ceil(chunk));
-    for start in (0..n).step_by(chunk) {
-        crate::interrupt::poll()?;
-        let len = chunk.min(n - start);
-        let q = q.narrow(1, start, len)?;
-        let outs = (0..heads)
-            .map(|h| {
-                let qh = q.narrow(2, h * head_dim, head_dim)?.to_dtype(DType::F32)?;
-                let kh = k.narrow(2, h * head_dim, head_dim)?.to_dtype(DType::F32)?;
-                let vh = v.narrow(2, h * head_dim, head_dim)?;
-                let scores = qh.matmul(&kh.t()?)?;
-                let probs = super::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-                probs.matmul(&vh)
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        rows.push(Tensor::cat(&outs, 2)?);
+    let mut samples = Vec::with_capacity(b.div_ceil(group));
+    for first in (0..b).step_by(group) {
+        let size = group.min(b - first);
+        let (q, k, v) = (
+            q.narrow(0, first, size)?,
+            k.narrow(0, first, size)?,
+            v.narrow(0, first, size)?,
+        );
+        let mut rows = Vec::with_capacity(n.div_ceil(chunk));
+        for start in (0..n).step_by(chunk) {
+            crate::interrupt::poll()?;
+            let len = chunk.min(n - start);
+            let q = q.narrow(1, start, len)?;
+            let outs = (0..heads)
+                .map(|h| {
+                    let qh = q.narrow(2, h * head_dim, head_dim)?.to_dtype(DType::F32)?;
+                    let kh = k.narrow(2, h * head_dim, head_dim)?.to_dtype(DType::F32)?;
+                    let vh = v.narrow(2, h * head_dim, head_dim)?;
+                    let scores = qh.matmul(&kh.t()?)?;
+                    let probs = super::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+                    probs.matmul(&vh)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            rows.push(Tensor::cat(&outs, 2)?);
+        }
+        samples.push(if rows.len() == 1 {
+            rows.remove(0)
+        } else {
+            Tensor::cat(&rows, 1)?
+        });
     }
-    if rows.len() == 1 {
-        Ok(rows.remove(0))
+    if samples.len() == 1 {
+        Ok(samples.remove(0))
     } else {
-        Ok(Tensor::cat(&rows, 1)?)
+        Ok(Tensor::cat(&samples, 0)?)
     }
 }
 

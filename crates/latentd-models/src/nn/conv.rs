@@ -73,7 +73,7 @@ impl Conv2d {
     /// [`Self::forward`] with at most `max_cols` unfolded elements per product.
     fn forward_limited(&self, xs: &Tensor, max_cols: usize) -> Result<Tensor> {
         if !self.uses_im2col(xs) {
-            return Ok(self.generic.forward(xs)?);
+            return self.generic_per_sample(xs);
         }
         let (b, c, h, w) = xs.dims4()?;
         let expected = self.generic.weight().dim(1)?;
@@ -96,6 +96,20 @@ impl Conv2d {
         }
     }
 
+    /// candle's convolution, one sample at a time on the CPU: it folds the batch into
+    /// the rows of its matrix product, where the kernel chosen (and so the rounding)
+    /// would depend on how many samples share the call.
+    fn generic_per_sample(&self, xs: &Tensor) -> Result<Tensor> {
+        let b = xs.dim(0)?;
+        if b <= 1 || !xs.device().is_cpu() {
+            return Ok(self.generic.forward(xs)?);
+        }
+        let samples = (0..b)
+            .map(|i| self.generic.forward(&xs.narrow(0, i, 1)?))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&samples, 0)?)
+    }
+
     /// One im2col + matrix product over all rows of `xs`.
     fn im2col_rows(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, _, h, w) = xs.dims4()?;
@@ -106,9 +120,7 @@ impl Conv2d {
         let cols = xs.contiguous()?.apply_op1(op)?;
         // [out, B * H * W] -> [B, out, H * W] (a strided view until the bias add).
         let out_channels = self.weight_2d.dim(0)?;
-        let ys = self
-            .weight_2d
-            .matmul(&cols)?
+        let ys = super::batch_invariant::matmul_batch_in_columns(&self.weight_2d, &cols)?
             .reshape((out_channels, b, h * w))?
             .transpose(0, 1)?;
         let ys = match &self.bias {

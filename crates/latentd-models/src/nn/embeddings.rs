@@ -1,8 +1,9 @@
 //! Timestep embeddings: diffusers' `Timesteps` and `TimestepEmbedding`.
 
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
+use super::Pointwise;
 use crate::Result;
 
 /// Sinusoidal embedding of (possibly fractional) timesteps, one per batch row.
@@ -68,8 +69,8 @@ impl Timesteps {
 /// Two linear layers with a SiLU between them (`linear_1`, `linear_2`).
 #[derive(Debug, Clone)]
 pub struct TimestepEmbedding {
-    linear_1: Linear,
-    linear_2: Linear,
+    linear_1: Pointwise,
+    linear_2: Pointwise,
     span: tracing::Span,
 }
 
@@ -77,8 +78,8 @@ impl TimestepEmbedding {
     /// Maps `in_channels` to `time_embed_dim`.
     pub fn new(vb: VarBuilder, in_channels: usize, time_embed_dim: usize) -> Result<Self> {
         Ok(Self {
-            linear_1: candle_nn::linear(in_channels, time_embed_dim, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(time_embed_dim, time_embed_dim, vb.pp("linear_2"))?,
+            linear_1: Pointwise::new(vb.pp("linear_1"), in_channels, time_embed_dim, true)?,
+            linear_2: Pointwise::new(vb.pp("linear_2"), time_embed_dim, time_embed_dim, true)?,
             span: tracing::trace_span!("time-embedding"),
         })
     }
@@ -86,8 +87,8 @@ impl TimestepEmbedding {
     /// `[B, in_channels]` -> `[B, time_embed_dim]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let xs = self.linear_1.forward(xs)?.silu()?;
-        Ok(self.linear_2.forward(&xs)?)
+        let xs = self.linear_1.rows(xs)?.silu()?;
+        self.linear_2.rows(&xs)
     }
 }
 

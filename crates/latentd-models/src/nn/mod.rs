@@ -2,6 +2,7 @@
 //! their diffusers counterparts so that diffusers weights load unchanged.
 
 pub mod attention;
+mod batch_invariant;
 pub mod conv;
 mod cpu_kernels;
 pub mod embeddings;
@@ -102,14 +103,22 @@ impl Pointwise {
         self.bias.as_ref()
     }
 
-    /// `[B, N, in]` (contiguous) -> `[B, N, out]`: a plain linear layer.
+    /// `[B, in]` -> `[B, out]`: a plain linear layer, each row's result independent of `B`.
+    pub(crate) fn rows(&self, xs: &Tensor) -> Result<Tensor> {
+        let ys = batch_invariant::matmul_batch_in_rows(xs, &self.weight.t()?)?;
+        match &self.bias {
+            Some(bias) => Ok(ys.broadcast_add(bias)?),
+            None => Ok(ys),
+        }
+    }
+
+    /// `[B, N, in]` (contiguous) -> `[B, N, out]`: a plain linear layer, each row's
+    /// result independent of `B`.
     pub(crate) fn tokens(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, n, _) = xs.dims3()?;
-        let ys = xs
-            .contiguous()?
-            .reshape((b * n, ()))?
-            .matmul(&self.weight.t()?)?
-            .reshape((b, n, ()))?;
+        let flat = xs.contiguous()?.reshape((b * n, ()))?;
+        let ys =
+            batch_invariant::matmul_batch_in_rows(&flat, &self.weight.t()?)?.reshape((b, n, ()))?;
         self.add_bias(ys, 2)
     }
 

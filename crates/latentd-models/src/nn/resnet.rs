@@ -1,9 +1,9 @@
 //! diffusers' `ResnetBlock2D` with the "default" time-embedding norm and SiLU.
 
 use candle_core::Tensor;
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::{conv2d, group_norm, Conv2d, GroupNorm};
+use super::{conv2d, group_norm, Conv2d, GroupNorm, Pointwise};
 use crate::Result;
 
 /// Sizes and constants of one [`ResnetBlock2D`].
@@ -31,7 +31,7 @@ pub struct ResnetBlock2DConfig {
 pub struct ResnetBlock2D {
     norm1: GroupNorm,
     conv1: Conv2d,
-    time_emb_proj: Option<Linear>,
+    time_emb_proj: Option<Pointwise>,
     norm2: GroupNorm,
     conv2: Conv2d,
     conv_shortcut: Option<Conv2d>,
@@ -44,7 +44,7 @@ impl ResnetBlock2D {
     pub fn new(vb: VarBuilder, cfg: &ResnetBlock2DConfig) -> Result<Self> {
         let (cin, cout) = (cfg.in_channels, cfg.out_channels);
         let time_emb_proj = match cfg.temb_channels {
-            Some(t) => Some(candle_nn::linear(t, cout, vb.pp("time_emb_proj"))?),
+            Some(t) => Some(Pointwise::new(vb.pp("time_emb_proj"), t, cout, true)?),
             None => None,
         };
         let conv_shortcut = if cin != cout {
@@ -71,7 +71,7 @@ impl ResnetBlock2D {
         let _enter = self.span.enter();
         let mut hs = self.conv1.forward(&self.norm1.forward_silu(xs)?)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
+            let t = proj.rows(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
             hs = hs.broadcast_add(&t)?;
         }
         let hs = self.conv2.forward(&self.norm2.forward_silu(&hs)?)?;
