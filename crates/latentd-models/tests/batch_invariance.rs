@@ -25,8 +25,11 @@ fn bits(t: &Tensor) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-/// (fixture folder, UNet input channels, text context `(tokens, width)`).
-const MODELS: [(&str, usize, Option<(usize, usize)>); 6] = [
+/// A text context's `(tokens, width)`.
+type Context = Option<(usize, usize)>;
+
+/// (fixture folder, UNet input channels, text context).
+const MODELS: [(&str, usize, Context); 6] = [
     ("sd1-tiny", 4, Some((77, 32))),
     ("sd2-tiny", 4, Some((77, 32))),
     ("sd-inpaint-tiny", 9, Some((77, 32))),
