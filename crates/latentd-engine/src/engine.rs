@@ -180,7 +180,12 @@ impl Engine {
     /// disturbed) or `ShuttingDown`.
     pub fn submit(&self, req: &GenerateRequest) -> Result<Arc<Job>, EngineError> {
         let valid = self.validate(req)?;
-        let id = random_job_id();
+        self.submit_valid(random_job_id(), valid)
+    }
+
+    /// Queues an already validated request under a given id (a shared job store's,
+    /// whose job this replica runs). Fails as [`Engine::submit`] does.
+    pub fn submit_valid(&self, id: String, valid: ValidRequest) -> Result<Arc<Job>, EngineError> {
         let job = Job::new(id, valid);
         {
             let mut queue = self.inner.shared.lock_queue();
@@ -248,6 +253,49 @@ impl Engine {
         let snapshot = self.cancel(id)?;
         self.inner.store.remove(id);
         Ok(snapshot)
+    }
+
+    /// Whether taking one more job keeps the workers busy without holding work back
+    /// from other replicas: nothing waits, or what waits and runs is less than the
+    /// workers can batch together.
+    pub fn has_room(&self) -> bool {
+        let queue = self.inner.shared.lock_queue();
+        if !queue.accepting || queue.waiting.len() >= self.config().max_queue {
+            return false;
+        }
+        let waiting_rows: usize = queue.waiting.iter().map(|j| j.request().rows).sum();
+        let active: usize = queue.active_rows.iter().sum();
+        let capacity = self.config().max_batch_rows * queue.active_rows.len();
+        queue.waiting.is_empty() || waiting_rows + active < capacity
+    }
+
+    /// Takes the queued (not yet started) jobs that `pick` selects out of the queue and
+    /// ends them with `shutting_down`: at shutdown, a shared store hands them back to
+    /// other replicas instead of running them here.
+    pub fn withdraw_queued(&self, pick: impl Fn(&Job) -> bool) -> Vec<Arc<Job>> {
+        let taken: Vec<Arc<Job>> = {
+            let mut queue = self.inner.shared.lock_queue();
+            let mut taken = Vec::new();
+            let mut kept = VecDeque::new();
+            for job in queue.waiting.drain(..) {
+                if pick(&job) {
+                    taken.push(job);
+                } else {
+                    kept.push_back(job);
+                }
+            }
+            queue.waiting = kept;
+            metrics::gauge!("latentd_queue_depth").set(queue.waiting.len() as f64);
+            taken
+        };
+        for job in &taken {
+            fail(
+                job,
+                Code::ShuttingDown,
+                "returned to the shared queue at shutdown",
+            );
+        }
+        taken
     }
 
     /// Jobs waiting to start.

@@ -34,6 +34,8 @@ pub enum Code {
     ShuttingDown,
     /// Not ready to serve.
     Unavailable,
+    /// The shared job store (Redis) cannot be reached.
+    JobStoreUnavailable,
     /// The job failed while running (e.g. non-finite values).
     GenerationFailed,
     /// Anything else that went wrong inside.
@@ -42,7 +44,7 @@ pub enum Code {
 
 impl Code {
     /// Every code, for documentation and tests.
-    pub const ALL: [Code; 16] = [
+    pub const ALL: [Code; 17] = [
         Code::InvalidRequest,
         Code::MalformedJson,
         Code::BodyTooLarge,
@@ -57,6 +59,7 @@ impl Code {
         Code::QueueFull,
         Code::ShuttingDown,
         Code::Unavailable,
+        Code::JobStoreUnavailable,
         Code::GenerationFailed,
         Code::Internal,
     ];
@@ -78,9 +81,22 @@ impl Code {
             Code::QueueFull => "queue_full",
             Code::ShuttingDown => "shutting_down",
             Code::Unavailable => "unavailable",
+            Code::JobStoreUnavailable => "job_store_unavailable",
             Code::GenerationFailed => "generation_failed",
             Code::Internal => "internal",
         }
+    }
+}
+
+impl std::str::FromStr for Code {
+    type Err = String;
+
+    /// The code a wire name denotes (`queue_full` -> `Code::QueueFull`).
+    fn from_str(name: &str) -> Result<Self, String> {
+        Code::ALL
+            .into_iter()
+            .find(|code| code.as_str() == name)
+            .ok_or_else(|| format!("unknown error code `{name}`"))
     }
 }
 

@@ -3,3 +3,4 @@
 pub mod builtin;
 pub mod cli;
 pub mod http;
+pub mod shared_jobs;

@@ -13,6 +13,7 @@ use latentd_models::pipeline::{load_model_from, DiffusionModel, LoadOptions};
 use latentd_models::schedulers::PredictionType;
 
 use crate::http::{AppState, RunningServer};
+use crate::shared_jobs::{JobStoreSpec, SharedConfig, SharedJobs};
 
 /// Arguments of `latentd serve`; every flag can also be set from the environment.
 #[derive(Debug, Clone, Args)]
@@ -105,6 +106,22 @@ pub struct ServeArgs {
     /// Seconds running jobs get to finish on SIGTERM/SIGINT.
     #[arg(long, env = "LATENTD_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Where async jobs live: `memory` (this process) or `redis://HOST:PORT[/DB]`,
+    /// shared by every replica on that Redis (they survive a replica's crash).
+    #[arg(
+        long,
+        env = "LATENTD_JOB_STORE",
+        default_value = "memory",
+        value_name = "memory|redis://HOST:PORT[/DB]"
+    )]
+    pub job_store: JobStoreSpec,
+    /// This replica's name in a shared job store (default: host name and a random suffix).
+    #[arg(long, env = "LATENTD_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// A replica whose lease in the shared store is older than this is taken for dead
+    /// and its jobs are run again elsewhere.
+    #[arg(long, env = "LATENTD_JOB_LEASE_SECS", default_value_t = 10.0)]
+    pub job_lease_secs: f64,
 }
 
 impl ServeArgs {
@@ -126,6 +143,32 @@ impl ServeArgs {
             ..EngineConfig::default()
         }
     }
+}
+
+/// The shared store's settings from the command line.
+pub fn shared_config(args: &ServeArgs) -> anyhow::Result<SharedConfig> {
+    if !(args.job_lease_secs.is_finite() && args.job_lease_secs >= 0.3) {
+        anyhow::bail!("--job-lease-secs must be at least 0.3");
+    }
+    let replica = match &args.replica_id {
+        Some(name) if !name.trim().is_empty() => name.trim().to_string(),
+        _ => {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|| "latentd".into());
+            let suffix = latentd_engine::seed::random_job_id();
+            format!("{host}-{}", &suffix[suffix.len() - 8..])
+        }
+    };
+    Ok(SharedConfig {
+        replica,
+        lease: Duration::from_secs_f64(args.job_lease_secs),
+        finished_ttl: Duration::from_secs(args.job_ttl_secs),
+        max_queue: args.max_queue,
+    })
 }
 
 /// Parses `cpu` or `cuda:N`.
@@ -284,7 +327,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let args = args.clone();
         tokio::task::spawn_blocking(move || start_engine(&args)).await??
     };
-    let state = AppState::new(engine, args.api_key.clone(), args.max_body_bytes);
+    let mut state = AppState::new(engine.clone(), args.api_key.clone(), args.max_body_bytes);
+    if let JobStoreSpec::Redis(url) = &args.job_store {
+        state = state.with_shared_jobs(SharedJobs::start(url, engine, shared_config(&args)?)?);
+    }
     let addr = SocketAddr::new(args.host, args.port);
     let grace = Duration::from_secs(args.shutdown_grace_secs);
     let mut server = RunningServer::start(state, addr, grace).await?;

@@ -38,7 +38,9 @@ pub fn status(code: Code) -> StatusCode {
         Code::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
         Code::Cancelled => StatusCode::CONFLICT,
         Code::QueueFull => StatusCode::TOO_MANY_REQUESTS,
-        Code::ShuttingDown | Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::ShuttingDown | Code::Unavailable | Code::JobStoreUnavailable => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Code::GenerationFailed | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -73,6 +75,9 @@ pub enum ApiError {
     /// The model is not loaded yet or the server is shutting down.
     #[error("{0}")]
     Unavailable(String),
+    /// The shared job store (Redis) failed or cannot be reached.
+    #[error("the shared job store is unavailable: {0}")]
+    JobStore(String),
 }
 
 impl ApiError {
@@ -88,6 +93,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => Code::MethodNotAllowed,
             ApiError::NotAcceptable(..) => Code::NotAcceptable,
             ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::JobStore(_) => Code::JobStoreUnavailable,
         }
     }
 

@@ -23,19 +23,24 @@ use super::AppState;
         (status = 404, description = "Unknown model; the message lists the served ones", body = ErrorBody),
         (status = 422, description = "Invalid field", body = ErrorBody),
         (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
-        (status = 503, description = "Shutting down", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the shared job store is unreachable", body = ErrorBody),
     )
 )]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<GenerateBody>,
 ) -> Result<Response, ApiError> {
-    let job = state
-        .engine
-        .submit(&body.to_request().map_err(EngineError::from)?)?;
-    let status_url = format!("/v1/jobs/{}", job.id());
+    let id = match &state.shared_jobs {
+        Some(shared) => shared.create(&body).await?,
+        None => state
+            .engine
+            .submit(&body.to_request().map_err(EngineError::from)?)?
+            .id()
+            .to_string(),
+    };
+    let status_url = format!("/v1/jobs/{id}");
     let created = JobCreated {
-        id: job.id().to_string(),
+        id,
         events_url: format!("{status_url}/events"),
         status_url: status_url.clone(),
     };
@@ -62,6 +67,11 @@ pub async fn status(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
+    if let Some(shared) = &state.shared_jobs {
+        if let Some(snapshot) = shared.status(&id).await? {
+            return Ok(Json(JobStatus::new(snapshot, None)));
+        }
+    }
     let job = state.engine.job(&id)?;
     Ok(Json(JobStatus::new(
         job.snapshot(),
@@ -90,7 +100,6 @@ pub async fn events(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let job = state.engine.job(&id)?;
     let from = match headers.get("last-event-id") {
         None => 0,
         Some(value) => value
@@ -106,6 +115,12 @@ pub async fn events(
                 )
             })?,
     };
+    if let Some(shared) = &state.shared_jobs {
+        if let Some(events) = shared.events(&id, from).await? {
+            return Ok(super::sse::respond_shared(events));
+        }
+    }
+    let job = state.engine.job(&id)?;
     Ok(super::sse::respond(job.subscribe(from), None))
 }
 
@@ -138,6 +153,11 @@ pub async fn image(
             )))
         }
     };
+    if let Some(shared) = &state.shared_jobs {
+        if let Some(png) = shared.image(&id, index).await? {
+            return Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response());
+        }
+    }
     let job = state.engine.job(&id)?;
     let png = job
         .image(index)
@@ -161,6 +181,11 @@ pub async fn cancel(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
+    if let Some(shared) = &state.shared_jobs {
+        if let Some(snapshot) = shared.cancel(&id).await? {
+            return Ok(Json(JobStatus::new(snapshot, None)));
+        }
+    }
     let snapshot = state.engine.cancel(&id)?;
     Ok(Json(JobStatus::new(snapshot, None)))
 }
@@ -180,6 +205,11 @@ pub async fn delete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
+    if let Some(shared) = &state.shared_jobs {
+        if let Some(snapshot) = shared.delete(&id).await? {
+            return Ok(Json(JobStatus::new(snapshot, None)));
+        }
+    }
     let snapshot = state.engine.remove(&id)?;
     Ok(Json(JobStatus::new(snapshot, None)))
 }

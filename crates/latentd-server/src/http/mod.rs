@@ -34,6 +34,7 @@ use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use self::error::ApiError;
+use crate::shared_jobs::SharedJobs;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -48,6 +49,9 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Unix time the server started (reported as the model's `created`).
     pub started_unix: u64,
+    /// Where async jobs live when replicas share them (`--job-store redis://...`);
+    /// `None`: in the engine's memory.
+    pub shared_jobs: Option<SharedJobs>,
 }
 
 impl AppState {
@@ -71,7 +75,14 @@ impl AppState {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            shared_jobs: None,
         }
+    }
+
+    /// The same state with async jobs kept in a shared store.
+    pub fn with_shared_jobs(mut self, shared: SharedJobs) -> Self {
+        self.shared_jobs = Some(shared);
+        self
     }
 }
 
@@ -187,6 +198,7 @@ impl RunningServer {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let engine = state.engine.clone();
+        let shared = state.shared_jobs.clone();
         let app = router(state);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -197,7 +209,13 @@ impl RunningServer {
                         grace_secs = grace.as_secs_f64(),
                         "shutting down: finishing jobs"
                     );
+                    if let Some(shared) = &shared {
+                        shared.begin_drain();
+                    }
                     let _ = tokio::task::spawn_blocking(move || engine.shutdown(grace)).await;
+                    if let Some(shared) = &shared {
+                        shared.finish_drain(Duration::from_secs(10)).await;
+                    }
                     tracing::info!("engine stopped; closing connections");
                 })
                 .await

@@ -11,6 +11,7 @@ use latentd_engine::{Event, EventStream};
 use serde_json::json;
 
 use super::CancelOnDrop;
+use crate::shared_jobs::RedisEvents;
 
 /// The SSE frame for one job event; its id is the event's index in the job's log.
 pub fn to_sse(id: usize, event: &Event) -> SseEvent {
@@ -47,7 +48,21 @@ pub fn to_sse(id: usize, event: &Event) -> SseEvent {
 /// Streams a job's events. With a `guard`, the job is cancelled when the client
 /// goes away before the job ends.
 pub fn respond(events: EventStream, guard: Option<CancelOnDrop>) -> Response {
-    let stream = event_stream(events, guard);
+    sse_response(event_stream(events, guard))
+}
+
+/// Streams a shared job's events as the job store records them.
+pub fn respond_shared(events: RedisEvents) -> Response {
+    sse_response(stream::unfold(events, |mut events| async move {
+        let (id, event) = events.next().await?;
+        Some((Ok(to_sse(id, &event)), events))
+    }))
+}
+
+/// An SSE response with keep-alives, unbuffered by proxies.
+fn sse_response(
+    stream: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
+) -> Response {
     let mut response = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
         .into_response();

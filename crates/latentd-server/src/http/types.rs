@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::error::ErrorDetail;
 
 /// Body of `POST /v1/generate` and `POST /v1/jobs`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"prompt": "a red circle above a blue square", "steps": 20, "seed": 42}))]
 pub struct GenerateBody {
