@@ -5,7 +5,8 @@
 //!
 //! ```sh
 //! cargo run --release -p latentd-server --example soak -- \
-//!     [--model DIR] [--requests 2000] [--concurrency 32] [--steps 8] [--job-ttl-secs 5] [--rounds 2]
+//!     [--model DIR] [--requests 2000] [--concurrency 32] [--steps 8] [--job-ttl-secs 5] [--rounds 2] \
+//!     [--job-store redis://127.0.0.1:6379]
 //! ```
 //!
 //! The requests are split into `rounds` rounds, each followed by a pause of the job TTL:
@@ -26,6 +27,7 @@ use futures_util::StreamExt;
 use latentd_engine::{Engine, EngineConfig};
 use latentd_models::pipeline::load_model;
 use latentd_server::http::{AppState, RunningServer};
+use latentd_server::shared_jobs::{SharedConfig, SharedJobs};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -36,6 +38,8 @@ struct Args {
     steps: usize,
     job_ttl_secs: u64,
     rounds: usize,
+    /// A Redis URL: async jobs go through the shared store.
+    job_store: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -46,6 +50,7 @@ fn parse_args() -> Args {
         steps: 8,
         job_ttl_secs: 5,
         rounds: 2,
+        job_store: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,6 +63,7 @@ fn parse_args() -> Args {
             "--steps" => args.steps = number(),
             "--job-ttl-secs" => args.job_ttl_secs = number() as u64,
             "--rounds" => args.rounds = number(),
+            "--job-store" => args.job_store = Some(value.clone()),
             other => eprintln!("ignoring unknown flag {other}"),
         }
     }
@@ -202,6 +208,19 @@ async fn one_request(client: reqwest::Client, base: String, i: usize, steps: usi
     }
 }
 
+/// Whether the server reports the job in a terminal state (through the shared store
+/// when there is one: the same route a client uses).
+async fn has_ended(client: &reqwest::Client, base: &str, id: &str) -> bool {
+    let Ok(r) = client.get(format!("{base}/v1/jobs/{id}")).send().await else {
+        return false;
+    };
+    let state = r.json::<Value>().await.ok();
+    state
+        .as_ref()
+        .and_then(|v| v["state"].as_str())
+        .is_some_and(|s| matches!(s, "succeeded" | "failed" | "cancelled"))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = parse_args();
@@ -213,7 +232,17 @@ async fn main() {
         ..EngineConfig::default()
     };
     let engine = Engine::start(vec![vec![model]], config).expect("engine starts");
-    let state = AppState::new(engine.clone(), None, 1 << 20);
+    let mut state = AppState::new(engine.clone(), None, 1 << 20);
+    if let Some(url) = &args.job_store {
+        let shared = SharedConfig {
+            replica: "soak".into(),
+            lease: Duration::from_secs(10),
+            finished_ttl: Duration::from_secs(args.job_ttl_secs),
+            max_queue: 256,
+        };
+        state =
+            state.with_shared_jobs(SharedJobs::start(url, engine.clone(), shared).expect("redis"));
+    }
     let server = RunningServer::start(
         state,
         "127.0.0.1:0".parse().unwrap(),
@@ -283,10 +312,12 @@ async fn main() {
         }
         // Let hung-up streams' cancellations and the last jobs settle.
         for _ in 0..600 {
-            unfinished = round_jobs
-                .iter()
-                .filter(|id| engine.job(id).is_ok_and(|j| !j.state().is_terminal()))
-                .count();
+            unfinished = 0;
+            for id in &round_jobs {
+                if !has_ended(&client, &base, id).await {
+                    unfinished += 1;
+                }
+            }
             if unfinished == 0 && engine.queue_len() == 0 && engine.active_rows() == 0 {
                 break;
             }
@@ -298,10 +329,13 @@ async fn main() {
         let kept = rss_kib();
         // Finished jobs (and their PNGs) are kept for the TTL, then dropped on a lookup.
         tokio::time::sleep(Duration::from_secs(args.job_ttl_secs + 1)).await;
-        let expired = round_jobs
-            .iter()
-            .filter(|id| engine.job(id).is_err())
-            .count();
+        let mut expired = 0;
+        for id in &round_jobs {
+            let r = client.get(format!("{base}/v1/jobs/{id}")).send().await;
+            if r.is_ok_and(|r| r.status() == 404) {
+                expired += 1;
+            }
+        }
         round_rss.push((kept, rss_kib(), expired, round_jobs.len()));
         jobs.extend(round_jobs);
     }

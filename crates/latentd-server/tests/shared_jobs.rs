@@ -277,6 +277,23 @@ async fn a_job_sent_to_one_replica_is_read_streamed_cancelled_and_deleted_throug
     assert_eq!(names.first().map(String::as_str), Some("queued"));
     assert!(names.contains(&"started".to_string()) && names.contains(&"image".to_string()));
     assert_eq!(names.last().map(String::as_str), Some("done"), "{names:?}");
+    // Resumable by Last-Event-ID on any replica; after the last event, nothing.
+    let resume = |from: &'static str| {
+        let url = b.url(&format!("/v1/jobs/{id}/events"));
+        async move {
+            let r = http()
+                .get(url)
+                .header("last-event-id", from)
+                .send()
+                .await
+                .unwrap();
+            r.text().await.unwrap()
+        }
+    };
+    assert!(resume("1").await.starts_with("id: 2\n"));
+    let started = Instant::now();
+    assert_eq!(resume("100000").await, "");
+    assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(image(&b, &id, 0).await, solo(&a, &body).await);
     assert_eq!(image(&a, &id, 0).await, solo(&b, &body).await);
 

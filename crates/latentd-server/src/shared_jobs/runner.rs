@@ -268,6 +268,10 @@ async fn start_job(shared: &SharedJobs, entry: String, id: String) {
                 shared.lock_running().remove(job.id());
             });
         }
+        Err((Code::QueueFull | Code::ShuttingDown, _)) => {
+            // Not this replica's to run after all: back to the stream for another.
+            release(shared, &id, &entry).await;
+        }
         Err((code, message)) => {
             let event = Event::Error { code, message };
             let _ = push(shared, &id, &event).await;
@@ -472,6 +476,32 @@ pub(super) async fn cancel_listener(shared: SharedJobs) {
     }
 }
 
+/// Entries of an event stream after id `after`, waiting up to `block_ms` for one.
+async fn read_events(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+    after: &str,
+    block_ms: Option<u64>,
+) -> RedisResult<Vec<(String, Vec<String>)>> {
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT").arg(100);
+    if let Some(ms) = block_ms {
+        cmd.arg("BLOCK").arg(ms);
+    }
+    let reply: Value = cmd
+        .arg("STREAMS")
+        .arg(key)
+        .arg(after)
+        .query_async(conn)
+        .await?;
+    let streams: StreamReply = redis::from_redis_value(reply)?;
+    Ok(streams
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|(_, items)| items)
+        .collect())
+}
+
 /// A shared job's events, read from Redis as they arrive.
 pub struct RedisEvents {
     shared: SharedJobs,
@@ -527,28 +557,18 @@ impl RedisEvents {
             Some(c) => c,
             None => self.conn.insert(dedicated(&self.shared).await?),
         };
-        let reply: Value = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(100)
-            .arg("BLOCK")
-            .arg(5000)
-            .arg("STREAMS")
-            .arg(events_key(&self.id))
-            .arg(format!("0-{}", self.next))
-            .query_async(conn)
-            .await?;
-        let streams: StreamReply = redis::from_redis_value(reply)?;
-        let items: Vec<(String, Vec<String>)> = streams
-            .unwrap_or_default()
-            .into_iter()
-            .flat_map(|(_, items)| items)
-            .collect();
+        let key = events_key(&self.id);
+        let after = format!("0-{}", self.next);
+        let mut items = read_events(conn, &key, &after, None).await?;
         if items.is_empty() {
-            let exists: bool = conn.exists(job_key(&self.id)).await?;
-            if !exists {
+            // Nothing new: the job is gone, or over (resumed after its last event), or
+            // still going, and then the next event is waited for.
+            let state: Option<String> = conn.hget(job_key(&self.id), "state").await?;
+            if !matches!(state.as_deref(), Some("queued" | "running")) {
                 self.done = true;
+                return Ok(());
             }
-            return Ok(());
+            items = read_events(conn, &key, &after, Some(5000)).await?;
         }
         for (stream_id, fields) in items {
             let number = stream_id
