@@ -209,11 +209,15 @@ async fn one_request(client: reqwest::Client, base: String, i: usize, steps: usi
 }
 
 /// Whether the server reports the job in a terminal state (through the shared store
-/// when there is one: the same route a client uses).
+/// when there is one: the same route a client uses). A 404 is a job that ended and
+/// expired: unfinished jobs are never dropped (in Redis their keys outlive any run).
 async fn has_ended(client: &reqwest::Client, base: &str, id: &str) -> bool {
     let Ok(r) = client.get(format!("{base}/v1/jobs/{id}")).send().await else {
         return false;
     };
+    if r.status() == 404 {
+        return true;
+    }
     let state = r.json::<Value>().await.ok();
     state
         .as_ref()
