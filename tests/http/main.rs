@@ -12,4 +12,6 @@ mod jobs;
 mod lifecycle;
 mod load;
 mod openai;
+mod served_document;
+mod stream_metrics;
 mod surprises;

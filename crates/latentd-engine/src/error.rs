@@ -115,9 +115,9 @@ impl fmt::Display for Code {
 /// A request field that failed validation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ValidationError {
-    /// The prompt is empty or only whitespace.
-    #[error("prompt must not be empty")]
-    EmptyPrompt,
+    /// A text-conditioned model got no prompt (an empty string is a valid prompt).
+    #[error("`prompt` is required by text-conditioned models (an empty string is a valid prompt)")]
+    PromptRequired,
     /// The prompt has more tokens than the text encoder reads.
     #[error("prompt is {tokens} tokens long; the model reads at most {max}")]
     PromptTooLong { tokens: usize, max: usize },

@@ -75,10 +75,12 @@ pub fn validate(
 ) -> Result<ValidRequest, ValidationError> {
     check_conditioning(req, model)?;
     if let Some(max_tokens) = model.max_prompt_tokens {
-        let prompt = req.prompt.as_deref().unwrap_or("");
-        if prompt.trim().is_empty() {
-            return Err(ValidationError::EmptyPrompt);
-        }
+        // An empty prompt is a prompt (diffusers takes `""`: the unconditional embedding,
+        // guided by nothing); only a missing one is refused.
+        let prompt = req
+            .prompt
+            .as_deref()
+            .ok_or(ValidationError::PromptRequired)?;
         for text in std::iter::once(prompt).chain(req.negative_prompt.as_deref()) {
             if text.len() > MAX_PROMPT_BYTES {
                 return Err(ValidationError::PromptTooManyBytes {
@@ -457,10 +459,10 @@ mod tests {
         let cases: Vec<(GenerateRequest, Check)> = vec![
             (
                 GenerateRequest {
-                    prompt: Some("  ".into()),
+                    prompt: None,
                     ..req()
                 },
-                |e| matches!(e, ValidationError::EmptyPrompt),
+                |e| matches!(e, ValidationError::PromptRequired),
             ),
             (
                 GenerateRequest {

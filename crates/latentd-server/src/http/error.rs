@@ -158,7 +158,7 @@ mod tests {
     fn table_maps_each_kind_to_its_status() {
         let cases: Vec<(ApiError, u16, &str)> = vec![
             (
-                EngineError::Invalid(ValidationError::EmptyPrompt).into(),
+                EngineError::Invalid(ValidationError::PromptRequired).into(),
                 422,
                 "invalid_request",
             ),

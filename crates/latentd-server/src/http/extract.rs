@@ -27,9 +27,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 }
 
 /// Parses a JSON body: a body that is not JSON is 400, JSON of the wrong shape 422.
+/// Numbers with no fractional part are integers, as JSON Schema has it (`56.0` is a
+/// valid `width`).
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value =
+    let mut value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    integral_floats_as_integers(&mut value);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -39,6 +42,33 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ApiError::InvalidField(format!("`{path}`: {inner}"))
         }
     })
+}
+
+/// Rewrites every number that is a whole float (`56.0`, `-3.0`) within the range of
+/// u64 or i64 as that integer; other numbers are left as they are.
+fn integral_floats_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(number) => {
+            let Some(float) = number.as_f64().filter(|_| number.is_f64()) else {
+                return;
+            };
+            // 2^64 and -2^63 are exact doubles; the casts below are exact inside them.
+            const TWO_POW_64: f64 = 18_446_744_073_709_551_616.0;
+            const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+            if float.fract() != 0.0 || !float.is_finite() {
+                return;
+            }
+            if (0.0..TWO_POW_64).contains(&float) {
+                *value = Value::from(float as u64);
+            } else if (-TWO_POW_63..0.0).contains(&float) {
+                *value = Value::from(float as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
 }
 
 /// `Path<T>` with our error mapping: a path parameter of the wrong type is a 422 in
@@ -103,5 +133,25 @@ mod tests {
             .unwrap();
         assert!(err.to_string().contains("guidance"), "{err}");
         assert!(parse::<GenerateBody>(b"{\"prompt\":\"x\",\"seed\":18446744073709551615}").is_ok());
+    }
+
+    #[test]
+    fn whole_floats_are_integers_as_json_schema_says() {
+        let body = parse::<GenerateBody>(
+            b"{\"prompt\":\"x\",\"height\":56.0,\"seed\":223.0,\"guidance_scale\":7.0}",
+        )
+        .unwrap();
+        assert_eq!((body.height, body.seed), (Some(56), Some(223)));
+        assert_eq!(body.guidance_scale, Some(7.0));
+        for bad in [
+            &b"{\"height\":56.5}"[..],
+            b"{\"height\":-8.0}",
+            b"{\"seed\":1e20}",
+        ] {
+            assert!(matches!(
+                parse::<GenerateBody>(bad),
+                Err(ApiError::InvalidField(_))
+            ));
+        }
     }
 }

@@ -83,7 +83,7 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Format, ApiError> {
         (status = 404, description = "Unknown model; the message lists the served ones", body = ErrorBody),
         (status = 406, description = "Accept names no type this route gives", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid field", body = ErrorBody),
+        (status = 422, description = "Invalid field (the message names it), or an input image or mask that is not a PNG, JPEG or WebP file or does not decode", body = ErrorBody),
         (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
         (status = 503, description = "Shutting down", body = ErrorBody),
     )

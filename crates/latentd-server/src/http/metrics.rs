@@ -3,10 +3,12 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use axum::body::{Body, HttpBody};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::AppState;
@@ -57,7 +59,7 @@ fn describe() {
     describe_histogram!(
         "latentd_http_request_duration_seconds",
         Unit::Seconds,
-        "Time to the response headers, by route (event streams: until the headers)"
+        "Time from the request to the end of its response body, by route (event streams: until the stream ends or the client goes away)"
     );
     describe_counter!(
         "latentd_jobs_total",
@@ -118,7 +120,9 @@ pub async fn render(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Counts requests by route and status and times them.
+/// Counts requests by route and status and times them until their body ends: a body of
+/// known size is complete with the headers; a streamed one (server-sent events) is timed
+/// until its last frame, or until the client goes away and the body is dropped.
 pub async fn track(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -126,12 +130,36 @@ pub async fn track(req: Request, next: Next) -> Response {
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
-    let started = Instant::now();
+    let timer = RequestTimer {
+        route: route.clone(),
+        started: Instant::now(),
+    };
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("latentd_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+    metrics::counter!("latentd_http_requests_total", "route" => route, "method" => method, "status" => status)
         .increment(1);
-    metrics::histogram!("latentd_http_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
+    if response.body().size_hint().exact().is_some() {
+        // Recorded now, as the timer drops.
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // The stream owns the timer: it records when the body is done with and dropped.
+    let stream = body.into_data_stream().map(move |frame| {
+        let _ = &timer;
+        frame
+    });
+    Response::from_parts(parts, Body::from_stream(stream))
+}
+
+/// Records a request's duration, by route, when dropped.
+struct RequestTimer {
+    route: String,
+    started: Instant,
+}
+
+impl Drop for RequestTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("latentd_http_request_duration_seconds", "route" => std::mem::take(&mut self.route))
+            .record(self.started.elapsed().as_secs_f64());
+    }
 }

@@ -11,6 +11,7 @@ pub mod models;
 pub mod openai;
 pub mod openai_edits;
 pub mod openapi;
+mod openapi_requests;
 pub mod seed;
 pub mod sse;
 pub mod types;
@@ -30,7 +31,6 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use self::error::ApiError;
@@ -142,6 +142,11 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(health::ready))
         .route("/metrics", get(metrics::render));
     let max_body = state.max_body_bytes;
+    // The served document states this server's limits and models.
+    let document = openapi::document(&openapi::Served {
+        config: state.engine.config(),
+        models: state.engine.models(),
+    });
     Router::new()
         .merge(api)
         .merge(open)
@@ -150,7 +155,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+        .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", document))
         // 5xx answers are logged where they arise (ApiError); a saturated /ready is not
         // an error.
         .layer(

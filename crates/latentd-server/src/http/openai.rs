@@ -15,14 +15,18 @@ use super::generate::finish;
 use super::types::{OpenAiImage, OpenAiImageRequest, OpenAiImageResponse};
 use super::AppState;
 
-/// Parses an OpenAI `size` such as `512x512` into (width, height).
+/// Parses an OpenAI `size` such as `512x512` into (width, height): decimal digits, `x`
+/// (or `X`), decimal digits, nothing else (the served document's pattern).
 pub fn parse_size(size: &str) -> Result<(usize, usize), ApiError> {
     let bad = || ApiError::InvalidField(format!("size must look like 512x512, got `{size}`"));
-    let (w, h) = size.trim().split_once(['x', 'X']).ok_or_else(bad)?;
-    Ok((
-        w.trim().parse().map_err(|_| bad())?,
-        h.trim().parse().map_err(|_| bad())?,
-    ))
+    let (w, h) = size.split_once(['x', 'X']).ok_or_else(bad)?;
+    let side = |text: &str| {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        text.parse::<usize>().map_err(|_| bad())
+    };
+    Ok((side(w)?, side(h)?))
 }
 
 /// An optional `size`: `(None, None)` when absent.
@@ -46,7 +50,7 @@ pub fn parse_optional_size(size: Option<&str>) -> Result<(Option<usize>, Option<
         (status = 200, description = "The images", body = OpenAiImageResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 404, description = "Unknown model; the message lists the served ones", body = ErrorBody),
-        (status = 422, description = "Invalid field", body = ErrorBody),
+        (status = 422, description = "Invalid field (the message names it)", body = ErrorBody),
         (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
     )
 )]
@@ -136,8 +140,10 @@ mod tests {
     #[test]
     fn sizes_parse_and_bad_ones_are_422() {
         assert_eq!(parse_size("512x768").unwrap(), (512, 768));
-        assert_eq!(parse_size(" 32X48 ").unwrap(), (32, 48));
-        for bad in ["512", "x", "ax2", "-1x2", ""] {
+        assert_eq!(parse_size("32X048").unwrap(), (32, 48));
+        for bad in [
+            "512", "x", "ax2", "-1x2", "", " 32x32", "32x32 ", "+8x8", "8x8x8",
+        ] {
             assert!(
                 matches!(parse_size(bad), Err(ApiError::InvalidField(_))),
                 "{bad}"

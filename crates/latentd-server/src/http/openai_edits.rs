@@ -51,7 +51,7 @@ pub struct OpenAiEditForm {
 }
 
 /// OpenAI form fields latentd accepts and ignores.
-const IGNORED: &[&str] = &[
+pub(crate) const IGNORED: &[&str] = &[
     "user",
     "quality",
     "background",
@@ -69,7 +69,7 @@ const IGNORED: &[&str] = &[
         (status = 200, description = "The edited images", body = OpenAiImageResponse),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 404, description = "Unknown model; the message lists the served ones", body = ErrorBody),
-        (status = 422, description = "Invalid field, image or mask", body = ErrorBody),
+        (status = 422, description = "Invalid field; an image or mask that is not a PNG, JPEG or WebP file or does not decode, has no usable size (the output size defaults to the image's rounded down to the model's multiple), or a mask without alpha or of another size than the image", body = ErrorBody),
         (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
     )
 )]
@@ -175,7 +175,14 @@ fn set_text_field(
         "steps" => form.steps = Some(number(name, &text)?),
         "guidance_scale" => form.guidance_scale = Some(number(name, &text)?),
         "scheduler" => form.scheduler = Some(text),
-        "seed" => form.seed = Some(number(name, &text)?),
+        "seed" => {
+            form.seed = Some(super::seed::parse_decimal(&text).ok_or_else(|| {
+                ApiError::InvalidField(format!(
+                    "`seed`: expected its decimal digits (0 to {}), got `{text}`",
+                    u64::MAX
+                ))
+            })?)
+        }
         "strength" => form.strength = Some(number(name, &text)?),
         _ if IGNORED.contains(&name) => {}
         _ => {
@@ -209,7 +216,13 @@ mod tests {
             (form.n, form.seed, form.strength),
             (Some(2), Some(u64::MAX), Some(0.5))
         );
-        for (name, value) in [("n", "two"), ("colour", "red"), ("seed", "-1")] {
+        for (name, value) in [
+            ("n", "two"),
+            ("colour", "red"),
+            ("seed", "-1"),
+            ("seed", " 5"),
+            ("seed", ""),
+        ] {
             assert!(matches!(
                 set_text_field(&mut form, &mut prompt, name, value.into()),
                 Err(ApiError::InvalidField(_))

@@ -1,5 +1,10 @@
-//! The OpenAPI document, generated from the handlers and types.
+//! The OpenAPI document, generated from the handlers and types, then specialised to the
+//! server that serves it: its limits and its models (see [`super::openapi_requests`]), so
+//! that a request the served document allows is one the server accepts.
 
+use latentd_engine::EngineConfig;
+use latentd_models::pipeline::ModelInfo;
+use serde_json::{json, Value};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -26,7 +31,7 @@ use utoipa::{Modify, OpenApi};
         super::health::ready,
         super::metrics::render,
     ),
-    modifiers(&Security, &UnsignedFormats, &Bounds),
+    modifiers(&Security),
     tags(
         (name = "generate", description = "Synchronous and streaming generation"),
         (name = "jobs", description = "Asynchronous jobs"),
@@ -54,107 +59,75 @@ impl Modify for Security {
     }
 }
 
-/// Writes unsigned integer formats as the usual `uint32` / `uint64` (utoipa spells
-/// them `u-int32` / `u-int64`, which schema tools do not know).
-struct UnsignedFormats;
-
-impl Modify for UnsignedFormats {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        fn fix(value: &mut serde_json::Value) {
-            match value {
-                serde_json::Value::Object(map) => {
-                    if let Some(serde_json::Value::String(format)) = map.get_mut("format") {
-                        if let Some(bits) = format.strip_prefix("u-int") {
-                            *format = format!("uint{bits}");
-                        }
-                    }
-                    map.values_mut().for_each(fix);
-                }
-                serde_json::Value::Array(items) => items.iter_mut().for_each(fix),
-                _ => {}
-            }
-        }
-        let Ok(mut value) = serde_json::to_value(&*openapi) else {
-            return;
-        };
-        fix(&mut value);
-        // Headers are never JSON null: an optional header is simply absent.
-        if let Some(paths) = value.get_mut("paths").and_then(|p| p.as_object_mut()) {
-            for operation in paths.values_mut().filter_map(|p| p.as_object_mut()) {
-                for op in operation.values_mut() {
-                    let Some(params) = op.get_mut("parameters").and_then(|p| p.as_array_mut())
-                    else {
-                        continue;
-                    };
-                    for param in params.iter_mut().filter(|p| p["in"] == "header") {
-                        if let Some(serde_json::Value::Array(types)) =
-                            param.pointer_mut("/schema/type")
-                        {
-                            types.retain(|t| t != "null");
-                            if types.len() == 1 {
-                                let only = types[0].clone();
-                                if let Some(schema) = param.get_mut("schema") {
-                                    schema["type"] = only;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if let Ok(fixed) = serde_json::from_value(value) {
-            *openapi = fixed;
-        }
-    }
+/// What the document states about the server that serves it.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    /// The engine's limits.
+    pub config: &'a EngineConfig,
+    /// The served models, the default one first. Empty: the document of any server with
+    /// these limits (the committed one), whose model-dependent bounds are left open.
+    pub models: &'a [ModelInfo],
 }
 
-/// Declares the request fields' bounds, from the engine's default limits (the values a
-/// server started without limit flags enforces; sizes also depend on the model: see
-/// `max_width` / `max_height` in `GET /v1/models`), so that what the document allows a
-/// default server accepts.
-struct Bounds;
-
-impl Modify for Bounds {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let limits = latentd_engine::EngineConfig::default();
-        let bounds = serde_json::json!({
-            "steps": {"minimum": 1, "maximum": limits.max_steps},
-            "n": {"minimum": 1, "maximum": limits.max_n},
-            "guidance_scale": {"minimum": 0.0, "maximum": limits.max_guidance},
-            "eta": {"minimum": 0.0, "maximum": 1.0},
-            "strength": {"exclusiveMinimum": 0.0, "maximum": 1.0},
-            "width": {"minimum": 8, "multipleOf": 8},
-            "height": {"minimum": 8, "multipleOf": 8},
-        });
-        let Ok(mut value) = serde_json::to_value(&*openapi) else {
-            return;
-        };
-        for schema in ["GenerateBody", "OpenAiImageRequest", "OpenAiEditForm"] {
-            let Some(properties) = value
-                .pointer_mut(&format!("/components/schemas/{schema}/properties"))
-                .and_then(|p| p.as_object_mut())
-            else {
-                continue;
-            };
-            for (field, bound) in bounds.as_object().into_iter().flatten() {
-                if let (Some(serde_json::Value::Object(property)), Some(bound)) =
-                    (properties.get_mut(field), bound.as_object())
-                {
-                    property.extend(bound.clone());
-                }
-            }
-        }
-        if let Ok(bounded) = serde_json::from_value(value) {
-            *openapi = bounded;
-        }
-    }
+/// The document for `served`, as JSON (it uses JSON Schema keywords, `if`/`then` among
+/// them, that utoipa's types do not carry).
+pub fn document(served: &Served) -> Value {
+    let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
+        Ok(doc) => doc,
+        Err(e) => return json!({ "error": e.to_string() }),
+    };
+    unsigned_formats(&mut doc);
+    headers_not_null(&mut doc);
+    super::openapi_requests::describe(&mut doc, served);
+    doc
 }
 
-/// The document as pretty JSON with a trailing newline (the committed file's form).
+/// The committed document (`latentd openapi`): the default limits and no particular
+/// model, as pretty JSON with a trailing newline.
 pub fn json() -> String {
-    let mut s = ApiDoc::openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let config = EngineConfig::default();
+    let doc = document(&Served {
+        config: &config,
+        models: &[],
+    });
+    let mut s =
+        serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     s.push('\n');
     s
+}
+
+/// Writes unsigned integer formats as the usual `uint32` / `uint64` (utoipa spells
+/// them `u-int32` / `u-int64`, which schema tools do not know).
+fn unsigned_formats(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(format)) = map.get_mut("format") {
+                if let Some(bits) = format.strip_prefix("u-int") {
+                    *format = format!("uint{bits}");
+                }
+            }
+            map.values_mut().for_each(unsigned_formats);
+        }
+        Value::Array(items) => items.iter_mut().for_each(unsigned_formats),
+        _ => {}
+    }
+}
+
+/// Headers are never JSON null: an optional header is simply absent.
+fn headers_not_null(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for operation in paths.values_mut().filter_map(Value::as_object_mut) {
+        for op in operation.values_mut() {
+            let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
+                continue;
+            };
+            for param in params.iter_mut().filter(|p| p["in"] == "header") {
+                if let Some(schema) = param.get_mut("schema") {
+                    super::openapi_requests::drop_null(schema);
+                }
+            }
+        }
+    }
 }
