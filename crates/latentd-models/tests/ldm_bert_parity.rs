@@ -146,13 +146,13 @@ fn tokenizer_json_and_vocab_txt_agree() {
                   "max_input_chars_per_word": 100, "vocab": vocab}
     });
     let dir = temp_dir("tokenizer-json");
-    std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
     std::fs::copy(
         source.join("tokenizer_config.json"),
-        dir.join("tokenizer_config.json"),
+        dir.path().join("tokenizer_config.json"),
     )
     .unwrap();
-    let from_json = BertTokenizer::from_dir(&dir).unwrap();
+    let from_json = BertTokenizer::from_dir(dir.path()).unwrap();
     let from_txt = tokenizer();
     let refs = text_refs();
     assert_eq!(mismatches(&from_json, &refs), Vec::<String>::new());
@@ -169,14 +169,14 @@ fn tokenizer_json_and_vocab_txt_agree() {
             "{text:?}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("latentd-ldm-bert-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh empty folder, removed when dropped.
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("latentd-ldm-bert-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]

@@ -4,7 +4,7 @@
 #[path = "common/pipeline_runs.rs"]
 mod pipeline_runs;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use latentd_models::pipeline::{
@@ -90,59 +90,66 @@ fn loader_reads_configs_from_the_folder() {
     assert_eq!(sd2.info().prediction_type, "v_prediction");
 }
 
-/// Copies a fixture folder so a test can break it.
-fn scratch_copy(name: &str, tag: &str) -> PathBuf {
-    let dst = std::env::temp_dir().join(format!("latentd-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dst);
-    pipeline_runs::copy_dir(&fixtures().join(name), &dst);
+/// Copies a fixture folder so a test can break it; the copy is removed when dropped.
+fn scratch_copy(name: &str, tag: &str) -> tempfile::TempDir {
+    let dst = tempfile::Builder::new()
+        .prefix(&format!("latentd-{tag}-"))
+        .tempdir()
+        .unwrap();
+    pipeline_runs::copy_dir(&fixtures().join(name), dst.path());
     dst
 }
 
 #[test]
 fn broken_folders_give_errors_that_name_the_file_and_key() {
-    let err = |dir: &PathBuf| match StableDiffusion::load(dir, &Device::Cpu) {
+    let err = |dir: &Path| match StableDiffusion::load(dir, &Device::Cpu) {
         Ok(_) => panic!("loading {} should fail", dir.display()),
         Err(e) => e.to_string(),
     };
     // Missing weights.
-    let dir = scratch_copy("sd1-tiny", "noweights");
+    let copy = scratch_copy("sd1-tiny", "noweights");
+    let dir = copy.path();
     std::fs::remove_file(dir.join("unet/diffusion_pytorch_model.safetensors")).unwrap();
-    let msg = err(&dir);
+    let msg = err(dir);
     assert!(msg.contains("unet") && msg.contains("safetensors"), "{msg}");
 
     // Missing config file.
-    let dir = scratch_copy("sd1-tiny", "noconfig");
+    let copy = scratch_copy("sd1-tiny", "noconfig");
+    let dir = copy.path();
     std::fs::remove_file(dir.join("vae/config.json")).unwrap();
-    let msg = err(&dir);
+    let msg = err(dir);
     assert!(msg.contains("vae/config.json"), "{msg}");
 
     // Unsupported value.
-    let dir = scratch_copy("sd1-tiny", "badact");
+    let copy = scratch_copy("sd1-tiny", "badact");
+    let dir = copy.path();
     let path = dir.join("text_encoder/config.json");
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("quick_gelu", "swish_unknown");
     std::fs::write(&path, text).unwrap();
-    let msg = err(&dir);
+    let msg = err(dir);
     assert!(msg.contains("hidden_act"), "{msg}");
 
     // A tensor with the wrong shape: the config promises a wider MLP than the weights have.
-    let dir = scratch_copy("sd1-tiny", "badshape");
+    let copy = scratch_copy("sd1-tiny", "badshape");
+    let dir = copy.path();
     let path = dir.join("text_encoder/config.json");
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("\"intermediate_size\": 37", "\"intermediate_size\": 40");
     std::fs::write(&path, text).unwrap();
-    let msg = err(&dir);
+    let msg = err(dir);
     assert!(
         msg.contains("text_encoder/model.safetensors") && msg.contains("shape"),
         "{msg}"
     );
 
     // Malformed JSON.
-    let dir = scratch_copy("sd1-tiny", "badjson");
+    let copy = scratch_copy("sd1-tiny", "badjson");
+    let dir = copy.path();
     std::fs::write(dir.join("model_index.json"), "{ nope").unwrap();
-    let msg = err(&dir);
+    let msg = err(dir);
     assert!(msg.contains("model_index.json"), "{msg}");
 }
 

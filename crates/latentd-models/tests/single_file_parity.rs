@@ -316,14 +316,29 @@ fn rules_pipeline_loads_without_config_and_matches_diffusers() {
     }
 }
 
+/// A scratch safetensors file, removed (with its folder) when dropped.
+struct Scratch {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// Writes `tensors` to a scratch safetensors file.
-fn scratch(tag: &str, tensors: &HashMap<String, Tensor>) -> PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "latentd-single-{tag}-{}.safetensors",
-        std::process::id()
-    ));
+fn scratch(tag: &str, tensors: &HashMap<String, Tensor>) -> Scratch {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("latentd-single-{tag}-"))
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join(format!("latentd-single-{tag}.safetensors"));
     candle_core::safetensors::save(tensors, &path).unwrap();
-    path
+    Scratch { _dir: dir, path }
 }
 
 fn file_tensors(name: &str) -> HashMap<String, Tensor> {
@@ -421,7 +436,10 @@ fn unknown_and_missing_tensors_are_named() {
 #[test]
 fn corrupt_and_foreign_files_are_clear_errors() {
     let options = LoadOptions::default();
-    let tmp = std::env::temp_dir();
+    let tmp = tempfile::Builder::new()
+        .prefix("latentd-trunc-")
+        .tempdir()
+        .unwrap();
     for name in ["sd1-tiny.safetensors", "sd1-tiny.ckpt"] {
         let bytes = std::fs::read(single(name)).unwrap();
         for (tag, cut) in [
@@ -429,7 +447,7 @@ fn corrupt_and_foreign_files_are_clear_errors() {
             ("head", 100),
             ("tail", bytes.len() - 10),
         ] {
-            let path = tmp.join(format!("latentd-trunc-{tag}-{}-{name}", std::process::id()));
+            let path = tmp.path().join(format!("latentd-trunc-{tag}-{name}"));
             std::fs::write(&path, &bytes[..cut]).unwrap();
             let msg = load_err(&path, &options);
             assert!(

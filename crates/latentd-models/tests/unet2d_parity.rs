@@ -98,8 +98,11 @@ fn bad_inputs_are_errors() {
 
 #[test]
 fn unsupported_config_names_the_key() {
-    let dir = std::env::temp_dir().join(format!("latentd-unet2d-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("latentd-unet2d-config-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     let path = dir.join("config.json");
     std::fs::write(&path, r#"{"class_embed_type": "timestep"}"#).unwrap();
     match UNet2DConfig::from_file(&path) {
@@ -109,5 +112,4 @@ fn unsupported_config_names_the_key() {
         }
         other => panic!("{other:?}"),
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -151,8 +151,11 @@ fn unsupported_config_names_the_key() {
         ),
         ("only_cross_attention", serde_json::json!(true)),
     ];
-    let dir = std::env::temp_dir().join(format!("latentd-unet-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("latentd-unet-config-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     for (key, value) in cases {
         let mut json: serde_json::Value = serde_json::from_str(&base).unwrap();
         json[key] = value;
@@ -167,7 +170,6 @@ fn unsupported_config_names_the_key() {
             other => panic!("{key}: expected UnsupportedConfig, got {other:?}"),
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `attention_head_dim` means the number of heads unless `num_attention_heads`

@@ -141,8 +141,11 @@ fn bad_inputs_are_errors() {
 #[test]
 fn unsupported_config_names_the_key() {
     let base = std::fs::read_to_string(config_path("sd1-tiny", "vae")).unwrap();
-    let dir = std::env::temp_dir().join(format!("latentd-vae-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("latentd-vae-config-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     for (key, value) in [
         (
             "down_block_types",
@@ -159,5 +162,4 @@ fn unsupported_config_names_the_key() {
             other => panic!("{key}: expected UnsupportedConfig, got {other:?}"),
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }

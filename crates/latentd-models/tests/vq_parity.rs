@@ -159,8 +159,11 @@ fn bad_inputs_are_errors() {
 
 #[test]
 fn unsupported_config_names_the_key() {
-    let dir = std::env::temp_dir().join(format!("latentd-vq-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("latentd-vq-config-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     let path = dir.join("config.json");
     std::fs::write(&path, r#"{"norm_type": "spatial"}"#).unwrap();
     match VQModelConfig::from_file(&path) {
@@ -170,5 +173,4 @@ fn unsupported_config_names_the_key() {
         }
         other => panic!("{other:?}"),
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -30,6 +30,11 @@ pub fn is_embedded() -> bool {
 /// The folder is `$LATENTD_CACHE_DIR`, else `$XDG_CACHE_HOME/latentd`, else the system
 /// temporary folder, plus `builtin-<hash>`.
 pub fn unpack() -> std::io::Result<PathBuf> {
+    unpack_in(&cache_base())
+}
+
+/// Like [`unpack`], into `base/builtin-<hash>` instead of the cache folder.
+pub fn unpack_in(base: &Path) -> std::io::Result<PathBuf> {
     if !is_embedded() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
@@ -37,7 +42,7 @@ pub fn unpack() -> std::io::Result<PathBuf> {
              pass --model DIR",
         ));
     }
-    unpack_files(files::FILES, files::HASH, &cache_base())
+    unpack_files(files::FILES, files::HASH, base)
 }
 
 /// Writes `files` into `base/builtin-<hash>` unless a complete copy is there, and
@@ -129,28 +134,34 @@ mod tests {
             .iter()
             .map(|(p, b)| (p.as_str(), b.as_slice()))
             .collect();
-        let base =
-            std::env::temp_dir().join(format!("latentd-builtin-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let dir = unpack_files(&files, 0xabc, &base).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("latentd-builtin-test-")
+            .tempdir()
+            .unwrap();
+        let base = tmp.path();
+        let dir = unpack_files(&files, 0xabc, base).unwrap();
         for (rel, bytes) in &files {
             assert_eq!(&std::fs::read(dir.join(rel)).unwrap(), bytes, "{rel}");
         }
         // A second start reuses the complete copy.
         std::fs::write(dir.join("marker"), b"kept").unwrap();
-        assert_eq!(unpack_files(&files, 0xabc, &base).unwrap(), dir);
+        assert_eq!(unpack_files(&files, 0xabc, base).unwrap(), dir);
         assert!(dir.join("marker").is_file());
         let pipe = StableDiffusion::load_named(&dir, MODEL_NAME, &Device::Cpu).unwrap();
         assert_eq!(pipe.info().name, MODEL_NAME);
         // Paths that would escape the folder are refused.
         let bad: Vec<(&str, &[u8])> = vec![("../evil", b"x")];
-        assert!(unpack_files(&bad, 1, &base).is_err());
-        let _ = std::fs::remove_dir_all(&base);
+        assert!(unpack_files(&bad, 1, base).is_err());
     }
 
     #[test]
     fn embedded_model_state_is_reported() {
-        match unpack() {
+        // Into a folder of the test's own, not the shared cache.
+        let base = tempfile::Builder::new()
+            .prefix("latentd-builtin-state-")
+            .tempdir()
+            .unwrap();
+        match unpack_in(base.path()) {
             Ok(dir) => {
                 assert!(is_embedded());
                 assert!(dir.join("model_index.json").is_file());

@@ -16,7 +16,11 @@ use latentd_server::builtin;
 
 #[test]
 fn builtin_model_matches_diffusers_on_the_same_folder() {
-    let dir = builtin::unpack().unwrap();
+    let cache = tempfile::Builder::new()
+        .prefix("latentd-builtin-cache-")
+        .tempdir()
+        .unwrap();
+    let dir = builtin::unpack_in(cache.path()).unwrap();
     let pipe = StableDiffusion::load_named(&dir, builtin::MODEL_NAME, &Device::Cpu).unwrap();
     assert_eq!(pipe.info().name, "latentd-demo");
     let refs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/refs");
@@ -27,9 +31,11 @@ fn builtin_model_matches_diffusers_on_the_same_folder() {
 /// the same image as the library pipeline on the unpacked folder.
 #[test]
 fn generate_without_model_uses_the_builtin_model() {
-    let dir = std::env::temp_dir().join(format!("latentd-builtin-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("latentd-builtin-cli-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     let path = dir.join("out.png");
     let out = Command::new(env!("CARGO_BIN_EXE_latentd"))
         .env("LATENTD_CACHE_DIR", dir.join("cache"))
@@ -57,8 +63,9 @@ fn generate_without_model_uses_the_builtin_model() {
     assert_eq!((png.image.width, png.image.height), (32, 32));
     assert!(dir.join("cache").read_dir().unwrap().next().is_some());
 
+    // The copy the command unpacked into its cache folder.
     let pipe = StableDiffusion::load_named(
-        &builtin::unpack().unwrap(),
+        &builtin::unpack_in(&dir.join("cache")).unwrap(),
         builtin::MODEL_NAME,
         &Device::Cpu,
     )
@@ -81,5 +88,4 @@ fn generate_without_model_uses_the_builtin_model() {
     };
     let images = generate(&pipe, &p, |_, _| {}).unwrap();
     assert_eq!(images[0].data, png.image.data);
-    let _ = std::fs::remove_dir_all(&dir);
 }

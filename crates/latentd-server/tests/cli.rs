@@ -7,11 +7,12 @@ fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd1-tiny")
 }
 
-fn out_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("latentd-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh folder for a test's outputs, removed when dropped.
+fn out_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("latentd-cli-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn latentd() -> Command {
@@ -20,7 +21,8 @@ fn latentd() -> Command {
 
 #[test]
 fn generate_writes_numbered_pngs_with_metadata() {
-    let dir = out_dir("ok");
+    let tmp = out_dir("ok");
+    let dir = tmp.path();
     let out = latentd()
         .args(["generate", "--model"])
         .arg(fixture())
@@ -61,7 +63,8 @@ fn generate_writes_numbered_pngs_with_metadata() {
 #[test]
 fn generate_loads_single_file_checkpoints() {
     let fixtures = fixture().join("..");
-    let dir = out_dir("single");
+    let tmp = out_dir("single");
+    let dir = tmp.path();
     let run = |model: PathBuf, config: Option<PathBuf>, out: &str| {
         let mut cmd = latentd();
         cmd.args(["generate", "--model"]).arg(model);
@@ -101,7 +104,8 @@ fn generate_loads_single_file_checkpoints() {
 
 #[test]
 fn bad_sizes_and_schedulers_exit_with_2() {
-    let dir = out_dir("bad");
+    let tmp = out_dir("bad");
+    let dir = tmp.path();
     for args in [
         vec!["--width", "30"],
         vec!["--height", "0"],
@@ -147,7 +151,8 @@ fn bad_sizes_and_schedulers_exit_with_2() {
 
 #[test]
 fn train_demo_quick_writes_a_folder_that_generate_serves() {
-    let dir = out_dir("train");
+    let tmp = out_dir("train");
+    let dir = tmp.path();
     let model = dir.join("model");
     let out = latentd()
         .args(["train-demo", "--quick", "--out"])
@@ -207,7 +212,8 @@ fn fixtures() -> PathBuf {
 
 #[test]
 fn generate_covers_every_family() {
-    let dir = out_dir("families");
+    let tmp = out_dir("families");
+    let dir = tmp.path();
     let run = |args: &[&str], output: &str| {
         latentd()
             .arg("generate")
@@ -360,7 +366,8 @@ fn write_ref_png(
 
 #[test]
 fn generate_img2img_and_inpainting_match_diffusers() {
-    let dir = out_dir("edits");
+    let tmp = out_dir("edits");
+    let dir = tmp.path();
     let refs = candle_core::safetensors::load(
         fixtures().join("refs/sd1-tiny-edit.safetensors"),
         &candle_core::Device::Cpu,

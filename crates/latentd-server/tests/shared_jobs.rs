@@ -25,16 +25,22 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A `redis-server` of this test's own, on a free port, with no persistence.
+/// A `redis-server` of this test's own, on a free port, with no persistence, working
+/// in a folder of its own (removed when dropped, after the server is stopped).
 struct Redis {
     child: Child,
     port: u16,
+    _dir: tempfile::TempDir,
 }
 
 impl Redis {
     /// Starts one, or `None` when `redis-server` is not installed (and not required).
     fn start() -> Option<Self> {
         let port = free_port();
+        let dir = tempfile::Builder::new()
+            .prefix("latentd-redis-")
+            .tempdir()
+            .unwrap();
         let spawned = Command::new("redis-server")
             .args([
                 "--port",
@@ -45,7 +51,7 @@ impl Redis {
                 "no",
             ])
             .args(["--bind", "127.0.0.1"])
-            .current_dir(std::env::temp_dir())
+            .current_dir(dir.path())
             .stdout(Stdio::null())
             .spawn();
         let child = match spawned {
@@ -66,7 +72,11 @@ impl Redis {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(Self { child, port })
+        Some(Self {
+            child,
+            port,
+            _dir: dir,
+        })
     }
 
     fn url(&self) -> String {

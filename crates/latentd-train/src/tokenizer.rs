@@ -303,9 +303,13 @@ mod tests {
         let words = corpus();
         let vocab = BpeVocabulary::train(&words);
         assert_eq!(vocab.len(), 512 + vocab.merges.len() + 2);
-        let dir = std::env::temp_dir().join(format!("latentd-bpe-{}", std::process::id()));
-        vocab.save(&dir, 16).unwrap();
-        let tokenizer = ClipTokenizer::from_dir(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("latentd-bpe-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
+        vocab.save(dir, 16).unwrap();
+        let tokenizer = ClipTokenizer::from_dir(dir).unwrap();
         assert_eq!(tokenizer.max_length(), 16);
         for word in words.keys() {
             assert_eq!(tokenizer.count_tokens(word).unwrap(), 1, "{word}");
@@ -329,14 +333,13 @@ mod tests {
         // tokenizer.json alone gives the same ids.
         std::fs::remove_file(dir.join("vocab.json")).unwrap();
         std::fs::remove_file(dir.join("merges.txt")).unwrap();
-        let from_json = ClipTokenizer::from_dir(&dir).unwrap();
+        let from_json = ClipTokenizer::from_dir(dir).unwrap();
         for text in ["a red circle.", "An ORANGE  triangle, at 12", "crimson"] {
             assert_eq!(
                 from_json.encode(text).unwrap(),
                 tokenizer.encode(text).unwrap()
             );
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

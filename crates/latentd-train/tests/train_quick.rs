@@ -11,9 +11,13 @@ use latentd_train::{train, Silent, TrainConfig};
 
 #[test]
 fn quick_training_produces_a_loadable_pipeline() {
-    let out = std::env::temp_dir().join(format!("latentd-train-quick-{}", std::process::id()));
+    let tmp = tempfile::Builder::new()
+        .prefix("latentd-train-quick-")
+        .tempdir()
+        .unwrap();
+    let out = tmp.path();
     let cfg = TrainConfig::quick();
-    let report = train(&cfg, &out, &Silent).unwrap();
+    let report = train(&cfg, out, &Silent).unwrap();
 
     assert!(report.vae.final_loss < report.vae.first_loss, "{report:?}");
     assert!(
@@ -43,7 +47,7 @@ fn quick_training_produces_a_loadable_pipeline() {
     );
     assert_eq!(report.diffusion_rounds.len(), cfg.diffusion_rounds.len());
 
-    let pipe = StableDiffusion::load(&out, &Device::Cpu).unwrap();
+    let pipe = StableDiffusion::load(out, &Device::Cpu).unwrap();
     assert_eq!(pipe.info().native_width, cfg.image_size as usize);
     assert_eq!(pipe.tokenizer().max_length(), cfg.arch.max_length);
     let jobs = [
@@ -113,7 +117,7 @@ fn quick_training_produces_a_loadable_pipeline() {
             diffusion_rounds: Vec::new(),
             ..TrainConfig::quick()
         };
-        latentd_train::train_diffusion_in(&cfg, &out, &Silent).unwrap();
+        latentd_train::train_diffusion_in(&cfg, out, &Silent).unwrap();
         candle_core::safetensors::load(out.join("text_encoder/model.safetensors"), &Device::Cpu)
             .unwrap()
     };
@@ -150,7 +154,7 @@ fn quick_training_produces_a_loadable_pipeline() {
             diffusion_rounds: Vec::new(),
             ..cfg.clone()
         };
-        let reports = latentd_train::train_diffusion_in(&cfg, &out, &Silent).unwrap();
+        let reports = latentd_train::train_diffusion_in(&cfg, out, &Silent).unwrap();
         (reports[0].first_loss, weights())
     };
     let (whole_loss, whole) = sharded(1);
@@ -164,19 +168,19 @@ fn quick_training_produces_a_loadable_pipeline() {
 
     // Continuation rounds: the main stage and its rounds in one call equal the
     // main stage, saved, then the rounds continued from the folder.
-    let reports = latentd_train::train_diffusion_in(&cfg, &out, &Silent).unwrap();
+    let reports = latentd_train::train_diffusion_in(&cfg, out, &Silent).unwrap();
     assert_eq!(reports.len(), 1 + cfg.diffusion_rounds.len());
     let in_one_call = weights();
     let main_only = TrainConfig {
         diffusion_rounds: Vec::new(),
         ..cfg.clone()
     };
-    latentd_train::train_diffusion_in(&main_only, &out, &Silent).unwrap();
+    latentd_train::train_diffusion_in(&main_only, out, &Silent).unwrap();
     let main_stage = weights();
-    let reports = latentd_train::continue_diffusion_in(&cfg, &out, 0, &Silent).unwrap();
+    let reports = latentd_train::continue_diffusion_in(&cfg, out, 0, &Silent).unwrap();
     assert_eq!(reports.len(), cfg.diffusion_rounds.len());
     let continued = weights();
-    assert!(latentd_train::continue_diffusion_in(&cfg, &out, 2, &Silent).is_err());
+    assert!(latentd_train::continue_diffusion_in(&cfg, out, 2, &Silent).is_err());
     assert_eq!(largest_difference(&in_one_call, &continued), 0.0);
     assert!(largest_difference(&main_stage, &continued) > 0.0);
 
@@ -188,8 +192,8 @@ fn quick_training_produces_a_loadable_pipeline() {
         }],
         ..cfg.clone()
     };
-    latentd_train::train_diffusion_in(&main_only, &out, &Silent).unwrap();
-    latentd_train::continue_diffusion_in(&text_fixed, &out, 0, &Silent).unwrap();
+    latentd_train::train_diffusion_in(&main_only, out, &Silent).unwrap();
+    latentd_train::continue_diffusion_in(&text_fixed, out, 0, &Silent).unwrap();
     let round_weights = weights();
     let (text, unet): (Vec<_>, Vec<_>) = round_weights
         .keys()
@@ -213,5 +217,4 @@ fn quick_training_produces_a_loadable_pipeline() {
         text_change(&continued)
     );
     assert!(largest_difference(&part(&main_stage, &unet), &part(&round_weights, &unet)) > 0.0);
-    std::fs::remove_dir_all(&out).unwrap();
 }

@@ -193,10 +193,16 @@ fn open_pickle(path: &Path) -> Result<Opened> {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
-        let path = std::env::temp_dir().join(format!("latentd-ckpt-{}-{name}", std::process::id()));
+    /// Writes `bytes` to a file `name` in a fresh folder; the folder is removed when the
+    /// returned guard is dropped.
+    fn scratch(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("latentd-ckpt-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
-        path
+        (dir, path)
     }
 
     #[test]
@@ -212,7 +218,7 @@ mod tests {
                 "safetensors",
             ),
         ] {
-            let path = scratch(name, bytes);
+            let (_dir, path) = scratch(name, bytes);
             let err = CheckpointFile::open(&path).unwrap_err().to_string();
             assert!(
                 err.contains(want) && err.contains(&*path.to_string_lossy()),

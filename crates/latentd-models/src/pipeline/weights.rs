@@ -173,12 +173,12 @@ mod tests {
     use candle_core::Tensor;
     use std::collections::HashMap;
 
-    fn tmpdir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("latentd-weights-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh empty folder, removed when dropped.
+    fn tmpdir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("latentd-weights-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     fn write(dir: &Path, name: &str, dtype: DType) {
@@ -192,10 +192,11 @@ mod tests {
 
     #[test]
     fn prefers_plain_file_over_variant_and_converts_dtype() {
-        let dir = tmpdir("plain");
-        write(&dir, "diffusion_pytorch_model.safetensors", DType::F16);
-        write(&dir, "diffusion_pytorch_model.fp16.safetensors", DType::F16);
-        let w = WeightFiles::find(&dir).unwrap();
+        let tmp = tmpdir("plain");
+        let dir = tmp.path();
+        write(dir, "diffusion_pytorch_model.safetensors", DType::F16);
+        write(dir, "diffusion_pytorch_model.fp16.safetensors", DType::F16);
+        let w = WeightFiles::find(dir).unwrap();
         assert_eq!(
             w.files,
             vec![dir.join("diffusion_pytorch_model.safetensors")]
@@ -208,24 +209,26 @@ mod tests {
 
     #[test]
     fn falls_back_to_fp16_variant() {
-        let dir = tmpdir("variant");
-        write(&dir, "model.fp16.safetensors", DType::BF16);
-        let w = WeightFiles::find(&dir).unwrap();
+        let tmp = tmpdir("variant");
+        let dir = tmp.path();
+        write(dir, "model.fp16.safetensors", DType::BF16);
+        let w = WeightFiles::find(dir).unwrap();
         assert_eq!(w.files, vec![dir.join("model.fp16.safetensors")]);
     }
 
     #[test]
     fn missing_weights_and_shape_mismatch_name_the_file() {
-        let dir = tmpdir("missing");
+        let tmp = tmpdir("missing");
+        let dir = tmp.path();
         std::fs::write(dir.join("model.bin"), b"x").unwrap();
-        let err = WeightFiles::find(&dir).unwrap_err().to_string();
+        let err = WeightFiles::find(dir).unwrap_err().to_string();
         assert!(
             err.contains("no *.safetensors") && err.contains("pickle"),
             "{err}"
         );
 
-        write(&dir, "model.safetensors", DType::F32);
-        let w = WeightFiles::find(&dir).unwrap();
+        write(dir, "model.safetensors", DType::F32);
+        let w = WeightFiles::find(dir).unwrap();
         let vb = w.var_builder(DType::F32, &Device::Cpu).unwrap();
         let err = vb
             .get((3, 3), "w")

@@ -204,17 +204,21 @@ fn null_non_finite(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn write_config(name: &str, json: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("latentd-sched-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
+    /// Writes `json` to a file `name` in a fresh folder; the folder is removed when the
+    /// returned guard is dropped.
+    fn write_config(name: &str, json: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("latentd-sched-config-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join(name);
         std::fs::write(&path, json).unwrap();
-        path
+        (dir, path)
     }
 
     #[test]
     fn reads_known_keys_and_ignores_unknown_ones() {
-        let path = write_config(
+        let (_dir, path) = write_config(
             "known.json",
             r#"{"_class_name": "PNDMScheduler", "beta_schedule": "scaled_linear",
                 "prediction_type": "v_prediction", "trained_betas": null, "some_future_key": [1, 2]}"#,
@@ -229,7 +233,7 @@ mod tests {
 
     #[test]
     fn python_infinity_and_use_default_values() {
-        let path = write_config(
+        let (_dir, path) = write_config(
             "python.json",
             r#"{"lambda_min_clipped": -Infinity, "note": "NaN -Infinity \" NaN",
                 "steps_offset": 1, "timestep_spacing": "trailing",
@@ -243,7 +247,7 @@ mod tests {
 
     #[test]
     fn unknown_prediction_type_is_an_error() {
-        let path = write_config("bad.json", r#"{"prediction_type": "flow_prediction"}"#);
+        let (_dir, path) = write_config("bad.json", r#"{"prediction_type": "flow_prediction"}"#);
         assert!(matches!(
             SchedulerConfig::from_file(&path),
             Err(Error::Json { .. })

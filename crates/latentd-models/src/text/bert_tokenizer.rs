@@ -258,16 +258,15 @@ impl fmt::Debug for BertTokenizer {
 mod tests {
     use super::*;
 
-    /// A fresh folder holding the given files (unique per call: tests run in parallel).
-    fn folder(name: &str, files: &[(&str, &str)]) -> PathBuf {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let pid = std::process::id();
-        let dir = std::env::temp_dir().join(format!("latentd-bert-{name}-{pid}-{n}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+    /// A fresh folder holding the given files (unique per call: tests run in parallel),
+    /// removed when dropped.
+    fn folder(name: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("latentd-bert-{name}-"))
+            .tempdir()
+            .unwrap();
         for (file, text) in files {
-            std::fs::write(dir.join(file), text).unwrap();
+            std::fs::write(dir.path().join(file), text).unwrap();
         }
         dir
     }
@@ -279,7 +278,7 @@ mod tests {
     fn tokenizer(files: &[(&str, &str)]) -> BertTokenizer {
         let mut all = vec![("vocab.txt", VOCAB)];
         all.extend_from_slice(files);
-        BertTokenizer::from_dir(&folder("tok", &all)).unwrap()
+        BertTokenizer::from_dir(folder("tok", &all).path()).unwrap()
     }
 
     fn content(t: &BertTokenizer, text: &str) -> Vec<u32> {
@@ -393,7 +392,7 @@ mod tests {
                 ("vocab.txt", "[UNK]\n"),
             ],
         );
-        let from_json = BertTokenizer::from_dir(&dir).unwrap();
+        let from_json = BertTokenizer::from_dir(dir.path()).unwrap();
         let from_txt = tokenizer(&[]);
         // The config's (default) lower-casing applies, not the normalizer saved in the file.
         for text in ["A CAT, Café!", "unbelievable [MASK] 東", ""] {
@@ -405,7 +404,7 @@ mod tests {
         let bpe = json.to_string().replace("\"WordPiece\"", "\"BPE\"");
         let dir = folder("json-bpe", &[("tokenizer.json", &bpe)]);
         assert!(matches!(
-            BertTokenizer::from_dir(&dir),
+            BertTokenizer::from_dir(dir.path()),
             Err(Error::Tokenizer { .. })
         ));
     }
@@ -413,18 +412,18 @@ mod tests {
     #[test]
     fn bad_folders_are_typed_errors() {
         let empty = folder("none", &[]);
-        let err = BertTokenizer::from_dir(&empty).unwrap_err();
+        let err = BertTokenizer::from_dir(empty.path()).unwrap_err();
         assert!(
-            matches!(err, Error::Tokenizer { ref path, .. } if path == &empty),
+            matches!(err, Error::Tokenizer { ref path, .. } if path == empty.path()),
             "{err}"
         );
         let dir = folder("nounk", &[("vocab.txt", "[PAD]\n[CLS]\n[SEP]\n")]);
-        let err = BertTokenizer::from_dir(&dir).unwrap_err();
+        let err = BertTokenizer::from_dir(dir.path()).unwrap_err();
         assert!(err.to_string().contains("[UNK]"), "{err}");
         let dir = folder("badutf8", &[]);
-        std::fs::write(dir.join("vocab.txt"), b"[UNK]\n\xff\xfe\n").unwrap();
+        std::fs::write(dir.path().join("vocab.txt"), b"[UNK]\n\xff\xfe\n").unwrap();
         assert!(matches!(
-            BertTokenizer::from_dir(&dir),
+            BertTokenizer::from_dir(dir.path()),
             Err(Error::Tokenizer { .. })
         ));
         let cases = [
@@ -441,7 +440,7 @@ mod tests {
                 &format!("bad{i}"),
                 &[("vocab.txt", VOCAB), ("tokenizer_config.json", config)],
             );
-            let err = BertTokenizer::from_dir(&dir).unwrap_err();
+            let err = BertTokenizer::from_dir(dir.path()).unwrap_err();
             assert!(
                 matches!(&err, Error::UnsupportedConfig { key: k, .. } if k == key),
                 "{config}: {err}"
@@ -452,7 +451,7 @@ mod tests {
             &[("vocab.txt", VOCAB), ("tokenizer_config.json", "{")],
         );
         assert!(matches!(
-            BertTokenizer::from_dir(&dir),
+            BertTokenizer::from_dir(dir.path()),
             Err(Error::Json { .. })
         ));
     }
@@ -461,7 +460,7 @@ mod tests {
     fn from_vocab_file_uses_the_defaults() {
         let dir = folder("plain", &[("vocab.txt", VOCAB)]);
         let t = BertTokenizer::from_vocab_file(
-            &dir.join("vocab.txt"),
+            &dir.path().join("vocab.txt"),
             BertNormalization {
                 lowercase: false,
                 ..BertNormalization::default()

@@ -123,17 +123,21 @@ impl ClipTextConfig {
 mod tests {
     use super::*;
 
-    fn write(name: &str, json: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("latentd-clip-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
+    /// Writes `json` to a file `name` in a fresh folder; the folder is removed when the
+    /// returned guard is dropped.
+    fn write(name: &str, json: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("latentd-clip-config-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join(name);
         std::fs::write(&path, json).unwrap();
-        path
+        (dir, path)
     }
 
     #[test]
     fn missing_keys_take_transformers_defaults() {
-        let path = write(
+        let (_dir, path) = write(
             "defaults.json",
             r#"{"hidden_size": 64, "num_attention_heads": 4, "unknown": 1}"#,
         );
@@ -148,7 +152,7 @@ mod tests {
 
     #[test]
     fn reads_gelu() {
-        let path = write("gelu.json", r#"{"hidden_act": "gelu"}"#);
+        let (_dir, path) = write("gelu.json", r#"{"hidden_act": "gelu"}"#);
         assert_eq!(
             ClipTextConfig::from_file(&path).unwrap().hidden_act,
             HiddenAct::Gelu
@@ -157,7 +161,7 @@ mod tests {
 
     #[test]
     fn unsupported_activation_names_the_key() {
-        let path = write("silu.json", r#"{"hidden_act": "silu"}"#);
+        let (_dir, path) = write("silu.json", r#"{"hidden_act": "silu"}"#);
         let err = ClipTextConfig::from_file(&path).unwrap_err();
         assert!(
             matches!(&err, Error::UnsupportedConfig { key, .. } if key == "hidden_act"),
@@ -168,7 +172,7 @@ mod tests {
 
     #[test]
     fn heads_must_divide_hidden_size() {
-        let path = write(
+        let (_dir, path) = write(
             "heads.json",
             r#"{"hidden_size": 30, "num_attention_heads": 4}"#,
         );

@@ -235,13 +235,16 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    fn write(name: &str, json: &str) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("latentd-ldmbert-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
+    /// Writes `json` to a file `name` in a fresh folder; the folder is removed when the
+    /// returned guard is dropped.
+    fn write(name: &str, json: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("latentd-ldmbert-config-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join(name);
         std::fs::write(&path, json).unwrap();
-        path
+        (dir, path)
     }
 
     fn key_of(err: &Error) -> &str {
@@ -253,7 +256,7 @@ mod tests {
 
     #[test]
     fn missing_keys_take_diffusers_defaults() {
-        let path = write("defaults.json", r#"{"d_model": 64, "unknown": [1]}"#);
+        let (_dir, path) = write("defaults.json", r#"{"d_model": 64, "unknown": [1]}"#);
         let config = LdmBertConfig::from_file(&path).unwrap();
         assert_eq!(
             config,
@@ -269,7 +272,7 @@ mod tests {
 
     #[test]
     fn reads_a_config_as_diffusers_saves_it() {
-        let path = write(
+        let (_dir, path) = write(
             "saved.json",
             r#"{"activation_dropout": 0.0, "activation_function": "gelu",
                 "architectures": ["LDMBertModel"], "attention_dropout": 0.0,
@@ -291,13 +294,13 @@ mod tests {
 
     #[test]
     fn aliases_are_honoured_and_must_agree() {
-        let path = write(
+        let (_dir, path) = write(
             "alias.json",
             r#"{"hidden_size": 48, "num_attention_heads": 3}"#,
         );
         let config = LdmBertConfig::from_file(&path).unwrap();
         assert_eq!((config.d_model, config.encoder_attention_heads), (48, 3));
-        let path = write("clash.json", r#"{"hidden_size": 48, "d_model": 32}"#);
+        let (_dir, path) = write("clash.json", r#"{"hidden_size": 48, "d_model": 32}"#);
         let err = LdmBertConfig::from_file(&path).unwrap_err();
         assert_eq!(key_of(&err), "hidden_size");
     }
@@ -315,15 +318,15 @@ mod tests {
             ),
         ];
         for (i, (json, key)) in cases.into_iter().enumerate() {
-            let path = write(&format!("bad{i}.json"), json);
+            let (_dir, path) = write(&format!("bad{i}.json"), json);
             let err = LdmBertConfig::from_file(&path).unwrap_err();
             assert_eq!(key_of(&err), key, "{json}");
             assert!(err.to_string().contains(&format!("bad{i}.json")), "{err}");
         }
-        let path = write("badtype.json", r#"{"d_model": "wide"}"#);
+        let (_dir, path) = write("badtype.json", r#"{"d_model": "wide"}"#);
         let err = LdmBertConfig::from_file(&path).unwrap_err();
         assert!(matches!(err, Error::Json { .. }), "{err}");
-        let path = write("array.json", "[1]");
+        let (_dir, path) = write("array.json", "[1]");
         assert!(LdmBertConfig::from_file(&path).is_err());
     }
 

@@ -278,12 +278,14 @@ impl fmt::Debug for ClipTokenizer {
 mod tests {
     use super::*;
 
-    fn folder(name: &str, files: &[(&str, &str)]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("latentd-clip-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+    /// A fresh folder holding the given files, removed when dropped.
+    fn folder(name: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("latentd-clip-{name}-"))
+            .tempdir()
+            .unwrap();
         for (file, text) in files {
-            std::fs::write(dir.join(file), text).unwrap();
+            std::fs::write(dir.path().join(file), text).unwrap();
         }
         dir
     }
@@ -296,8 +298,8 @@ mod tests {
     fn encodes_with_bos_eos_truncation_and_padding() {
         let dir = folder("encode", &[("vocab.json", VOCAB), ("merges.txt", MERGES)]);
         let tokenizer = ClipTokenizer::from_vocab_merges(
-            &dir.join("vocab.json"),
-            &dir.join("merges.txt"),
+            &dir.path().join("vocab.json"),
+            &dir.path().join("merges.txt"),
             "!",
             5,
         )
@@ -317,8 +319,8 @@ mod tests {
     fn kinds_differ_on_special_words_in_other_casing() {
         let dir = folder("kinds", &[("vocab.json", VOCAB), ("merges.txt", MERGES)]);
         let fast = ClipTokenizer::from_vocab_merges(
-            &dir.join("vocab.json"),
-            &dir.join("merges.txt"),
+            &dir.path().join("vocab.json"),
+            &dir.path().join("merges.txt"),
             "<|endoftext|>",
             77,
         )
@@ -340,9 +342,9 @@ mod tests {
     #[test]
     fn missing_files_and_tokens_are_errors() {
         let empty = folder("none", &[]);
-        let err = ClipTokenizer::from_dir(&empty).unwrap_err();
+        let err = ClipTokenizer::from_dir(empty.path()).unwrap_err();
         assert!(
-            matches!(err, Error::Tokenizer { ref path, .. } if path == &empty),
+            matches!(err, Error::Tokenizer { ref path, .. } if path == empty.path()),
             "{err}"
         );
 
@@ -354,14 +356,14 @@ mod tests {
                 ("special_tokens_map.json", r#"{"pad_token": "<pad>"}"#),
             ],
         );
-        let err = ClipTokenizer::from_dir(&dir).unwrap_err();
+        let err = ClipTokenizer::from_dir(dir.path()).unwrap_err();
         assert!(
             err.to_string().contains("vocab.json") && err.to_string().contains("<pad>"),
             "{err}"
         );
 
         let dir = folder("badjson", &[("vocab.json", "{"), ("merges.txt", MERGES)]);
-        let err = ClipTokenizer::from_dir(&dir).unwrap_err();
+        let err = ClipTokenizer::from_dir(dir.path()).unwrap_err();
         assert!(matches!(err, Error::Json { .. }), "{err}");
     }
 }

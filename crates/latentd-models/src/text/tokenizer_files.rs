@@ -422,13 +422,14 @@ struct TokenizerJsonAddedToken {
 mod tests {
     use super::*;
 
-    /// A fresh folder holding the given files.
-    fn folder(name: &str, files: &[(&str, &str)]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("latentd-tok-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+    /// A fresh folder holding the given files, removed when dropped.
+    fn folder(name: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("latentd-tok-{name}-"))
+            .tempdir()
+            .unwrap();
         for (file, text) in files {
-            std::fs::write(dir.join(file), text).unwrap();
+            std::fs::write(dir.path().join(file), text).unwrap();
         }
         dir
     }
@@ -442,7 +443,7 @@ mod tests {
 
     #[test]
     fn defaults_without_files() {
-        let settings = Settings::read(&folder("empty", &[])).unwrap();
+        let settings = Settings::read(folder("empty", &[]).path()).unwrap();
         assert_eq!(settings.pad.content, "<|endoftext|>");
         assert_eq!(settings.bos.content, "<|startoftext|>");
         assert_eq!(settings.max_length, 77);
@@ -462,7 +463,7 @@ mod tests {
                 ("special_tokens_map.json", r#"{"pad_token": "!"}"#),
             ],
         );
-        let settings = Settings::read(&dir).unwrap();
+        let settings = Settings::read(dir.path()).unwrap();
         assert_eq!(settings.pad, TokenSpec::plain("!"));
         assert_eq!(settings.bos.content, "<s>");
         assert!(settings.bos.rstrip && !settings.bos.lstrip);
@@ -492,7 +493,7 @@ mod tests {
         ];
         for (i, (config, key)) in cases.into_iter().enumerate() {
             let dir = folder(&format!("bad{i}"), &[("tokenizer_config.json", config)]);
-            let err = Settings::read(&dir).unwrap_err();
+            let err = Settings::read(dir.path()).unwrap_err();
             assert_eq!(key_of(&err), key, "{config}");
             assert!(err.to_string().contains("tokenizer_config.json"), "{err}");
         }
@@ -507,10 +508,13 @@ mod tests {
                 ("merges.txt", "#version: 0.2\na b</w>\na b c\n"),
             ],
         );
-        let err =
-            Vocabulary::from_vocab_merges(&dir.join("vocab.json"), &dir.join("merges.txt"), "a")
-                .err()
-                .unwrap();
+        let err = Vocabulary::from_vocab_merges(
+            &dir.path().join("vocab.json"),
+            &dir.path().join("merges.txt"),
+            "a",
+        )
+        .err()
+        .unwrap();
         let message = err.to_string();
         assert!(
             message.contains("merges.txt") && message.contains("line 3"),

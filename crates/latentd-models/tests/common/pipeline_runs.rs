@@ -85,22 +85,22 @@ fn load_for_run(dir: &Path, run: &Value) -> Arc<dyn DiffusionModel> {
     let Some(overrides) = overrides else {
         return load_model(dir, None, &Device::Cpu).unwrap();
     };
-    let copy = std::env::temp_dir().join(format!(
-        "latentd-run-{}-{}-{}",
-        dir.file_name().unwrap().to_string_lossy(),
-        run["id"].as_str().unwrap(),
-        std::process::id()
-    ));
-    copy_dir(dir, &copy);
-    let path = copy.join("scheduler/scheduler_config.json");
+    let copy = tempfile::Builder::new()
+        .prefix(&format!(
+            "latentd-run-{}-{}-",
+            dir.file_name().unwrap().to_string_lossy(),
+            run["id"].as_str().unwrap(),
+        ))
+        .tempdir()
+        .unwrap();
+    copy_dir(dir, copy.path());
+    let path = copy.path().join("scheduler/scheduler_config.json");
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     for (key, value) in overrides {
         config[key] = value.clone();
     }
     std::fs::write(&path, config.to_string()).unwrap();
-    let model = load_model(&copy, None, &Device::Cpu).unwrap();
-    std::fs::remove_dir_all(&copy).unwrap();
-    model
+    load_model(copy.path(), None, &Device::Cpu).unwrap()
 }
 
 /// Copies a folder tree.

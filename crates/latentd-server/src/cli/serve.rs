@@ -387,7 +387,11 @@ mod tests {
     fn single_file_flags_go_to_files_only() {
         let config = Some(std::path::Path::new("sd15-configs"));
         let epsilon = Some(PredictionType::Epsilon);
-        let folder = load_options(&std::env::temp_dir(), None, config, epsilon);
+        let dir = tempfile::Builder::new()
+            .prefix("latentd-serve-test-")
+            .tempdir()
+            .unwrap();
+        let folder = load_options(dir.path(), None, config, epsilon);
         assert_eq!((folder.model_config, folder.prediction_type), (None, None));
         let file = std::path::Path::new("model.safetensors");
         let single = load_options(file, Some("m".into()), config, epsilon);
