@@ -17,8 +17,14 @@ ARG CUDA_VERSION=12.6.3
 # ---------------------------------------------------------------------------- builders
 
 FROM rust:${RUST_TOOLCHAIN}-slim-bookworm AS builder-cpu
-ENV LATENTD_FEATURES="" \
+# The CPU build takes its matrix products from OpenBLAS (the `openblas` feature).
+ENV LATENTD_FEATURES="openblas" \
     CARGO_TARGET_DIR=/cargo-target/cpu
+# Unpinned: see the note on the CUDA builder's apt packages below.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libopenblas-dev \
+ && rm -rf /var/lib/apt/lists/*
 
 FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu22.04 AS builder-cuda
 ARG RUST_TOOLCHAIN
@@ -62,6 +68,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # ---------------------------------------------------------------------------- runtimes
 
 FROM debian:bookworm-slim AS runtime-cpu
+# OpenBLAS, which the CPU binary links (it picks its kernels for the CPU it runs on).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libopenblas0-pthread \
+ && rm -rf /var/lib/apt/lists/*
 
 # The CUDA runtime image carries cudart, cuBLAS, cuRAND and NVRTC, which the binary links;
 # the driver (libcuda) is mounted in by the NVIDIA container toolkit at run time.

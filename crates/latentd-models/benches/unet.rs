@@ -11,7 +11,7 @@
 //!   `/tmp/latentd-sd15-unet-random.safetensors`);
 //! - `LATENTD_BENCH_SIZES`: latent sides (default `32,64`);
 //! - `LATENTD_BENCH_ITERS`: timed runs of each model after one warm-up,
-//!   alternating between the two (default 2);
+//!   alternating between the two (default 3);
 //! - `LATENTD_BENCH_ONLY`: `latentd` or `candle-transformers` to run one side,
 //!   e.g. under a profiler.
 //!
@@ -75,10 +75,18 @@ fn candle_transformers_config(
 /// One UNet forward: `(sample, context) -> prediction`.
 type Forward = Box<dyn Fn(&Tensor, &Tensor) -> anyhow::Result<Tensor>>;
 
+/// (min, median) of the timed runs.
 fn summary(times: &[Duration]) -> (f64, f64) {
-    let secs: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
-    let min = secs.iter().cloned().fold(f64::INFINITY, f64::min);
-    (min, secs.iter().sum::<f64>() / secs.len() as f64)
+    let mut secs: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
+    secs.sort_by(f64::total_cmp);
+    let min = secs.first().copied().unwrap_or(f64::NAN);
+    let n = secs.len();
+    let median = match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => secs[n / 2],
+        _ => (secs[n / 2 - 1] + secs[n / 2]) / 2.0,
+    };
+    (min, median)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,7 +105,7 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.trim().parse::<usize>())
         .collect::<Result<Vec<_>, _>>()
         .context("LATENTD_BENCH_SIZES")?;
-    let iters: usize = env_or("LATENTD_BENCH_ITERS", "2")
+    let iters: usize = env_or("LATENTD_BENCH_ITERS", "3")
         .parse()
         .context("LATENTD_BENCH_ITERS")?;
     let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/sd15_unet_config.json");
@@ -165,20 +173,20 @@ fn main() -> anyhow::Result<()> {
             }
         }
         for ((name, _), times) in sides.iter().zip(&times) {
-            let (min, mean) = summary(times);
-            println!("{name:<20} {s}x{s}: min {min:.3}s mean {mean:.3}s");
+            let (min, median) = summary(times);
+            println!("{name:<20} {s}x{s}: min {min:.3}s median {median:.3}s");
         }
         if let ([a, b], [ta, tb]) = (outputs.as_slice(), times.as_slice()) {
             let diff = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-            let ((amin, amean), (bmin, bmean)) = (summary(ta), summary(tb));
+            let ((amin, amedian), (bmin, bmedian)) = (summary(ta), summary(tb));
             table.push(format!(
-                "| {s}x{s} | {amin:.3} / {amean:.3} | {bmin:.3} / {bmean:.3} | {:.2}x | {diff:.2e} |",
+                "| {s}x{s} | {amin:.3} / {amedian:.3} | {bmin:.3} / {bmedian:.3} | {:.2}x | {diff:.2e} |",
                 bmin / amin
             ));
         }
     }
     if !table.is_empty() {
-        println!("\n| latent | latentd min / mean (s) | candle-transformers min / mean (s) | speed-up (min) | max abs diff |");
+        println!("\n| latent | latentd min / median (s) | candle-transformers min / median (s) | speed-up (min) | max abs diff |");
         println!("|---|---|---|---|---|");
         for row in table {
             println!("{row}");

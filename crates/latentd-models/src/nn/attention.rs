@@ -200,6 +200,24 @@ fn attend_chunked(
     let (b, n, _) = q.dims3()?;
     let t = k.dim(1)?;
     let chunk = (max_scores / t.max(1)).clamp(1, n.max(1));
+    if super::blas::attention_applies(q, k, v) && n > 0 {
+        let mut rows = Vec::with_capacity(n.div_ceil(chunk));
+        for start in (0..n).step_by(chunk) {
+            crate::interrupt::poll()?;
+            let len = chunk.min(n - start);
+            rows.push(super::blas::attention(
+                &q.narrow(1, start, len)?,
+                k,
+                v,
+                heads,
+            )?);
+        }
+        return Ok(if rows.len() == 1 {
+            rows.remove(0)
+        } else {
+            Tensor::cat(&rows, 1)?
+        });
+    }
     let group = (max_scores / (chunk * t).max(1)).clamp(1, b.max(1));
     let dtype = v.dtype();
     let mut samples = Vec::with_capacity(b.div_ceil(group));
@@ -220,11 +238,11 @@ fn attend_chunked(
                     let qh = q.narrow(2, h * head_dim, head_dim)?.to_dtype(DType::F32)?;
                     let kh = k.narrow(2, h * head_dim, head_dim)?.to_dtype(DType::F32)?;
                     let vh = v.narrow(2, h * head_dim, head_dim)?;
-                    let scores = qh.matmul(&kh.t()?)?;
+                    let scores = super::blas::matmul(&qh, &kh.t()?)?;
                     let probs = super::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-                    probs.matmul(&vh)
+                    super::blas::matmul(&probs, &vh)
                 })
-                .collect::<candle_core::Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>>>()?;
             rows.push(Tensor::cat(&outs, 2)?);
         }
         samples.push(if rows.len() == 1 {

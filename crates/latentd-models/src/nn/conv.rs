@@ -81,6 +81,10 @@ impl Conv2d {
             // Let candle produce its usual shape error.
             return Ok(self.generic.forward(xs)?);
         }
+        if super::blas::applies(xs, &self.weight_2d) {
+            let ys = super::blas::conv_same(xs, &self.weight_2d, self.kernel, self.padding)?;
+            return self.finish(ys, b, h, w);
+        }
         let per_row = c * self.kernel * self.kernel * h * w;
         let rows_per_chunk = (max_cols / per_row.max(1)).clamp(1, b.max(1));
         let xs = xs.contiguous()?;
@@ -123,6 +127,12 @@ impl Conv2d {
         let ys = super::batch_invariant::matmul_batch_in_columns(&self.weight_2d, &cols)?
             .reshape((out_channels, b, h * w))?
             .transpose(0, 1)?;
+        self.finish(ys, b, h, w)
+    }
+
+    /// `[B, out, H * W]` plus the bias, as `[B, out, H, W]`.
+    fn finish(&self, ys: Tensor, b: usize, h: usize, w: usize) -> Result<Tensor> {
+        let out_channels = self.weight_2d.dim(0)?;
         let ys = match &self.bias {
             Some(bias) => ys.broadcast_add(&bias.reshape((1, out_channels, 1))?)?,
             None => ys.contiguous()?,

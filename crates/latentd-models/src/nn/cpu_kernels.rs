@@ -89,27 +89,7 @@ impl CustomOp1 for Im2Col {
         }
         let n = b * h * w;
         let mut dst = vec![0f32; c * k * k * n];
-        if n == 0 {
-            return Ok((CpuStorage::F32(dst), Shape::from((c * k * k, n))));
-        }
-        dst.par_chunks_mut(n).enumerate().for_each(|(row, out)| {
-            let ch = row / (k * k);
-            let tap = Tap::new(row % (k * k), k, p, h, w);
-            if tap.columns().is_empty() {
-                return;
-            }
-            for bi in 0..b {
-                let plane = &src[(bi * c + ch) * h * w..][..h * w];
-                for y in 0..h {
-                    let Some(sy) = tap.source_row(y) else {
-                        continue;
-                    };
-                    let src_row = &plane[sy * w..][..w];
-                    let dst_row = &mut out[(bi * h + y) * w..][..w];
-                    dst_row[tap.columns()].copy_from_slice(&src_row[tap.source_columns()]);
-                }
-            }
-        });
+        im2col_into(src, (b, c, h, w), 0..h, k, p, &mut dst);
         Ok((CpuStorage::F32(dst), Shape::from((c * k * k, n))))
     }
 
@@ -131,6 +111,42 @@ impl CustomOp1 for Im2Col {
         };
         Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&fold)?))
     }
+}
+
+/// The unfolding of [`Im2Col`] for image rows `rows` of `src` (`[B, C, H, W]`,
+/// contiguous) into `dst` (`[C * k * k, B * rows.len() * W]`, every element written).
+pub(crate) fn im2col_into(
+    src: &[f32],
+    (b, c, h, w): (usize, usize, usize, usize),
+    rows: std::ops::Range<usize>,
+    k: usize,
+    p: usize,
+    dst: &mut [f32],
+) {
+    let n = b * rows.len() * w;
+    if n == 0 {
+        return;
+    }
+    dst.par_chunks_mut(n).enumerate().for_each(|(row, out)| {
+        let ch = row / (k * k);
+        let tap = Tap::new(row % (k * k), k, p, h, w);
+        let columns = tap.columns();
+        for bi in 0..b {
+            let plane = &src[(bi * c + ch) * h * w..][..h * w];
+            for (i, y) in rows.clone().enumerate() {
+                let dst_row = &mut out[(bi * rows.len() + i) * w..][..w];
+                match tap.source_row(y) {
+                    Some(sy) if !columns.is_empty() => {
+                        dst_row[..columns.start].fill(0.0);
+                        dst_row[columns.clone()]
+                            .copy_from_slice(&plane[sy * w..][..w][tap.source_columns()]);
+                        dst_row[columns.end..].fill(0.0);
+                    }
+                    _ => dst_row.fill(0.0),
+                }
+            }
+        }
+    });
 }
 
 /// The adjoint of [`Im2Col`]: folds a `[C * k * k, B * H * W]` matrix back into

@@ -3,6 +3,7 @@
 
 pub mod attention;
 mod batch_invariant;
+pub(crate) mod blas;
 pub mod conv;
 mod cpu_kernels;
 pub mod embeddings;
@@ -10,6 +11,7 @@ pub mod norm;
 pub mod ops;
 pub mod resnet;
 pub mod sampling;
+mod softmax;
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -105,7 +107,12 @@ impl Pointwise {
 
     /// `[B, in]` -> `[B, out]`: a plain linear layer, each row's result independent of `B`.
     pub(crate) fn rows(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = batch_invariant::matmul_batch_in_rows(xs, &self.weight.t()?)?;
+        let w_t = self.weight.t()?;
+        let ys = if blas::applies(xs, &w_t) {
+            blas::matmul(&xs.unsqueeze(1)?, &w_t)?.squeeze(1)?
+        } else {
+            batch_invariant::matmul_batch_in_rows(xs, &w_t)?
+        };
         match &self.bias {
             Some(bias) => Ok(ys.broadcast_add(bias)?),
             None => Ok(ys),
@@ -116,9 +123,13 @@ impl Pointwise {
     /// result independent of `B`.
     pub(crate) fn tokens(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, n, _) = xs.dims3()?;
-        let flat = xs.contiguous()?.reshape((b * n, ()))?;
-        let ys =
-            batch_invariant::matmul_batch_in_rows(&flat, &self.weight.t()?)?.reshape((b, n, ()))?;
+        let w_t = self.weight.t()?;
+        let xs = xs.contiguous()?;
+        if blas::applies(&xs, &w_t) {
+            return self.add_bias(blas::matmul(&xs, &w_t)?, 2);
+        }
+        let flat = xs.reshape((b * n, ()))?;
+        let ys = batch_invariant::matmul_batch_in_rows(&flat, &w_t)?.reshape((b, n, ()))?;
         self.add_bias(ys, 2)
     }
 
@@ -126,6 +137,10 @@ impl Pointwise {
     /// through a transposed view instead of copying it.
     pub(crate) fn channels_to_tokens(&self, xs: &Tensor) -> Result<Tensor> {
         let w_t = self.weight.t()?;
+        let tokens = xs.transpose(1, 2)?;
+        if blas::applies(&tokens, &w_t) {
+            return self.add_bias(blas::matmul(&tokens, &w_t)?, 2);
+        }
         // One rank-2 product per row: a batched product against a broadcast
         // right-hand side would fold the batch into the rows, which is only
         // valid for row-major left-hand sides.
@@ -138,10 +153,7 @@ impl Pointwise {
     /// `[B, N, in]` (tokens) -> `[B, out, N]` (channels first), without a transpose copy.
     pub(crate) fn tokens_to_channels(&self, xs: &Tensor) -> Result<Tensor> {
         let b = xs.dim(0)?;
-        let ys = self
-            .weight
-            .broadcast_left(b)?
-            .matmul(&xs.transpose(1, 2)?)?;
+        let ys = blas::matmul(&self.weight.broadcast_left(b)?, &xs.transpose(1, 2)?)?;
         self.add_bias(ys, 1)
     }
 

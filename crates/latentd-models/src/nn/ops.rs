@@ -14,6 +14,9 @@ use crate::Result;
 pub fn softmax_last_dim(xs: &Tensor) -> candle_core::Result<Tensor> {
     if xs.track_op() {
         candle_nn::ops::softmax(xs, D::Minus1)
+    } else if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        xs.contiguous()?
+            .apply_op1_no_bwd(&super::softmax::SoftmaxLastDim)
     } else {
         candle_nn::ops::softmax_last_dim(xs)
     }

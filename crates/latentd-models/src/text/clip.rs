@@ -2,7 +2,9 @@
 //! `last_hidden_state` Stable Diffusion conditions on.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
+use candle_nn::{embedding, Embedding, VarBuilder};
+
+use crate::nn::Pointwise;
 
 use super::config::{ClipTextConfig, HiddenAct};
 use super::token_ids::check_token_ids;
@@ -142,10 +144,10 @@ impl EncoderLayer {
 /// Multi-head self-attention with biases on all four projections.
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    q_proj: Pointwise,
+    k_proj: Pointwise,
+    v_proj: Pointwise,
+    out_proj: Pointwise,
     num_heads: usize,
     head_dim: usize,
 }
@@ -154,10 +156,10 @@ impl Attention {
     fn new(vb: VarBuilder, cfg: &ClipTextConfig) -> Result<Self> {
         let size = cfg.hidden_size;
         Ok(Self {
-            q_proj: linear(size, size, vb.pp("q_proj"))?,
-            k_proj: linear(size, size, vb.pp("k_proj"))?,
-            v_proj: linear(size, size, vb.pp("v_proj"))?,
-            out_proj: linear(size, size, vb.pp("out_proj"))?,
+            q_proj: Pointwise::new(vb.pp("q_proj"), size, size, true)?,
+            k_proj: Pointwise::new(vb.pp("k_proj"), size, size, true)?,
+            v_proj: Pointwise::new(vb.pp("v_proj"), size, size, true)?,
+            out_proj: Pointwise::new(vb.pp("out_proj"), size, size, true)?,
             num_heads: cfg.num_attention_heads,
             head_dim: size / cfg.num_attention_heads,
         })
@@ -165,9 +167,9 @@ impl Attention {
 
     fn forward(&self, xs: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (batch, seq_len, hidden) = xs.dims3()?;
-        let heads = |proj: &Linear| -> Result<Tensor> {
+        let heads = |proj: &Pointwise| -> Result<Tensor> {
             Ok(proj
-                .forward(xs)?
+                .tokens(xs)?
                 .reshape((batch, seq_len, self.num_heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?)
@@ -178,40 +180,39 @@ impl Attention {
             heads(&self.v_proj)?,
         );
         let scale = (self.head_dim as f64).powf(-0.5);
-        let weights = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let weights = (crate::nn::blas::matmul(&q, &k.t()?)? * scale)?.broadcast_add(mask)?;
         let weights = crate::nn::ops::softmax_last_dim(&weights)?;
-        let out = weights
-            .matmul(&v)?
+        let out = crate::nn::blas::matmul(&weights, &v)?
             .transpose(1, 2)?
             .reshape((batch, seq_len, hidden))?;
-        Ok(self.out_proj.forward(&out)?)
+        self.out_proj.tokens(&out)
     }
 }
 
 /// `fc2(act(fc1(x)))`.
 #[derive(Debug, Clone)]
 struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Pointwise,
+    fc2: Pointwise,
     act: HiddenAct,
 }
 
 impl Mlp {
     fn new(vb: VarBuilder, cfg: &ClipTextConfig) -> Result<Self> {
         Ok(Self {
-            fc1: linear(cfg.hidden_size, cfg.intermediate_size, vb.pp("fc1"))?,
-            fc2: linear(cfg.intermediate_size, cfg.hidden_size, vb.pp("fc2"))?,
+            fc1: Pointwise::new(vb.pp("fc1"), cfg.hidden_size, cfg.intermediate_size, true)?,
+            fc2: Pointwise::new(vb.pp("fc2"), cfg.intermediate_size, cfg.hidden_size, true)?,
             act: cfg.hidden_act,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = self.fc1.forward(xs)?;
+        let xs = self.fc1.tokens(xs)?;
         let xs = match self.act {
             HiddenAct::QuickGelu => (&xs * candle_nn::ops::sigmoid(&(&xs * 1.702)?)?)?,
             HiddenAct::Gelu => xs.gelu_erf()?,
         };
-        Ok(self.fc2.forward(&xs)?)
+        self.fc2.tokens(&xs)
     }
 }
 

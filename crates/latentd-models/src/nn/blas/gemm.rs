@@ -1,0 +1,372 @@
+//! The OpenBLAS calls: operand forms, GEMM tasks cut by shape, the batched product.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+
+const COL_MAJOR: i32 = 102;
+const NO_TRANS: i32 = 111;
+const TRANS: i32 = 112;
+
+#[link(name = "openblas")]
+extern "C" {
+    #[allow(clippy::too_many_arguments)]
+    fn cblas_sgemm(
+        order: i32,
+        trans_a: i32,
+        trans_b: i32,
+        m: i32,
+        n: i32,
+        k: i32,
+        alpha: f32,
+        a: *const f32,
+        lda: i32,
+        b: *const f32,
+        ldb: i32,
+        beta: f32,
+        c: *mut f32,
+        ldc: i32,
+    );
+}
+
+#[link(name = "openblas")]
+extern "C" {
+    fn openblas_set_num_threads(threads: i32);
+}
+
+/// Keeps OpenBLAS on the calling thread (set once, before the first product).
+fn single_threaded() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: a plain setter of the library's thread count.
+    ONCE.call_once(|| unsafe { openblas_set_num_threads(1) });
+}
+
+/// Floating-point operations a block should have at least before a product is cut.
+const BLOCK_FLOPS: usize = 64 << 20;
+/// At most this many blocks per product: each block packs the shared operand again.
+const MAX_BLOCKS: usize = 4;
+
+/// One GEMM of a product: operands, their offsets and the output's.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Task {
+    pub(super) a: Matrix,
+    pub(super) a_off: usize,
+    pub(super) b: Matrix,
+    pub(super) b_off: usize,
+    pub(super) c_off: usize,
+    pub(super) ldc: usize,
+}
+
+impl Task {
+    /// This product cut into blocks by its shape alone: along the output columns
+    /// when the left operand is the smaller one (it is packed again per block),
+    /// else along the rows.
+    fn blocks(self) -> Vec<Task> {
+        let (m, k, n) = (self.a.rows, self.a.cols, self.b.cols);
+        let parts = (2 * m * n * k / BLOCK_FLOPS).clamp(1, MAX_BLOCKS);
+        if parts == 1 {
+            return vec![self];
+        }
+        let by_columns = m * k <= k * n;
+        let extent = if by_columns { n } else { m };
+        // Blocks of a multiple of 16 (the kernels' vector width), the last shorter.
+        let width = extent.div_ceil(parts).div_ceil(16) * 16;
+        (0..extent)
+            .step_by(width)
+            .map(|start| {
+                let len = width.min(extent - start);
+                if by_columns {
+                    let step = if self.b.transposed { self.b.ld } else { 1 };
+                    Task {
+                        b: Matrix {
+                            cols: len,
+                            ..self.b
+                        },
+                        b_off: self.b_off + start * step,
+                        c_off: self.c_off + start,
+                        ..self
+                    }
+                } else {
+                    let step = if self.a.transposed { 1 } else { self.a.ld };
+                    Task {
+                        a: Matrix {
+                            rows: len,
+                            ..self.a
+                        },
+                        a_off: self.a_off + start * step,
+                        c_off: self.c_off + start * self.ldc,
+                        ..self
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// Runs `tasks` (writing disjoint parts of an output of `len` elements) in
+/// parallel and returns the output.
+fn run(tasks: Vec<Task>, a: &[f32], b: &[f32], len: usize) -> candle_core::Result<Vec<f32>> {
+    let mut out = vec![0f32; len];
+    run_into(tasks, a, b, &mut out)?;
+    Ok(out)
+}
+
+/// Runs `tasks`, which write disjoint parts of `out`, in parallel.
+pub(super) fn run_into(
+    tasks: Vec<Task>,
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+) -> candle_core::Result<()> {
+    use rayon::prelude::*;
+    single_threaded();
+    let blocks: Vec<Task> = tasks.into_iter().flat_map(Task::blocks).collect();
+    let base = Output(out.as_mut_ptr(), out.len());
+    blocks.par_iter().try_for_each(|t| {
+        // SAFETY: every block writes its own rows or columns of `out`, which
+        // outlives the loop; `sgemm` checks each operand's extent.
+        unsafe { sgemm((a, t.a_off, t.a), (b, t.b_off, t.b), (base, t.c_off, t.ldc)) }
+    })
+}
+
+/// The output buffer, shared by the blocks that write disjoint parts of it.
+#[derive(Clone, Copy)]
+pub(super) struct Output(*mut f32, usize);
+
+impl Output {
+    pub(super) fn new(buffer: &mut [f32]) -> Self {
+        Self(buffer.as_mut_ptr(), buffer.len())
+    }
+}
+
+/// One GEMM on the calling thread (see [`sgemm`]).
+///
+/// # Safety
+/// As [`sgemm`]; concurrent calls must write disjoint parts of their outputs.
+pub(super) unsafe fn sgemm_into(
+    a: (&[f32], usize, Matrix),
+    b: (&[f32], usize, Matrix),
+    c: (Output, usize, usize),
+) -> candle_core::Result<()> {
+    single_threaded();
+    // SAFETY: passed on from the caller.
+    unsafe { sgemm(a, b, c) }
+}
+// SAFETY: blocks write disjoint elements (see `run`).
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
+pub(super) fn applies(lhs: &Tensor, rhs: &Tensor) -> bool {
+    let readable = |t: &Tensor| {
+        let (dims, stride) = (t.dims(), t.stride());
+        let r = dims.len();
+        r >= 2 && Matrix::new(dims[r - 2], dims[r - 1], stride[r - 2], stride[r - 1]).is_some()
+    };
+    lhs.device().is_cpu()
+        && rhs.device().is_cpu()
+        && lhs.dtype() == DType::F32
+        && rhs.dtype() == DType::F32
+        && !lhs.track_op()
+        && !rhs.track_op()
+        && lhs.rank() >= 2
+        && (rhs.rank() == 2 || rhs.rank() == lhs.rank())
+        && readable(lhs)
+        && readable(rhs)
+}
+
+/// A `rows x cols` matrix in a strided buffer, as BLAS reads it: `transposed` when
+/// its columns are contiguous rather than its rows, `ld` the other stride.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Matrix {
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    transposed: bool,
+    ld: usize,
+}
+
+impl Matrix {
+    /// A row-major `rows x cols` matrix with leading dimension `ld`.
+    pub(super) fn row_major(rows: usize, cols: usize, ld: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            transposed: false,
+            ld,
+        }
+    }
+
+    /// A `rows x cols` matrix stored column by column, `ld` apart.
+    pub(super) fn transposed(rows: usize, cols: usize, ld: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            transposed: true,
+            ld,
+        }
+    }
+
+    /// The form of a matrix with these dimensions and strides, if BLAS can read it.
+    fn new(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Option<Self> {
+        let row_major = (cols <= 1 || col_stride == 1) && (rows <= 1 || row_stride >= cols);
+        if row_major {
+            let ld = if rows <= 1 { cols.max(1) } else { row_stride };
+            return Some(Self {
+                rows,
+                cols,
+                transposed: false,
+                ld,
+            });
+        }
+        let col_major = (rows <= 1 || row_stride == 1) && (cols <= 1 || col_stride >= rows);
+        col_major.then(|| Self {
+            rows,
+            cols,
+            transposed: true,
+            ld: if cols <= 1 { rows.max(1) } else { col_stride },
+        })
+    }
+}
+
+fn int(x: usize) -> candle_core::Result<i32> {
+    i32::try_from(x).map_err(|_| candle_core::Error::Msg(format!("sgemm: {x} is too large")))
+}
+
+/// `c [m, n] (row-major, leading dimension ldc) = a x b`. The call is made in
+/// column-major terms (`c^T = b^T a^T`), which also keeps OpenBLAS off its
+/// row-major-only "direct" kernels.
+///
+/// # Safety
+/// `a`, `b` and `c` must hold the matrices their forms and offsets describe.
+unsafe fn sgemm(
+    a: (&[f32], usize, Matrix),
+    b: (&[f32], usize, Matrix),
+    c: (Output, usize, usize),
+) -> candle_core::Result<()> {
+    let (a_data, a_off, a) = a;
+    let (b_data, b_off, b) = b;
+    let (Output(c_ptr, c_len), c_off, ldc) = c;
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let extent = |off: usize, mat: Matrix| {
+        let (outer, inner) = if mat.transposed {
+            (mat.cols, mat.rows)
+        } else {
+            (mat.rows, mat.cols)
+        };
+        off + outer.saturating_sub(1) * mat.ld + inner
+    };
+    if k > 0 && (extent(a_off, a) > a_data.len() || extent(b_off, b) > b_data.len()) {
+        candle_core::bail!("sgemm: an operand lies outside its buffer");
+    }
+    if c_off + (m - 1) * ldc + n > c_len {
+        candle_core::bail!("sgemm: the output lies outside its buffer");
+    }
+    let trans = |mat: Matrix| if mat.transposed { TRANS } else { NO_TRANS };
+    // SAFETY: every operand's extent was checked against its buffer above.
+    unsafe {
+        cblas_sgemm(
+            COL_MAJOR,
+            trans(b),
+            trans(a),
+            int(n)?,
+            int(m)?,
+            int(k)?,
+            1.0,
+            b_data.as_ptr().add(b_off),
+            int(b.ld)?,
+            a_data.as_ptr().add(a_off),
+            int(a.ld)?,
+            0.0,
+            c_ptr.add(c_off),
+            int(ldc)?,
+        );
+    }
+    Ok(())
+}
+
+fn f32_data<'a>(storage: &'a CpuStorage, op: &str) -> candle_core::Result<&'a [f32]> {
+    match storage {
+        CpuStorage::F32(data) => Ok(data),
+        _ => candle_core::bail!("{op}: only f32 is supported"),
+    }
+}
+
+/// The form of the last two dimensions of a layout.
+pub(super) fn last_two_of(layout: &Layout, op: &str) -> candle_core::Result<Matrix> {
+    last_two(layout, op)
+}
+
+fn last_two(layout: &Layout, op: &str) -> candle_core::Result<Matrix> {
+    let dims = layout.dims();
+    let stride = layout.stride();
+    let r = dims.len();
+    Matrix::new(dims[r - 2], dims[r - 1], stride[r - 2], stride[r - 1])
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: unsupported strides {stride:?}")))
+}
+
+/// The start offset of each batch entry (dimensions before the last two).
+fn batch_offsets(layout: &Layout, batch: &[usize]) -> Vec<usize> {
+    let stride = layout.stride();
+    let mut offsets = vec![layout.start_offset()];
+    for (d, &size) in batch.iter().enumerate() {
+        offsets = offsets
+            .iter()
+            .flat_map(|&o| (0..size).map(move |i| o + i * stride[d]))
+            .collect();
+    }
+    offsets
+}
+
+/// [`super::matmul`]: one GEMM per batch entry.
+pub(super) struct Batched;
+
+impl CustomOp2 for Batched {
+    fn name(&self) -> &'static str {
+        "openblas-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a_data, b_data) = (f32_data(s1, self.name())?, f32_data(s2, self.name())?);
+        let (a, b) = (last_two(l1, self.name())?, last_two(l2, self.name())?);
+        let batch = &l1.dims()[..l1.dims().len() - 2];
+        let shared = l2.dims().len() == 2;
+        if a.cols != b.rows || (!shared && &l2.dims()[..l2.dims().len() - 2] != batch) {
+            candle_core::bail!(
+                "{}: shapes {:?} and {:?} do not multiply",
+                self.name(),
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let a_offsets = batch_offsets(l1, batch);
+        let b_offsets = if shared {
+            vec![l2.start_offset(); a_offsets.len()]
+        } else {
+            batch_offsets(l2, batch)
+        };
+        let (m, n) = (a.rows, b.cols);
+        let tasks = a_offsets
+            .iter()
+            .zip(&b_offsets)
+            .enumerate()
+            .map(|(i, (&a_off, &b_off))| Task {
+                a,
+                a_off,
+                b,
+                b_off,
+                c_off: i * m * n,
+                ldc: n,
+            })
+            .collect();
+        let out = run(tasks, a_data, b_data, a_offsets.len() * m * n)?;
+        let mut dims = batch.to_vec();
+        dims.extend([m, n]);
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}

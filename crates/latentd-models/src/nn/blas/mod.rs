@@ -1,0 +1,163 @@
+//! Single-precision matrix products through OpenBLAS (the `openblas` feature).
+//!
+//! candle's CPU GEMM uses AVX2/FMA on stable Rust; OpenBLAS picks kernels for the CPU
+//! it runs on at load time (AVX-512 on Skylake-X and newer), about 1.6-3x the
+//! throughput on the UNet's shapes (BENCHMARKS.md). It is used for f32 CPU tensors that
+//! track no gradient; anything else goes to candle's `matmul`.
+//!
+//! OpenBLAS also picks kernels by shape (a small-matrix path, direct kernels, edge
+//! tiles), so a product with the batch folded into one side would round a sample's
+//! values differently depending on the batch. Products here therefore run **one GEMM
+//! per sample** ([`matmul`] over batch entries, [`conv_same`] for the im2col
+//! convolution), each cut into blocks by its own shape alone: a sample's arithmetic
+//! is a function of its shape, never of the batch or of the thread count.
+//!
+//! OpenBLAS runs single-threaded and the blocks run on the rayon pool candle's other
+//! kernels use: OpenBLAS's own threads would spin between calls, taking cores from
+//! those kernels on a small machine.
+
+use candle_core::Tensor;
+
+use crate::Result;
+
+/// `lhs [.., M, K] x rhs [.., K, N]`; `rhs` may also be rank 2, shared by every batch
+/// entry of `lhs`. Each batch entry is its own GEMM when OpenBLAS is used.
+pub(crate) fn matmul(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if gemm::applies(lhs, rhs) {
+        return Ok(lhs.apply_op2_no_bwd(rhs, &gemm::Batched)?);
+    }
+    if rhs.rank() == 2 && lhs.rank() > 2 {
+        return Ok(lhs.broadcast_matmul(rhs)?);
+    }
+    Ok(lhs.matmul(rhs)?)
+}
+
+/// Whether [`matmul`] and [`conv_same`] take OpenBLAS for these operands.
+pub(crate) fn applies(lhs: &Tensor, rhs: &Tensor) -> bool {
+    #[cfg(feature = "openblas")]
+    {
+        gemm::applies(lhs, rhs)
+    }
+    #[cfg(not(feature = "openblas"))]
+    {
+        let _ = (lhs, rhs);
+        false
+    }
+}
+
+/// A stride-1 "same" `k x k` convolution without bias: `xs [B, C, H, W]` (f32, CPU)
+/// and `weight [M, C * k * k]` to `[B, M, H * W]`, unfolding into a reused per-thread
+/// buffer instead of a fresh matrix per call, one GEMM per sample (or per band of
+/// image rows for large images). Only where [`applies`] holds for the weight and `xs`.
+pub(crate) fn conv_same(
+    xs: &Tensor,
+    weight: &Tensor,
+    kernel: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    {
+        Ok(xs
+            .contiguous()?
+            .apply_op2_no_bwd(weight, &conv::Im2ColGemm { kernel, padding })?)
+    }
+    #[cfg(not(feature = "openblas"))]
+    {
+        let _ = (xs, weight, kernel, padding);
+        Err(candle_core::Error::Msg("conv_same needs the openblas feature".into()).into())
+    }
+}
+
+/// Whether [`attention`] takes these operands.
+pub(crate) fn attention_applies(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
+    let rows = |t: &Tensor| t.rank() == 3 && t.stride()[2] == 1;
+    applies(q, k) && applies(k, v) && rows(q) && rows(k) && rows(v)
+}
+
+/// Softmax attention of `q [B, L, heads * head_dim]` (already scaled) over
+/// `k, v [B, T, heads * head_dim]` (views with unit stride along features), one task
+/// per sample and head: `q k^T` into a reused per-thread buffer, the softmax in place,
+/// then the product with `v` written into the output's columns of that head. Only
+/// where [`attention_applies`] holds.
+pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    {
+        Ok(q.apply_op3_no_bwd(k, v, &attention::Attention { heads })?)
+    }
+    #[cfg(not(feature = "openblas"))]
+    {
+        let _ = (q, k, v, heads);
+        Err(candle_core::Error::Msg("attention needs the openblas feature".into()).into())
+    }
+}
+
+#[cfg(feature = "openblas")]
+mod attention;
+#[cfg(feature = "openblas")]
+mod conv;
+#[cfg(feature = "openblas")]
+mod gemm;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, IndexOp};
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n)
+            .map(|i| {
+                let x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15 ^ seed);
+                ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn products_match_candle_for_every_stride_form() {
+        let a = random(&[3, 5, 7], 1);
+        let b = random(&[3, 7, 4], 2);
+        let w = random(&[7, 4], 3);
+        let cases: Vec<(Tensor, Tensor)> = vec![
+            (a.clone(), b.clone()),
+            // Transposed views on either side.
+            (a.clone(), random(&[3, 4, 7], 4).transpose(1, 2).unwrap()),
+            (random(&[3, 7, 5], 5).transpose(1, 2).unwrap(), b.clone()),
+            // Narrowed columns (row stride larger than the width).
+            (random(&[3, 5, 9], 6).narrow(2, 2, 7).unwrap(), b.clone()),
+            // A broadcast batch (stride 0).
+            (
+                a.clone(),
+                w.unsqueeze(0).unwrap().broadcast_as((3, 7, 4)).unwrap(),
+            ),
+            // Rank 2, and 1-wide matrices.
+            (a.i(0).unwrap(), w.clone()),
+            (random(&[1, 7], 7), w.clone()),
+            (random(&[5, 7], 8), random(&[7, 1], 9)),
+        ];
+        for (lhs, rhs) in cases {
+            let ours = matmul(&lhs, &rhs).unwrap();
+            let reference = lhs.matmul(&rhs.contiguous().unwrap()).unwrap();
+            assert_eq!(ours.dims(), reference.dims());
+            assert!(max_diff(&ours, &reference) < 1e-5);
+        }
+        // A shared right-hand side of rank 2.
+        let ours = matmul(&a, &w).unwrap();
+        assert!(max_diff(&ours, &a.broadcast_matmul(&w).unwrap()) < 1e-5);
+    }
+}
