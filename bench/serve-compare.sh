@@ -11,7 +11,7 @@
 # Settings (environment, defaults in brackets):
 #   MODEL [tests/fixtures/sd1-tiny]  REQUESTS [32]  CONCURRENCY [16]  STEPS [20]
 #   SCHEDULER [ddim]  GUIDANCE [7.5]  WIDTH [64]  HEIGHT [64]
-#   MAX_BATCH_ROWS [8, latentd serve's default]  MAX_QUEUE [max(64, REQUESTS)]
+#   MAX_BATCH_ROWS [32, latentd serve's default]  MAX_QUEUE [max(64, REQUESTS)]
 #   PYTHON [/work/venv/bin/python]: with torch, diffusers and bench/requirements.txt
 #   LATENTD_FEATURES [none]: cargo features of latentd-server for the build
 # sd1-tiny's native size is 32x32 and latentd accepts up to twice that: 64x64 is its
@@ -27,7 +27,7 @@ scheduler="${SCHEDULER:-ddim}"
 guidance="${GUIDANCE:-7.5}"
 width="${WIDTH:-64}"
 height="${HEIGHT:-64}"
-max_batch_rows="${MAX_BATCH_ROWS:-8}"
+max_batch_rows="${MAX_BATCH_ROWS:-32}"
 max_queue="${MAX_QUEUE:-$((requests > 64 ? requests : 64))}"
 python="${PYTHON:-/work/venv/bin/python}"
 features="${LATENTD_FEATURES:-}"

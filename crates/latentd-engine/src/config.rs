@@ -9,8 +9,11 @@ use latentd_models::pipeline::ModelInfo;
 pub struct EngineConfig {
     /// Jobs waiting to start before new ones are refused.
     pub max_queue: usize,
-    /// Most UNet rows in flight at once (a guided job of n images takes 2n rows).
+    /// Most UNet rows in flight at once per worker (a guided job of n images takes 2n rows).
     pub max_batch_rows: usize,
+    /// Most rows x latent pixels in flight at once per worker: large latents batch
+    /// fewer rows than `max_batch_rows` allows, small ones up to it.
+    pub max_batch_latent_pixels: usize,
     /// Largest width accepted, in pixels (`None`: twice each model's native width).
     pub max_width: Option<usize>,
     /// Largest height accepted, in pixels (`None`: twice each model's native height).
@@ -36,7 +39,21 @@ pub struct EngineConfig {
     pub wedged_after: Duration,
 }
 
+/// The default row budget per worker.
+pub const DEFAULT_MAX_BATCH_ROWS: usize = 32;
+/// The default latent-pixel budget per worker: 8 rows of 64x64 latents (Stable
+/// Diffusion at 512x512), the batch that pays on a CPU without running out of memory.
+pub const DEFAULT_MAX_BATCH_LATENT_PIXELS: usize = 8 * 64 * 64;
+
 impl EngineConfig {
+    /// What may be in flight at once on one worker.
+    pub fn budget(&self) -> crate::planner::Budget {
+        crate::planner::Budget {
+            rows: self.max_batch_rows,
+            latent_pixels: self.max_batch_latent_pixels,
+        }
+    }
+
     /// The largest width and height accepted for a model: the configured ones, else
     /// twice the model's native size (larger images from a model trained at one size
     /// are mostly noise, and cost quadratically more).
@@ -52,7 +69,8 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             max_queue: 64,
-            max_batch_rows: 8,
+            max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
+            max_batch_latent_pixels: DEFAULT_MAX_BATCH_LATENT_PIXELS,
             max_width: None,
             max_height: None,
             max_steps: 150,

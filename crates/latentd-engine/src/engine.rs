@@ -82,6 +82,7 @@ impl Engine {
                 accepting: true,
                 stop: false,
                 active_rows: vec![0; workers.len()],
+                active_latent_pixels: vec![0; workers.len()],
                 active_row_steps: vec![0; workers.len()],
                 heartbeats: vec![Instant::now(); workers.len()],
                 restarts: vec![0; workers.len()],
@@ -264,9 +265,23 @@ impl Engine {
             return false;
         }
         let waiting_rows: usize = queue.waiting.iter().map(|j| j.request().rows).sum();
+        let waiting_pixels: usize = queue
+            .waiting
+            .iter()
+            .map(|j| {
+                let (h, w) = j.request().latent_size;
+                j.request().rows * h * w
+            })
+            .sum();
         let active: usize = queue.active_rows.iter().sum();
-        let capacity = self.config().max_batch_rows * queue.active_rows.len();
-        queue.waiting.is_empty() || waiting_rows + active < capacity
+        let active_pixels: usize = queue.active_latent_pixels.iter().sum();
+        let workers = queue.active_rows.len();
+        let config = self.config();
+        let capacity = config.max_batch_rows * workers;
+        let pixel_capacity = config.max_batch_latent_pixels.saturating_mul(workers);
+        queue.waiting.is_empty()
+            || (waiting_rows + active < capacity
+                && waiting_pixels.saturating_add(active_pixels) < pixel_capacity)
     }
 
     /// Takes the queued (not yet started) jobs that `pick` selects out of the queue and

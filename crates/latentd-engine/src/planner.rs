@@ -1,10 +1,11 @@
 //! The batch planner: a pure function from queue state to what the next tick does.
 //!
 //! Rules (kept simple so they are easy to reason about under load):
-//! - **Admission** is first-in, first-out. Waiting jobs join while the rows in flight
-//!   stay within `max_rows`. The head of the queue is never overtaken, so a big job
-//!   cannot starve. A job larger than `max_rows` on its own is admitted when nothing
-//!   else is in flight, and runs alone.
+//! - **Admission** is first-in, first-out. Waiting jobs join while what is in flight
+//!   stays within the [`Budget`]: rows, and rows x latent pixels (so small latents
+//!   batch more rows than large ones). The head of the queue is never overtaken, so a
+//!   big job cannot starve. A job larger than the budget on its own is admitted when
+//!   nothing else is in flight, and runs alone.
 //! - **Running**: rows in one UNet call must share a group (model and latent shape). Groups
 //!   share the device by the time their calls took (a [`Ledger`] of each group's service):
 //!   the least-served group runs, with every active job of that group, so a 32x32 job
@@ -148,24 +149,59 @@ impl Ledger {
     }
 }
 
+/// What may be in flight at once on one worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Rows (a guided image is 2).
+    pub rows: usize,
+    /// Rows x latent height x latent width.
+    pub latent_pixels: usize,
+}
+
+impl Budget {
+    /// A budget of rows alone.
+    pub fn rows(rows: usize) -> Self {
+        Self {
+            rows,
+            latent_pixels: usize::MAX,
+        }
+    }
+
+    /// Whether `rows` rows of `pixels` latent pixels each, on top of what is in
+    /// flight, stay within the budget.
+    fn fits(&self, in_flight: (usize, usize), rows: usize, pixels: usize) -> bool {
+        in_flight.0 + rows <= self.rows.max(1)
+            && in_flight.1.saturating_add(rows.saturating_mul(pixels)) <= self.latent_pixels
+    }
+}
+
+/// Latent pixels of one row of `group`.
+fn pixels(group: GroupKey) -> usize {
+    group.height.saturating_mul(group.width)
+}
+
 /// Plans one tick; `ledger` holds the groups' service.
-pub fn plan(
-    active: &[ActiveJob],
-    waiting: &[WaitingJob],
-    max_rows: usize,
-    ledger: &Ledger,
-) -> Plan {
-    let max_rows = max_rows.max(1);
-    let mut in_flight: usize = active.iter().map(|j| j.rows).sum();
+pub fn plan(active: &[ActiveJob], waiting: &[WaitingJob], budget: Budget, ledger: &Ledger) -> Plan {
+    let mut in_flight: (usize, usize) = active.iter().fold((0, 0), |(r, p), j| {
+        (
+            r + j.rows,
+            p.saturating_add(j.rows.saturating_mul(pixels(j.group))),
+        )
+    });
     let mut jobs: Vec<ActiveJob> = active.to_vec();
     let mut admit = Vec::new();
     let mut admit_stop = AdmitStop::QueueEmpty;
     for w in waiting {
-        let fits = in_flight + w.rows <= max_rows;
-        let alone = in_flight == 0 && admit.is_empty();
+        let fits = budget.fits(in_flight, w.rows, pixels(w.group));
+        let alone = in_flight.0 == 0 && admit.is_empty();
         if fits || alone {
             admit.push(w.key);
-            in_flight += w.rows;
+            in_flight = (
+                in_flight.0 + w.rows,
+                in_flight
+                    .1
+                    .saturating_add(w.rows.saturating_mul(pixels(w.group))),
+            );
             jobs.push(ActiveJob {
                 key: w.key,
                 rows: w.rows,
@@ -244,7 +280,7 @@ mod tests {
 
     #[test]
     fn idle_engine_plans_nothing() {
-        let p = plan(&[], &[], 8, &Ledger::default());
+        let p = plan(&[], &[], Budget::rows(8), &Ledger::default());
         assert!(p.admit.is_empty() && p.run.is_empty());
         assert_eq!(
             (p.group, p.rows, p.admit_stop),
@@ -255,7 +291,7 @@ mod tests {
     #[test]
     fn admits_fifo_up_to_the_budget_and_never_overtakes_the_head() {
         let waiting = [w(1, 2, A), w(2, 4, A), w(3, 4, A), w(4, 1, A)];
-        let p = plan(&[], &waiting, 8, &Ledger::default());
+        let p = plan(&[], &waiting, Budget::rows(8), &Ledger::default());
         // 2 + 4 = 6; job 3 (4 rows) does not fit, and job 4 may not overtake it.
         assert_eq!(p.admit, vec![1, 2]);
         assert_eq!(p.run, vec![1, 2]);
@@ -266,7 +302,7 @@ mod tests {
     #[test]
     fn newcomers_join_a_running_batch() {
         let active = [a(1, 2, A, 5)];
-        let p = plan(&active, &[w(2, 2, A)], 8, &Ledger::default());
+        let p = plan(&active, &[w(2, 2, A)], Budget::rows(8), &Ledger::default());
         assert_eq!(p.admit, vec![2]);
         assert_eq!(p.run, vec![1, 2]);
         assert_eq!(p.rows, 4);
@@ -274,14 +310,19 @@ mod tests {
 
     #[test]
     fn oversized_job_runs_alone_when_idle_and_waits_otherwise() {
-        let p = plan(&[], &[w(1, 16, A), w(2, 1, A)], 8, &Ledger::default());
+        let p = plan(
+            &[],
+            &[w(1, 16, A), w(2, 1, A)],
+            Budget::rows(8),
+            &Ledger::default(),
+        );
         assert_eq!(p.admit, vec![1]);
         assert_eq!(p.run, vec![1]);
         assert_eq!(p.rows, 16);
         let p = plan(
             &[a(9, 1, A, 0)],
             &[w(1, 16, A), w(2, 1, A)],
-            8,
+            Budget::rows(8),
             &Ledger::default(),
         );
         assert!(p.admit.is_empty());
@@ -291,11 +332,11 @@ mod tests {
     #[test]
     fn groups_take_turns_by_longest_wait() {
         let active = [a(1, 2, A, 4), a(2, 2, B, 3), a(3, 2, A, 4)];
-        let p = plan(&active, &[], 8, &Ledger::default());
+        let p = plan(&active, &[], Budget::rows(8), &Ledger::default());
         assert_eq!(p.group, Some(B));
         assert_eq!(p.run, vec![2]);
         let active = [a(1, 2, A, 4), a(2, 2, B, 5), a(3, 2, A, 4)];
-        let p = plan(&active, &[], 8, &Ledger::default());
+        let p = plan(&active, &[], Budget::rows(8), &Ledger::default());
         assert_eq!(p.group, Some(A));
         assert_eq!(p.run, vec![1, 3]);
         assert_eq!(p.rows, 4);
@@ -304,10 +345,10 @@ mod tests {
     #[test]
     fn models_never_share_a_call() {
         let active = [a(1, 2, A, 4), a(2, 2, C, 4), a(3, 2, A, 4)];
-        let p = plan(&active, &[], 8, &Ledger::default());
+        let p = plan(&active, &[], Budget::rows(8), &Ledger::default());
         assert_eq!((p.group, p.run.clone()), (Some(A), vec![1, 3]));
         let active = [a(1, 2, A, 5), a(2, 2, C, 4), a(3, 2, A, 5)];
-        let p = plan(&active, &[], 8, &Ledger::default());
+        let p = plan(&active, &[], Budget::rows(8), &Ledger::default());
         assert_eq!((p.group, p.run), (Some(C), vec![2]));
     }
 
@@ -322,7 +363,7 @@ mod tests {
         let mut active = vec![a(1, 2, big, 0), a(2, 2, A, 0)];
         let mut runs = Vec::new();
         for tick in 1..=12 {
-            let p = plan(&active, &[], 8, &ledger);
+            let p = plan(&active, &[], Budget::rows(8), &ledger);
             ledger.sync(&[big, A]);
             let group = p.group.unwrap();
             // A big step costs 100 times a small one.
@@ -340,26 +381,64 @@ mod tests {
         let late = B;
         assert_eq!(ledger.served(late), 0);
         active.push(a(3, 1, late, 0));
-        let p = plan(&active, &[], 8, &ledger);
+        let p = plan(&active, &[], Budget::rows(8), &ledger);
         assert_eq!(p.group, Some(late));
         ledger.sync(&[big, A, late]);
         ledger.charge(late, 2000);
         // Now late (2000) is served most; A (110) and big (1000) come first.
-        assert_eq!(plan(&active, &[], 8, &ledger).group, Some(A));
+        assert_eq!(plan(&active, &[], Budget::rows(8), &ledger).group, Some(A));
         // When late's jobs leave and come back, it keeps what it had: no fresh credit
         // for a client that sends one small job after another.
         active.pop();
         ledger.sync(&[big, A]);
         assert_eq!(ledger.served(late), 2000);
         // A newcomer that never ran wins a tie on service.
-        let p = plan(&active, &[w(4, 1, C)], 8, &ledger);
+        let p = plan(&active, &[w(4, 1, C)], Budget::rows(8), &ledger);
         assert_eq!(ledger.served(C), 0);
         assert_eq!(p.group, Some(C));
     }
 
     #[test]
     fn zero_budget_is_treated_as_one_row() {
-        let p = plan(&[], &[w(1, 2, A), w(2, 1, A)], 0, &Ledger::default());
+        let p = plan(
+            &[],
+            &[w(1, 2, A), w(2, 1, A)],
+            Budget::rows(0),
+            &Ledger::default(),
+        );
         assert_eq!(p.admit, vec![1]);
+    }
+
+    #[test]
+    fn latent_pixels_bound_large_latents_and_let_small_ones_batch() {
+        // C: 8x8 latents (64 pixels a row); SMALL: 4x4 (16); TINY: 2x2 (4).
+        const SMALL: GroupKey = GroupKey {
+            model: 0,
+            height: 4,
+            width: 4,
+        };
+        const TINY: GroupKey = GroupKey {
+            model: 0,
+            height: 2,
+            width: 2,
+        };
+        let budget = Budget {
+            rows: 32,
+            latent_pixels: 8 * 64,
+        };
+        let p = plan(
+            &[],
+            &[w(1, 4, C), w(2, 4, C), w(3, 2, C)],
+            budget,
+            &Ledger::default(),
+        );
+        assert_eq!((p.admit, p.admit_stop), (vec![1, 2], AdmitStop::BudgetFull));
+        let small: Vec<WaitingJob> = (0..17).map(|k| w(k, 2, SMALL)).collect();
+        let p = plan(&[], &small, budget, &Ledger::default());
+        assert_eq!(p.admit.len(), 16);
+        assert_eq!(p.rows, 32);
+        // The row budget still holds for the smallest latents.
+        let many: Vec<WaitingJob> = (0..20).map(|k| w(k, 2, TINY)).collect();
+        assert_eq!(plan(&[], &many, budget, &Ledger::default()).rows, 32);
     }
 }

@@ -42,6 +42,8 @@ pub(crate) struct QueueState {
     pub stop: bool,
     /// Rows in flight on each worker.
     pub active_rows: Vec<usize>,
+    /// Rows x latent pixels in flight on each worker.
+    pub active_latent_pixels: Vec<usize>,
     /// Model calls still to run for the jobs in flight, times their rows.
     pub active_row_steps: Vec<usize>,
     /// When each worker last made progress: finished a tick, or waited while idle.
@@ -266,12 +268,7 @@ impl Worker {
                 }
             })
             .collect();
-        let plan = planner::plan(
-            &active,
-            &waiting,
-            self.shared.config.max_batch_rows,
-            &self.ledger,
-        );
+        let plan = planner::plan(&active, &waiting, self.shared.config.budget(), &self.ledger);
         let admitted: Vec<Arc<Job>> = queue.waiting.drain(..plan.admit.len()).collect();
         metrics::gauge!("latentd_queue_depth").set(queue.waiting.len() as f64);
         tracing::trace!(?plan, "planned tick");
@@ -568,6 +565,11 @@ impl Worker {
 
     fn publish_load(&self) {
         let rows: usize = self.active.iter().map(|a| a.rows).sum();
+        let latent_pixels: usize = self
+            .active
+            .iter()
+            .map(|a| a.rows * a.group.height * a.group.width)
+            .sum();
         let row_steps: usize = self
             .active
             .iter()
@@ -583,6 +585,9 @@ impl Worker {
         }
         if let Some(slot) = queue.active_row_steps.get_mut(self.index) {
             *slot = row_steps;
+        }
+        if let Some(slot) = queue.active_latent_pixels.get_mut(self.index) {
+            *slot = latent_pixels;
         }
         if let Some(beat) = queue.heartbeats.get_mut(self.index) {
             *beat = Instant::now();

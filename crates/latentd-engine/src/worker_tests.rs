@@ -156,6 +156,7 @@ fn engine(models: Vec<Arc<FakeModel>>, max_batch_rows: usize) -> Engine {
         .collect();
     let config = EngineConfig {
         max_batch_rows,
+        max_batch_latent_pixels: usize::MAX,
         ..EngineConfig::default()
     };
     Engine::start(vec![models], config).unwrap()

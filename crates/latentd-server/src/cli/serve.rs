@@ -63,8 +63,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LATENTD_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,
     /// UNet rows in flight per worker (a guided image takes 2 rows).
-    #[arg(long, env = "LATENTD_MAX_BATCH_ROWS", default_value_t = 8)]
+    #[arg(long, env = "LATENTD_MAX_BATCH_ROWS", default_value_t = latentd_engine::config::DEFAULT_MAX_BATCH_ROWS)]
     pub max_batch_rows: usize,
+    /// Rows x latent pixels in flight per worker (default: 8 rows of 64x64 latents,
+    /// Stable Diffusion at 512x512), so that small images batch more rows than large ones.
+    #[arg(long, env = "LATENTD_MAX_BATCH_LATENT_PIXELS", default_value_t = latentd_engine::config::DEFAULT_MAX_BATCH_LATENT_PIXELS)]
+    pub max_batch_latent_pixels: usize,
     /// Require this key (`Authorization: Bearer KEY` or `x-api-key`) on /v1/*.
     #[arg(long, env = "LATENTD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -130,6 +134,7 @@ impl ServeArgs {
         EngineConfig {
             max_queue: self.max_queue,
             max_batch_rows: self.max_batch_rows,
+            max_batch_latent_pixels: self.max_batch_latent_pixels,
             max_width: self.max_width,
             max_height: self.max_height,
             max_steps: self.max_steps,
