@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod input_image;
 pub mod job;
+mod memory;
 pub mod planner;
 pub mod png_meta;
 pub mod request;

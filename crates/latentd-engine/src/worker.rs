@@ -126,6 +126,8 @@ pub(crate) struct Worker {
     tick: u64,
     /// Each shape group's share of the device so far, for fair turns between groups.
     ledger: Ledger,
+    /// Work was done since the worker last went idle: free memory to hand back.
+    worked_since_idle: bool,
 }
 
 impl Worker {
@@ -144,6 +146,7 @@ impl Worker {
             admitting: Vec::new(),
             tick: 0,
             ledger: Ledger::default(),
+            worked_since_idle: false,
         }
     }
 
@@ -231,10 +234,18 @@ impl Worker {
                 return None;
             }
             if !self.active.is_empty() || !queue.waiting.is_empty() {
+                self.worked_since_idle = true;
                 break;
             }
             if !queue.accepting {
                 return None;
+            }
+            if std::mem::take(&mut self.worked_since_idle) {
+                // Idle after work: give the burst's freed memory back, off the lock.
+                drop(queue);
+                crate::memory::release_free_memory();
+                queue = self.shared.lock_queue();
+                continue;
             }
             if let Some(beat) = queue.heartbeats.get_mut(self.index) {
                 *beat = Instant::now();
