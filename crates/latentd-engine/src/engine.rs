@@ -264,15 +264,11 @@ impl Engine {
         if !queue.accepting || queue.waiting.len() >= self.config().max_queue {
             return false;
         }
-        let waiting_rows: usize = queue.waiting.iter().map(|j| j.request().rows).sum();
-        let waiting_pixels: usize = queue
-            .waiting
-            .iter()
-            .map(|j| {
-                let (h, w) = j.request().latent_size;
-                j.request().rows * h * w
-            })
-            .sum();
+        let (waiting_rows, waiting_pixels) =
+            queue.waiting.iter().fold((0, 0), |(rows, pixels), job| {
+                let (r, group) = crate::worker::job_shape(job);
+                (rows + r, pixels + crate::planner::latent_pixels(r, group))
+            });
         let active: usize = queue.active_rows.iter().sum();
         let active_pixels: usize = queue.active_latent_pixels.iter().sum();
         let workers = queue.active_rows.len();

@@ -167,41 +167,51 @@ impl Budget {
         }
     }
 
-    /// Whether `rows` rows of `pixels` latent pixels each, on top of what is in
-    /// flight, stay within the budget.
-    fn fits(&self, in_flight: (usize, usize), rows: usize, pixels: usize) -> bool {
-        in_flight.0 + rows <= self.rows.max(1)
-            && in_flight.1.saturating_add(rows.saturating_mul(pixels)) <= self.latent_pixels
+    /// Whether `load` stays within the budget.
+    fn holds(&self, load: Load) -> bool {
+        load.rows <= self.rows.max(1) && load.latent_pixels <= self.latent_pixels
     }
 }
 
-/// Latent pixels of one row of `group`.
-fn pixels(group: GroupKey) -> usize {
-    group.height.saturating_mul(group.width)
+/// Rows x latent pixels of `rows` rows of `group`.
+pub fn latent_pixels(rows: usize, group: GroupKey) -> usize {
+    rows.saturating_mul(group.height)
+        .saturating_mul(group.width)
+}
+
+/// Rows and rows x latent pixels, the two measures a [`Budget`] bounds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Load {
+    rows: usize,
+    latent_pixels: usize,
+}
+
+impl Load {
+    /// This load plus `rows` rows of `group`.
+    fn plus(self, rows: usize, group: GroupKey) -> Self {
+        Self {
+            rows: self.rows + rows,
+            latent_pixels: self
+                .latent_pixels
+                .saturating_add(latent_pixels(rows, group)),
+        }
+    }
 }
 
 /// Plans one tick; `ledger` holds the groups' service.
 pub fn plan(active: &[ActiveJob], waiting: &[WaitingJob], budget: Budget, ledger: &Ledger) -> Plan {
-    let mut in_flight: (usize, usize) = active.iter().fold((0, 0), |(r, p), j| {
-        (
-            r + j.rows,
-            p.saturating_add(j.rows.saturating_mul(pixels(j.group))),
-        )
-    });
+    let mut in_flight = active
+        .iter()
+        .fold(Load::default(), |load, j| load.plus(j.rows, j.group));
     let mut jobs: Vec<ActiveJob> = active.to_vec();
     let mut admit = Vec::new();
     let mut admit_stop = AdmitStop::QueueEmpty;
     for w in waiting {
-        let fits = budget.fits(in_flight, w.rows, pixels(w.group));
-        let alone = in_flight.0 == 0 && admit.is_empty();
+        let fits = budget.holds(in_flight.plus(w.rows, w.group));
+        let alone = in_flight.rows == 0 && admit.is_empty();
         if fits || alone {
             admit.push(w.key);
-            in_flight = (
-                in_flight.0 + w.rows,
-                in_flight
-                    .1
-                    .saturating_add(w.rows.saturating_mul(pixels(w.group))),
-            );
+            in_flight = in_flight.plus(w.rows, w.group);
             jobs.push(ActiveJob {
                 key: w.key,
                 rows: w.rows,

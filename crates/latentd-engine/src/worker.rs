@@ -579,7 +579,7 @@ impl Worker {
         let latent_pixels: usize = self
             .active
             .iter()
-            .map(|a| a.rows * a.group.height * a.group.width)
+            .map(|a| planner::latent_pixels(a.rows, a.group))
             .sum();
         let row_steps: usize = self
             .active

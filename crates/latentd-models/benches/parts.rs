@@ -17,7 +17,7 @@
 //! `benches/sd15_prompt_ids.json`.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
@@ -25,25 +25,10 @@ use latentd_models::pipeline::WeightFiles;
 use latentd_models::text::{ClipTextConfig, ClipTextModel};
 use latentd_models::{AutoencoderKL, AutoencoderKLConfig};
 
+mod common;
+use common::{env_or, summary};
+
 const LATENT_SIDE: usize = 64;
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-/// (min, median) of the timed runs.
-fn summary(times: &[Duration]) -> (f64, f64) {
-    let mut secs: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
-    secs.sort_by(f64::total_cmp);
-    let min = secs.first().copied().unwrap_or(f64::NAN);
-    let n = secs.len();
-    let median = match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => secs[n / 2],
-        _ => (secs[n / 2 - 1] + secs[n / 2]) / 2.0,
-    };
-    (min, median)
-}
 
 /// One warm-up, then `iters` timed runs of `f`; prints one line.
 fn time_it(name: &str, iters: usize, f: impl Fn() -> anyhow::Result<Tensor>) -> anyhow::Result<()> {

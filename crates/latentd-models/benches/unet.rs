@@ -18,7 +18,7 @@
 //! Batch 2, context `[2, 77, 768]`, timestep 500 for both rows.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
@@ -26,13 +26,12 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::unet_2d as ct;
 use latentd_models::{UNet2DConditionConfig, UNet2DConditionModel};
 
+mod common;
+use common::{env_or, summary};
+
 const BATCH: usize = 2;
 const TOKENS: usize = 77;
 const TIMESTEP: f64 = 500.0;
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
 
 /// The same architecture in candle-transformers' hand-written config type.
 fn candle_transformers_config(
@@ -74,20 +73,6 @@ fn candle_transformers_config(
 
 /// One UNet forward: `(sample, context) -> prediction`.
 type Forward = Box<dyn Fn(&Tensor, &Tensor) -> anyhow::Result<Tensor>>;
-
-/// (min, median) of the timed runs.
-fn summary(times: &[Duration]) -> (f64, f64) {
-    let mut secs: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
-    secs.sort_by(f64::total_cmp);
-    let min = secs.first().copied().unwrap_or(f64::NAN);
-    let n = secs.len();
-    let median = match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => secs[n / 2],
-        _ => (secs[n / 2 - 1] + secs[n / 2]) / 2.0,
-    };
-    (min, median)
-}
 
 fn main() -> anyhow::Result<()> {
     let weights = PathBuf::from(env_or(

@@ -60,16 +60,10 @@ pub(crate) fn matmul_batch_in_columns(lhs: &Tensor, rhs: &Tensor) -> Result<Tens
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, IndexOp};
+    use candle_core::IndexOp;
 
     fn random(rows: usize, cols: usize, seed: u64) -> Tensor {
-        let data: Vec<f32> = (0..rows * cols)
-            .map(|i| {
-                let x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15 ^ seed);
-                ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect();
-        Tensor::from_vec(data, (rows, cols), &Device::Cpu).unwrap()
+        crate::nn::test_tensor(&[rows, cols], seed)
     }
 
     fn bits(t: &Tensor) -> Vec<u32> {

@@ -166,3 +166,16 @@ impl Pointwise {
         }
     }
 }
+
+/// A deterministic tensor of values in [-0.5, 0.5) for unit tests.
+#[cfg(test)]
+pub(crate) fn test_tensor(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|i| {
+            let x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15 ^ seed);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &candle_core::Device::Cpu).unwrap()
+}

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
 
-use super::gemm::{sgemm_into, Matrix, Output};
+use super::gemm::{sgemm_into, with_buffer, Matrix, Output};
 use crate::nn::softmax::softmax_in_place;
 
 thread_local! {
@@ -61,17 +61,7 @@ impl CustomOp3 for Attention {
             let q_off = l1.start_offset() + s * qs[0] + h * hd;
             let k_off = l2.start_offset() + s * ks[0] + h * hd;
             let v_off = l3.start_offset() + s * vs[0] + h * hd;
-            let mut fresh = Vec::new();
-            SCORES.with(|cell| {
-                let mut held = cell.try_borrow_mut();
-                let scores: &mut Vec<f32> = match held.as_mut() {
-                    Ok(held) => held,
-                    Err(_) => &mut fresh,
-                };
-                if scores.len() < l * t {
-                    scores.resize(l * t, 0.0);
-                }
-                let scores = &mut scores[..l * t];
+            with_buffer(&SCORES, l * t, |scores| {
                 // SAFETY (both products): offsets and strides come from the
                 // operands' layouts, `sgemm_into` checks every extent, and each
                 // task writes only its own head's columns of its own sample.

@@ -4,7 +4,7 @@ use std::cell::RefCell;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape};
 
-use super::gemm::{last_two_of, run_into, Matrix, Task};
+use super::gemm::{last_two, run_into, with_buffer, Matrix, Task};
 use crate::nn::cpu_kernels::im2col_into;
 
 /// Elements of unfolded input one call holds at once (64 MiB of f32).
@@ -13,14 +13,6 @@ const SCRATCH_ELEMENTS: usize = 16 << 20;
 thread_local! {
     /// The unfolded input, kept between calls on the thread that makes them.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The first `len` elements of `scratch`, grown as needed.
-fn unfold(scratch: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if scratch.len() < len {
-        scratch.resize(len, 0.0);
-    }
-    &mut scratch[..len]
 }
 
 /// [`super::conv_same`].
@@ -51,7 +43,7 @@ impl CustomOp2 for Im2ColGemm {
         let (b, c, h, w) = l1.shape().dims4()?;
         let (k, p) = (self.kernel, self.padding);
         let depth = c * k * k;
-        let a = last_two_of(l2, self.name())?;
+        let a = last_two(l2, self.name())?;
         if l2.dims().len() != 2 || a.cols != depth || 2 * p + 1 != k {
             candle_core::bail!(
                 "{}: weight {:?} does not fit input {:?} with a {k}x{k} kernel and padding {p}",
@@ -66,22 +58,22 @@ impl CustomOp2 for Im2ColGemm {
             return Ok((CpuStorage::F32(out), Shape::from((b, m, hw))));
         }
         let a_off = l2.start_offset();
-        let mut fresh = Vec::new();
-        SCRATCH.with(|cell| {
-            // A call made while this thread's buffer is in use (a nested call on a
-            // pool thread) unfolds into a buffer of its own.
-            let mut held = cell.try_borrow_mut();
-            let scratch: &mut Vec<f32> = match held.as_mut() {
-                Ok(held) => held,
-                Err(_) => &mut fresh,
-            };
-            if depth * hw <= SCRATCH_ELEMENTS {
-                // Whole samples, as many as fit, one GEMM each.
-                let group = (SCRATCH_ELEMENTS / (depth * hw).max(1)).clamp(1, b);
+        // Whole samples, as many as fit in the buffer, or else bands of image rows.
+        let group = (SCRATCH_ELEMENTS / (depth * hw).max(1)).clamp(1, b);
+        let band = (SCRATCH_ELEMENTS / (depth * w).max(1)).clamp(1, h);
+        let whole = depth * hw <= SCRATCH_ELEMENTS;
+        let len = if whole {
+            depth * group * hw
+        } else {
+            depth * band * w
+        };
+        with_buffer(&SCRATCH, len, |scratch| {
+            if whole {
+                // One GEMM per sample.
                 for first in (0..b).step_by(group) {
                     let size = group.min(b - first);
                     let n = size * hw;
-                    let cols = unfold(scratch, depth * n);
+                    let cols = &mut scratch[..depth * n];
                     let src = &x[first * c * hw..(first + size) * c * hw];
                     im2col_into(src, (size, c, h, w), 0..h, k, p, cols);
                     let tasks = (0..size)
@@ -97,14 +89,12 @@ impl CustomOp2 for Im2ColGemm {
                     run_into(tasks, weight, cols, &mut out)?;
                 }
             } else {
-                // Bands of image rows of each sample.
-                let band = (SCRATCH_ELEMENTS / (depth * w).max(1)).clamp(1, h);
                 for s in 0..b {
                     let src = &x[s * c * hw..(s + 1) * c * hw];
                     for y0 in (0..h).step_by(band) {
                         let rows = y0..(y0 + band).min(h);
                         let n = rows.len() * w;
-                        let cols = unfold(scratch, depth * n);
+                        let cols = &mut scratch[..depth * n];
                         im2col_into(src, (1, c, h, w), rows, k, p, cols);
                         let task = Task {
                             a,

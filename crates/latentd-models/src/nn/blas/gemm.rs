@@ -25,10 +25,6 @@ extern "C" {
         c: *mut f32,
         ldc: i32,
     );
-}
-
-#[link(name = "openblas")]
-extern "C" {
     fn openblas_set_num_threads(threads: i32);
 }
 
@@ -131,6 +127,10 @@ pub(super) fn run_into(
 #[derive(Clone, Copy)]
 pub(super) struct Output(*mut f32, usize);
 
+// SAFETY: the tasks sharing an `Output` write disjoint elements (see `run_into`).
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
 impl Output {
     pub(super) fn new(buffer: &mut [f32]) -> Self {
         Self(buffer.as_mut_ptr(), buffer.len())
@@ -150,9 +150,28 @@ pub(super) unsafe fn sgemm_into(
     // SAFETY: passed on from the caller.
     unsafe { sgemm(a, b, c) }
 }
-// SAFETY: blocks write disjoint elements (see `run`).
-unsafe impl Send for Output {}
-unsafe impl Sync for Output {}
+
+/// Runs `f` with this thread's buffer from `key`, grown to at least `len` elements
+/// and kept for the thread's next call; a nested call on the same thread (a pool
+/// thread picking up another task while it waits) gets a fresh buffer instead.
+pub(super) fn with_buffer<R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| {
+        let mut fresh = Vec::new();
+        let mut held = cell.try_borrow_mut();
+        let buffer: &mut Vec<f32> = match held.as_mut() {
+            Ok(held) => held,
+            Err(_) => &mut fresh,
+        };
+        if buffer.len() < len {
+            buffer.resize(len, 0.0);
+        }
+        f(&mut buffer[..len])
+    })
+}
 
 pub(super) fn applies(lhs: &Tensor, rhs: &Tensor) -> bool {
     let readable = |t: &Tensor| {
@@ -292,11 +311,7 @@ fn f32_data<'a>(storage: &'a CpuStorage, op: &str) -> candle_core::Result<&'a [f
 }
 
 /// The form of the last two dimensions of a layout.
-pub(super) fn last_two_of(layout: &Layout, op: &str) -> candle_core::Result<Matrix> {
-    last_two(layout, op)
-}
-
-fn last_two(layout: &Layout, op: &str) -> candle_core::Result<Matrix> {
+pub(super) fn last_two(layout: &Layout, op: &str) -> candle_core::Result<Matrix> {
     let dims = layout.dims();
     let stride = layout.stride();
     let r = dims.len();

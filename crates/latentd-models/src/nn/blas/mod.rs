@@ -102,31 +102,10 @@ mod gemm;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, IndexOp};
+    use candle_core::IndexOp;
 
-    fn random(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n)
-            .map(|i| {
-                let x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15 ^ seed);
-                ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect();
-        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::nn::test_tensor as random;
+    use crate::pipeline::max_abs_diff;
 
     #[test]
     fn products_match_candle_for_every_stride_form() {
@@ -154,10 +133,10 @@ mod tests {
             let ours = matmul(&lhs, &rhs).unwrap();
             let reference = lhs.matmul(&rhs.contiguous().unwrap()).unwrap();
             assert_eq!(ours.dims(), reference.dims());
-            assert!(max_diff(&ours, &reference) < 1e-5);
+            assert!(max_abs_diff(&ours, &reference).unwrap() < 1e-5);
         }
         // A shared right-hand side of rank 2.
         let ours = matmul(&a, &w).unwrap();
-        assert!(max_diff(&ours, &a.broadcast_matmul(&w).unwrap()) < 1e-5);
+        assert!(max_abs_diff(&ours, &a.broadcast_matmul(&w).unwrap()).unwrap() < 1e-5);
     }
 }
