@@ -29,25 +29,16 @@ impl CustomOp1 for SoftmaxLastDim {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("{}: the input must be contiguous", self.name());
         };
-        let xs = &data[start..end];
+        let mut out = data[start..end].to_vec();
         let width = layout.dims().last().copied().unwrap_or(1);
-        let mut out = vec![0f32; xs.len()];
         // Rows of a few hundred elements are too small to hand out one by one.
         if let Some(per_task) = 4096usize.checked_div(width) {
-            let min_rows = per_task.max(1);
             out.par_chunks_mut(width)
-                .zip(xs.par_chunks(width))
-                .with_min_len(min_rows)
-                .for_each(|(y, x)| softmax_row(x, y));
+                .with_min_len(per_task.max(1))
+                .for_each(softmax_in_place);
         }
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
-}
-
-/// `y = softmax(x)` for one row.
-pub(crate) fn softmax_row(x: &[f32], y: &mut [f32]) {
-    y.copy_from_slice(x);
-    softmax_in_place(y)
 }
 
 /// Replaces a row by its softmax.
@@ -182,8 +173,8 @@ mod tests {
             let x: Vec<f32> = (0..width)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
                 .collect();
-            let mut y = vec![0f32; width];
-            softmax_row(&x, &mut y);
+            let mut y = x.clone();
+            softmax_in_place(&mut y);
             let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let exps: Vec<f64> = x.iter().map(|&v| ((v - max) as f64).exp()).collect();
             let sum: f64 = exps.iter().sum();
@@ -191,8 +182,8 @@ mod tests {
                 assert!((*o as f64 - e / sum).abs() < 1e-6, "width {width}");
             }
         }
-        let mut y = [0f32; 2];
-        softmax_row(&[f32::NEG_INFINITY; 2], &mut y);
+        let mut y = [f32::NEG_INFINITY; 2];
+        softmax_in_place(&mut y);
         assert!(y.iter().all(|v| v.is_nan()));
     }
 }
