@@ -649,9 +649,15 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Errors when the latents hold NaN or infinity (e.g. a guidance scale that overflows).
+///
+/// Runs on the latents' device: `0 * x` is 0 for every finite value and NaN otherwise,
+/// so its sum is exactly 0 or NaN, and only that one scalar is copied back.
 fn check_finite(latents: &Tensor) -> latentd_models::Result<()> {
-    let values = latents.flatten_all()?.to_vec1::<f32>()?;
-    if values.iter().all(|v| v.is_finite()) {
+    let total = (latents * 0.0)?
+        .sum_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_scalar::<f32>()?;
+    if total.is_finite() {
         Ok(())
     } else {
         Err(latentd_models::Error::InvalidArgument(

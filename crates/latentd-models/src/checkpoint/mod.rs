@@ -24,14 +24,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 pub use defaults::parse_prediction_type;
 pub use detect::{detect_shapes, Detected, SdVersion};
 pub use file::{CheckpointFile, CheckpointFormat};
 pub use text_keys::TextLayout;
 
-use crate::pipeline::{ModelIndex, SdComponents, StableDiffusion};
+use crate::pipeline::{ModelIndex, Precision, SdComponents, StableDiffusion};
 use crate::schedulers::{PredictionType, SchedulerConfig, SchedulerKind};
 use crate::text::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
@@ -69,6 +69,8 @@ pub struct SingleFileOptions {
     /// Overrides the scheduler's `prediction_type` (e.g. `epsilon` for SD 2.x base
     /// models, whose files look like the v-prediction ones).
     pub prediction_type: Option<PredictionType>,
+    /// The networks' precision (the autoencoder stays in `f32` if it asks to be upcast).
+    pub precision: Precision,
 }
 
 /// The architecture of a checkpoint, from its names and shapes alone.
@@ -76,14 +78,15 @@ pub fn inspect(path: &Path) -> Result<Detected> {
     detect::detect(&CheckpointFile::open(path)?)
 }
 
-/// Loads a Stable Diffusion 1.x/2.x single file onto `device` in float32, as `name`.
+/// Loads a Stable Diffusion 1.x/2.x single file onto `device` in `options.precision`,
+/// as `name`.
 pub fn load(
     path: &Path,
     name: &str,
     options: &SingleFileOptions,
     device: &Device,
 ) -> Result<StableDiffusion> {
-    let dtype = DType::F32;
+    let dtype = options.precision.dtype();
     let file = Arc::new(CheckpointFile::open(path)?);
     let mut setup = Setup::new(&file, options.config_dir.as_deref())?;
     if let Some(prediction_type) = options.prediction_type {
@@ -97,7 +100,10 @@ pub fn load(
     let unet = unet.build(&file, &unet_map, dtype, device, |vb| {
         UNet2DConditionModel::new(vb, &setup.unet_config)
     })?;
-    let vae = vae.build(&file, &vae_map, dtype, device, |vb| {
+    let vae_dtype = options
+        .precision
+        .autoencoder_dtype(setup.vae_config.force_upcast);
+    let vae = vae.build(&file, &vae_map, vae_dtype, device, |vb| {
         AutoencoderKL::new(vb, &setup.vae_config)
     })?;
     let parts = SdComponents {

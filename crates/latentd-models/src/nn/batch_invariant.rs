@@ -38,10 +38,10 @@ pub(crate) fn matmul_batch_in_rows(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor>
     let n = rhs.dim(1)?;
     let extent = general_kernel_extent(n, k);
     if !lhs.device().is_cpu() || m >= extent {
-        return Ok(lhs.matmul(rhs)?);
+        return Ok(super::ops::matmul(lhs, rhs)?);
     }
     let padded = lhs.pad_with_zeros(0, 0, extent - m)?;
-    Ok(padded.matmul(rhs)?.narrow(0, 0, m)?)
+    Ok(super::ops::matmul(&padded, rhs)?.narrow(0, 0, m)?)
 }
 
 /// `lhs [M, K] x rhs [K, N]` with the batch folded into `N`: column `j` of the result
@@ -51,10 +51,10 @@ pub(crate) fn matmul_batch_in_columns(lhs: &Tensor, rhs: &Tensor) -> Result<Tens
     let n = rhs.dim(1)?;
     let extent = general_kernel_extent(m, k);
     if !rhs.device().is_cpu() || n >= extent {
-        return Ok(lhs.matmul(rhs)?);
+        return Ok(super::ops::matmul(lhs, rhs)?);
     }
     let padded = rhs.pad_with_zeros(1, 0, extent - n)?;
-    Ok(lhs.matmul(&padded)?.narrow(1, 0, n)?)
+    Ok(super::ops::matmul(lhs, &padded)?.narrow(1, 0, n)?)
 }
 
 #[cfg(test)]

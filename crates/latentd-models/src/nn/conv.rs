@@ -23,6 +23,9 @@ pub struct Conv2d {
     kernel: usize,
     stride: usize,
     padding: usize,
+    /// A float32 copy for bf16 weights on the CPU, where candle has no bf16 matrix
+    /// products: the convolution runs in f32 and its output is rounded back to bf16.
+    upcast: Option<Box<Conv2d>>,
     span: tracing::Span,
 }
 
@@ -42,6 +45,27 @@ impl Conv2d {
             ..Default::default()
         };
         let generic = candle_nn::conv2d(in_channels, out_channels, kernel, cfg, vb)?;
+        let upcast = if super::ops::is_cpu_bf16(generic.weight()) {
+            let weight = generic.weight().to_dtype(DType::F32)?;
+            let bias = generic.bias().map(|b| b.to_dtype(DType::F32)).transpose()?;
+            let f32 = candle_nn::Conv2d::new(weight, bias, cfg);
+            Some(Box::new(Self::from_generic(
+                f32, kernel, stride, padding, None,
+            )?))
+        } else {
+            None
+        };
+        Self::from_generic(generic, kernel, stride, padding, upcast)
+    }
+
+    fn from_generic(
+        generic: candle_nn::Conv2d,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        upcast: Option<Box<Conv2d>>,
+    ) -> Result<Self> {
+        let out_channels = generic.weight().dim(0)?;
         let weight_2d = generic.weight().reshape((out_channels, ()))?;
         let bias = generic.bias().cloned();
         Ok(Self {
@@ -51,6 +75,7 @@ impl Conv2d {
             kernel,
             stride,
             padding,
+            upcast,
             span: tracing::trace_span!("conv2d"),
         })
     }
@@ -67,6 +92,12 @@ impl Conv2d {
     /// `[B, in, H, W]` -> `[B, out, H', W']`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
+        if let Some(f32) = &self.upcast {
+            if super::ops::is_cpu_bf16(xs) {
+                let ys = f32.forward_limited(&xs.to_dtype(DType::F32)?, MAX_COLS_ELEMENTS)?;
+                return Ok(ys.to_dtype(DType::BF16)?);
+            }
+        }
         self.forward_limited(xs, MAX_COLS_ELEMENTS)
     }
 

@@ -145,7 +145,7 @@ impl Pointwise {
         // right-hand side would fold the batch into the rows, which is only
         // valid for row-major left-hand sides.
         let rows = (0..xs.dim(0)?)
-            .map(|i| xs.get(i)?.t()?.matmul(&w_t))
+            .map(|i| ops::matmul(&xs.get(i)?.t()?, &w_t))
             .collect::<candle_core::Result<Vec<_>>>()?;
         self.add_bias(Tensor::stack(&rows, 0)?, 2)
     }

@@ -10,6 +10,24 @@ use candle_nn::VarBuilder;
 
 use crate::Result;
 
+/// `lhs x rhs` (candle's `matmul`). candle has no CPU GEMM for bf16: there the
+/// operands are multiplied in f32 and the product rounded back to bf16, as a bf16
+/// GEMM that accumulates in f32 would give.
+pub(crate) fn matmul(lhs: &Tensor, rhs: &Tensor) -> candle_core::Result<Tensor> {
+    if is_cpu_bf16(lhs) {
+        return lhs
+            .to_dtype(DType::F32)?
+            .matmul(&rhs.to_dtype(DType::F32)?)?
+            .to_dtype(DType::BF16);
+    }
+    lhs.matmul(rhs)
+}
+
+/// Whether `xs` is a bf16 tensor on the CPU, where candle lacks matrix products.
+pub(crate) fn is_cpu_bf16(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::BF16
+}
+
 /// Softmax over the last dimension: fused unless `xs` tracks gradients.
 pub fn softmax_last_dim(xs: &Tensor) -> candle_core::Result<Tensor> {
     if xs.track_op() {

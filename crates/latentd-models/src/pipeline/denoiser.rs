@@ -114,7 +114,8 @@ impl Denoiser {
         }
         let n = params.n;
         let shape = info.latent_shape(params);
-        let dtype = model.dtype();
+        // The sampler's state is f32 whatever the networks compute in.
+        let dtype = super::precision::STATE_DTYPE;
         let mut rng = TorchRng::new(params.seed);
         let mut concat_scaled = None;
         let mut blend = None;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::image::RgbImage;
 use super::model::ModelBase;
@@ -12,6 +12,7 @@ use super::model::{
     DiffusionModel, Family, GuidanceRule, InitialNoise, ModelInfo, SamplingRules,
 };
 use super::model_index::ModelIndex;
+use super::precision::Precision;
 use super::stable_diffusion::{decode_kl, predict_with_text};
 use super::weights::WeightFiles;
 use crate::text::{BertTokenizer, LdmBertConfig, LdmBertModel, LDM_MAX_LENGTH};
@@ -35,7 +36,13 @@ impl LdmTextToImage {
     /// Loads a folder (`model_index.json`, `bert/`, `tokenizer/`, `unet/`, `vqvae/`,
     /// `scheduler/`) onto `device` in float32.
     pub fn load_named(dir: &Path, name: &str, device: &Device) -> Result<Self> {
-        let dtype = DType::F32;
+        Self::load_in(dir, name, device, Precision::F32)
+    }
+
+    /// Like [`LdmTextToImage::load_named`], with the networks in `precision` (the
+    /// autoencoder stays in `f32` if its config asks to be upcast).
+    pub fn load_in(dir: &Path, name: &str, device: &Device, precision: Precision) -> Result<Self> {
+        let dtype = precision.dtype();
         let index = ModelIndex::from_dir(dir)?;
         index.require_pipeline(&[PIPELINE_CLASS])?;
         index.require("bert", &["LDMBertModel"])?;
@@ -82,7 +89,8 @@ impl LdmTextToImage {
         })?;
         let vae_dir = dir.join("vqvae");
         let vae_config = AutoencoderKLConfig::from_file(vae_dir.join("config.json"))?;
-        let vae = WeightFiles::load(&vae_dir, dtype, device, |vb| {
+        let vae_dtype = precision.autoencoder_dtype(vae_config.force_upcast);
+        let vae = WeightFiles::load(&vae_dir, vae_dtype, device, |vb| {
             AutoencoderKL::new(vb, &vae_config)
         })?;
 

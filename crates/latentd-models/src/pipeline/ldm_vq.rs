@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::image::{to_rgb8, RgbImage};
 use super::model::ModelBase;
@@ -13,6 +13,7 @@ use super::model::{
     GuidanceRule, InitialNoise, ModelInfo, SamplingRules,
 };
 use super::model_index::ModelIndex;
+use super::precision::{cast, Precision, STATE_DTYPE};
 use super::weights::WeightFiles;
 use crate::unet2d::{UNet2DConfig, UNet2DModel};
 use crate::vae::{VQModel, VQModelConfig};
@@ -37,7 +38,13 @@ impl VqLatentDiffusion {
     /// Loads a folder (`model_index.json`, `unet/`, `vqvae/`, `scheduler/`) of either
     /// class onto `device` in float32.
     pub fn load_named(dir: &Path, name: &str, device: &Device) -> Result<Self> {
-        let dtype = DType::F32;
+        Self::load_in(dir, name, device, Precision::F32)
+    }
+
+    /// Like [`VqLatentDiffusion::load_named`], with the networks in `precision` (the
+    /// autoencoder stays in `f32` if its config asks to be upcast).
+    pub fn load_in(dir: &Path, name: &str, device: &Device, precision: Precision) -> Result<Self> {
+        let dtype = precision.dtype();
         let index = ModelIndex::from_dir(dir)?;
         index.require_pipeline(&[UNCONDITIONAL_CLASS, SUPER_RESOLUTION_CLASS])?;
         let family = if index.class_name == SUPER_RESOLUTION_CLASS {
@@ -56,7 +63,9 @@ impl VqLatentDiffusion {
         })?;
         let vq_dir = dir.join("vqvae");
         let vq_config = VQModelConfig::from_file(vq_dir.join("config.json"))?;
-        let vqvae = WeightFiles::load(&vq_dir, dtype, device, |vb| VQModel::new(vb, &vq_config))?;
+        let vq_dtype = precision.autoencoder_dtype(vq_config.force_upcast);
+        let vqvae =
+            WeightFiles::load(&vq_dir, vq_dtype, device, |vb| VQModel::new(vb, &vq_config))?;
 
         let latent_channels = vq_config.embed_dim();
         let (conditioning, concat) = match family {
@@ -157,7 +166,7 @@ impl DiffusionModel for VqLatentDiffusion {
                         Error::InvalidArgument("super-resolution needs an input image".into())
                     })?;
                     Ok(Conditioning {
-                        concat: Some(image.to_tensor(&self.base.device, self.base.dtype)?),
+                        concat: Some(image.to_tensor(&self.base.device, STATE_DTYPE)?),
                         ..Conditioning::default()
                     })
                 }
@@ -179,7 +188,8 @@ impl DiffusionModel for VqLatentDiffusion {
             ));
         }
         let t = Tensor::new(timesteps, &self.base.device)?;
-        self.unet.forward(input, &t)
+        let prediction = self.unet.forward(&cast(input, self.base.dtype)?, &t)?;
+        cast(&prediction, STATE_DTYPE)
     }
 
     /// The unconditional pipeline divides by the autoencoder's `scaling_factor` first,
@@ -191,6 +201,6 @@ impl DiffusionModel for VqLatentDiffusion {
             Family::LdmSuperResolution => latents.clone(),
             _ => (latents / self.vqvae.config().scaling_factor)?,
         };
-        to_rgb8(&self.vqvae.decode(&latents)?)
+        to_rgb8(&self.vqvae.decode(&cast(&latents, self.vqvae.dtype())?)?)
     }
 }

@@ -7,6 +7,7 @@ mod ldm_vq;
 mod model;
 mod model_index;
 mod params;
+mod precision;
 mod registry;
 mod run;
 mod stable_diffusion;
@@ -22,7 +23,10 @@ pub use model::{
 };
 pub use model_index::ModelIndex;
 pub use params::{GenerationParams, DEFAULT_IMG2IMG_STRENGTH, DEFAULT_INPAINT_STRENGTH};
-pub use registry::{folder_name, load_model, load_model_from, supported_pipelines, LoadOptions};
+pub use precision::{Precision, STATE_DTYPE};
+pub use registry::{
+    folder_name, load_model, load_model_from, load_model_in, supported_pipelines, LoadOptions,
+};
 pub use run::{generate, generate_batch, generate_latents};
 pub(crate) use stable_diffusion::SdComponents;
 pub use stable_diffusion::StableDiffusion;

@@ -12,6 +12,7 @@ use super::model::{
     DiffusionModel, EncodedImage, Family, GuidanceRule, InitialNoise, ModelInfo, SamplingRules,
 };
 use super::model_index::ModelIndex;
+use super::precision::{cast, Precision, STATE_DTYPE};
 use super::weights::WeightFiles;
 use crate::schedulers::{SchedulerConfig, SchedulerKind};
 use crate::text::{ClipTextConfig, ClipTextModel, ClipTokenizer, HiddenAct};
@@ -64,7 +65,13 @@ impl StableDiffusion {
 
     /// Like [`StableDiffusion::load`], with an explicit model id.
     pub fn load_named(dir: &Path, name: &str, device: &Device) -> Result<Self> {
-        let dtype = DType::F32;
+        Self::load_in(dir, name, device, Precision::F32)
+    }
+
+    /// Like [`StableDiffusion::load_named`], with the networks in `precision` (the
+    /// autoencoder stays in `f32` if its config asks to be upcast).
+    pub fn load_in(dir: &Path, name: &str, device: &Device, precision: Precision) -> Result<Self> {
+        let dtype = precision.dtype();
         let index = ModelIndex::from_dir(dir)?;
         index.require_pipeline(&[PIPELINE_CLASS, INPAINT_PIPELINE_CLASS])?;
         index.require("unet", &["UNet2DConditionModel"])?;
@@ -89,7 +96,8 @@ impl StableDiffusion {
 
         let vae_dir = dir.join("vae");
         let vae_config = AutoencoderKLConfig::from_file(vae_dir.join("config.json"))?;
-        let vae = WeightFiles::load(&vae_dir, dtype, device, |vb| {
+        let vae_dtype = precision.autoencoder_dtype(vae_config.force_upcast);
+        let vae = WeightFiles::load(&vae_dir, vae_dtype, device, |vb| {
             AutoencoderKL::new(vb, &vae_config)
         })?;
         Self::from_components(
@@ -239,11 +247,12 @@ impl StableDiffusion {
         Ok((dist.mean * self.vae.config().scaling_factor)?)
     }
 
-    /// An image `[1, 3, H, W]` in [-1, 1] through the autoencoder's encoder.
+    /// An image `[1, 3, H, W]` in [-1, 1] (in the autoencoder's dtype) through the
+    /// autoencoder's encoder; the posterior in the sampler's dtype.
     fn encode_image(&self, image: &Tensor) -> Result<EncodedImage> {
         let _span = tracing::debug_span!("vae_encode").entered();
         Ok(EncodedImage {
-            dist: self.vae.encode(image)?,
+            dist: self.vae.encode(image)?.to_dtype(STATE_DTYPE)?,
             scaling_factor: self.vae.config().scaling_factor,
         })
     }
@@ -261,7 +270,7 @@ impl StableDiffusion {
             }
             return Ok(());
         };
-        let (device, dtype) = (&self.base.device, self.base.dtype);
+        let (device, dtype) = (&self.base.device, self.vae.dtype());
         let pixels = image.to_tensor(device, dtype)?;
         let inpaint = job.mask.is_some() || self.base.info.mask_channels;
         if !inpaint {
@@ -290,6 +299,7 @@ impl StableDiffusion {
         let keep = mask.lt(0.5)?.to_dtype(dtype)?;
         let masked = pixels.broadcast_mul(&keep)?;
         conditioning.masked = Some(self.encode_image(&masked)?);
+        let mask = mask.to_dtype(STATE_DTYPE)?;
         conditioning.mask = Some(downsample_nearest(&mask, self.base.info.vae_scale_factor)?);
         Ok(())
     }
@@ -339,8 +349,11 @@ pub(crate) fn predict_with_text(
     let context = context.ok_or_else(|| {
         Error::InvalidArgument(format!("{}'s UNet needs a text context", base.info.family))
     })?;
-    let t = Tensor::new(timesteps, &base.device)?.to_dtype(base.dtype)?;
-    unet.forward(input, &t, context)
+    // Timesteps stay f32 (the time embedding is computed in f32); the rows enter the
+    // UNet in its dtype and the prediction leaves it in the sampler's.
+    let t = Tensor::new(timesteps, &base.device)?;
+    let prediction = unet.forward(&cast(input, base.dtype)?, &t, &cast(context, base.dtype)?)?;
+    cast(&prediction, STATE_DTYPE)
 }
 
 /// Decodes final latents with a KL autoencoder: divided by its `scaling_factor`, then
@@ -348,5 +361,5 @@ pub(crate) fn predict_with_text(
 pub(crate) fn decode_kl(vae: &AutoencoderKL, latents: &Tensor) -> Result<Vec<RgbImage>> {
     let _span = tracing::debug_span!("vae_decode", n = latents.dim(0)?).entered();
     let scaled = (latents / vae.config().scaling_factor)?;
-    to_rgb8(&vae.decode(&scaled)?)
+    to_rgb8(&vae.decode(&cast(&scaled, vae.dtype())?)?)
 }

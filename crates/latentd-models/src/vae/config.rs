@@ -42,7 +42,8 @@ pub struct AutoencoderKLConfig {
     pub latents_mean: Option<Vec<f64>>,
     /// Per-channel latent std (SDXL-style VAEs), if set.
     pub latents_std: Option<Vec<f64>>,
-    /// Ignored: this implementation computes in the weights' dtype.
+    /// Whether the autoencoder stays in `f32` when the rest of the pipeline runs in a
+    /// half dtype (see `pipeline::Precision::autoencoder_dtype`).
     pub force_upcast: bool,
     /// Whether `quant_conv` exists.
     pub use_quant_conv: bool,

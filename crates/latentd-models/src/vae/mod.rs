@@ -43,6 +43,15 @@ impl DiagonalGaussian {
         Ok(Self { mean, std, logvar })
     }
 
+    /// The distribution with its tensors in `dtype` (the sampler's state is `f32`).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            mean: self.mean.to_dtype(dtype)?,
+            std: self.std.to_dtype(dtype)?,
+            logvar: self.logvar.to_dtype(dtype)?,
+        })
+    }
+
     /// `mean + std * noise`, with `noise` standard normal of the mean's shape
     /// (drawn by the caller, e.g. with the torch-compatible RNG).
     pub fn sample_with(&self, noise: &Tensor) -> Result<Tensor> {
@@ -111,6 +120,11 @@ impl AutoencoderKL {
     /// The configuration the model was built from.
     pub fn config(&self) -> &AutoencoderKLConfig {
         &self.config
+    }
+
+    /// The dtype the autoencoder computes in (its weights').
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Spatial size ratio between images and latents: `2^(levels - 1)`.

@@ -53,6 +53,11 @@ impl VQModel {
         &self.config
     }
 
+    /// The dtype the autoencoder computes in (its weights').
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// The codebook and its nearest-neighbour search.
     pub fn quantizer(&self) -> &VectorQuantizer {
         &self.quantizer

@@ -48,7 +48,8 @@ pub struct VQModelConfig {
     /// Whether unquantized decoding reads its input as codebook indices
     /// (see `VQModel::decode_indices`).
     pub lookup_from_codebook: bool,
-    /// Ignored: this implementation computes in the weights' dtype.
+    /// Whether the autoencoder stays in `f32` when the rest of the pipeline runs in a
+    /// half dtype (see `pipeline::Precision::autoencoder_dtype`).
     pub force_upcast: bool,
     /// Where the configuration was read from, for error messages.
     #[serde(skip)]

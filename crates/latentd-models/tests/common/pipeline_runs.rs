@@ -3,13 +3,16 @@
 //! latents and pixels. Shared by latentd-models' fixture tests and latentd-server's
 //! built-in model test (included there by path).
 
+#![allow(dead_code)]
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use latentd_models::pipeline::{
-    generate_latents, load_model, max_abs_diff, DiffusionModel, GenerationParams, Mask, RgbImage,
+    generate_latents, load_model_in, max_abs_diff, DiffusionModel, GenerationParams, Mask,
+    Precision, RgbImage,
 };
 use latentd_models::schedulers::SchedulerKind;
 use serde_json::Value;
@@ -78,12 +81,12 @@ fn params(run: &Value, refs: &HashMap<String, Tensor>) -> GenerationParams {
 
 /// The model of `dir`, with a run's `scheduler_overrides` (keys replacing those of the
 /// folder's scheduler config) applied to a copy of the folder.
-fn load_for_run(dir: &Path, run: &Value) -> Arc<dyn DiffusionModel> {
+fn load_for_run(dir: &Path, run: &Value, precision: Precision) -> Arc<dyn DiffusionModel> {
     let overrides = run["scheduler_overrides"]
         .as_object()
         .filter(|o| !o.is_empty());
     let Some(overrides) = overrides else {
-        return load_model(dir, None, &Device::Cpu).unwrap();
+        return load_model_in(dir, None, &Device::Cpu, precision).unwrap();
     };
     let copy = tempfile::Builder::new()
         .prefix(&format!(
@@ -100,7 +103,7 @@ fn load_for_run(dir: &Path, run: &Value) -> Arc<dyn DiffusionModel> {
         config[key] = value.clone();
     }
     std::fs::write(&path, config.to_string()).unwrap();
-    load_model(copy.path(), None, &Device::Cpu).unwrap()
+    load_model_in(copy.path(), None, &Device::Cpu, precision).unwrap()
 }
 
 /// Copies a folder tree.
@@ -120,12 +123,41 @@ pub fn copy_dir(src: &Path, dst: &Path) {
 /// Runs every recorded run of `refs_dir/{name}.*` on the model folder `dir` and asserts
 /// final latents within 1e-4 of their scale and pixels within 2/255 of diffusers'.
 pub fn check_reference_runs(dir: &Path, refs_dir: &Path, name: &str) {
+    let tolerance = PixelTolerance {
+        max: 2.0,
+        mean: 2.0,
+    };
+    check_runs(dir, refs_dir, name, Precision::F32, Some(1e-4), tolerance);
+}
+
+/// Runs every recorded run with the networks in `precision` and asserts pixels within
+/// `tolerance` of diffusers' float32 images; returns the largest mean difference of a
+/// run, in 1/255.
+pub fn check_reference_runs_in(
+    dir: &Path,
+    refs_dir: &Path,
+    name: &str,
+    precision: Precision,
+    tolerance: PixelTolerance,
+) -> f32 {
+    check_runs(dir, refs_dir, name, precision, None, tolerance)
+}
+
+fn check_runs(
+    dir: &Path,
+    refs_dir: &Path,
+    name: &str,
+    precision: Precision,
+    latent_tolerance: Option<f32>,
+    tolerance: PixelTolerance,
+) -> f32 {
     let (json, refs) = load_refs(refs_dir, name);
     let runs = json["runs"].as_array().unwrap();
     assert!(!runs.is_empty());
+    let mut worst_mean = 0f32;
     for run in runs {
         let id = run["id"].as_str().unwrap();
-        let model = load_for_run(dir, run);
+        let model = load_for_run(dir, run, precision);
         let pipe = &*model;
         let p = params(run, &refs);
         let latents = generate_latents(pipe, &p, |_, _| {}).unwrap();
@@ -140,10 +172,15 @@ pub fn check_reference_runs(dir: &Path, refs_dir: &Path, name: &str) {
             .max(1.0);
         let err = max_abs_diff(&latents, want).unwrap();
         println!(
-            "{name} {id} ({}): final latents max abs err {err:.2e} (scale {scale:.1})",
+            "{name} {id} ({}, {precision}): final latents max abs err {err:.2e} (scale {scale:.1})",
             p.scheduler
         );
-        assert!(err <= 1e-4 * scale, "{name} {id}: latents differ by {err}");
+        if let Some(tolerance) = latent_tolerance {
+            assert!(
+                err <= tolerance * scale,
+                "{name} {id}: latents differ by {err}"
+            );
+        }
 
         // Pixels: diffusers' float images in [0,1], NHWC; ours are 8-bit.
         let images = pipe.decode(&latents).unwrap();
@@ -154,16 +191,29 @@ pub fn check_reference_runs(dir: &Path, refs_dir: &Path, name: &str) {
             .unwrap();
         let ours: Vec<u8> = images.iter().flat_map(|i| i.data.iter().copied()).collect();
         assert_eq!(ours.len(), want.len());
-        let worst = ours
+        let diffs: Vec<f32> = ours
             .iter()
             .zip(&want)
-            .map(|(&a, &b)| (a as f32 / 255.0 - b).abs())
-            .fold(0f32, f32::max);
-        println!("{name} {id}: max pixel diff {:.2}/255", worst * 255.0);
+            .map(|(&a, &b)| (a as f32 / 255.0 - b).abs() * 255.0)
+            .collect();
+        let worst = diffs.iter().copied().fold(0f32, f32::max);
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        println!("{name} {id} ({precision}): pixel diff max {worst:.2}/255, mean {mean:.2}/255");
         assert!(
-            worst <= 2.0 / 255.0,
-            "{name} {id}: pixels differ by {}/255",
-            worst * 255.0
+            worst <= tolerance.max && mean <= tolerance.mean,
+            "{name} {id} ({precision}): pixels differ by {worst}/255 at most, {mean}/255 \
+             on average"
         );
+        worst_mean = worst_mean.max(mean);
     }
+    worst_mean
+}
+
+/// How far pixels may be from diffusers' float32 images, in 1/255.
+#[derive(Debug, Clone, Copy)]
+pub struct PixelTolerance {
+    /// The largest difference of any channel of any pixel.
+    pub max: f32,
+    /// The mean difference over all channels and pixels.
+    pub mean: f32,
 }

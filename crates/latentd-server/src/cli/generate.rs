@@ -4,12 +4,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use latentd_engine::request::{validate, GenerateRequest};
 use latentd_engine::{input_image, EngineConfig};
-use latentd_models::pipeline::{generate, load_model_from};
+use latentd_models::pipeline::{generate, load_model_from, LoadOptions, Precision};
 use latentd_models::schedulers::{PredictionType, SchedulerKind};
 
 use super::{parse_size, EXIT_USAGE};
@@ -81,6 +80,13 @@ pub struct GenerateArgs {
     /// Output PNG file.
     #[arg(long)]
     pub output: PathBuf,
+    /// Device to run on: `cpu`, or `cuda:N` in a CUDA build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// The precision the networks compute in: `f32`, `f16` or `bf16` (default: f16 on
+    /// CUDA, f32 on the CPU).
+    #[arg(long, value_parser = super::serve::precision)]
+    pub dtype: Option<Precision>,
 }
 
 /// The limits of a local generation: the server's defaults, so that what works here
@@ -99,17 +105,27 @@ pub fn run(args: GenerateArgs) -> i32 {
             return 1;
         }
     };
-    let options = super::serve::load_options(
-        &dir,
-        name,
-        args.model_config.as_deref(),
-        args.prediction_type,
-    );
+    let options = LoadOptions {
+        precision: args.dtype,
+        ..super::serve::load_options(
+            &dir,
+            name,
+            args.model_config.as_deref(),
+            args.prediction_type,
+        )
+    };
+    let device = match super::serve::parse_device(&args.device) {
+        Ok(device) => device,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
     if dir.is_dir() && (args.model_config.is_some() || args.prediction_type.is_some()) {
         eprintln!("error: --model-config and --prediction-type apply to single-file models only");
         return EXIT_USAGE;
     }
-    let model = match load_model_from(&dir, &options, &Device::Cpu) {
+    let model = match load_model_from(&dir, &options, &device) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: cannot load model {}: {e}", dir.display());

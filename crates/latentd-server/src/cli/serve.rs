@@ -9,7 +9,7 @@ use candle_core::Device;
 use clap::Args;
 use latentd_engine::{Engine, EngineConfig};
 use latentd_models::checkpoint::parse_prediction_type;
-use latentd_models::pipeline::{load_model_from, DiffusionModel, LoadOptions};
+use latentd_models::pipeline::{load_model_from, DiffusionModel, LoadOptions, Precision};
 use latentd_models::schedulers::PredictionType;
 
 use crate::http::{AppState, RunningServer};
@@ -59,6 +59,11 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub devices: Vec<String>,
+    /// The precision the networks compute in: `f32`, `f16` or `bf16` (default: f16 on
+    /// CUDA, f32 on the CPU). The sampler's state stays f32, and an autoencoder whose
+    /// config sets `force_upcast` stays f32 too.
+    #[arg(long, env = "LATENTD_DTYPE", value_parser = precision)]
+    pub dtype: Option<Precision>,
     /// Jobs waiting before new ones are refused with 429.
     #[arg(long, env = "LATENTD_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,
@@ -195,6 +200,11 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     anyhow::bail!("unknown device `{spec}`: expected cpu or cuda:N")
 }
 
+/// Parses `--dtype`.
+pub fn precision(name: &str) -> Result<Precision, String> {
+    name.parse::<Precision>().map_err(|e| e.to_string())
+}
+
 /// Parses `--prediction-type`.
 pub fn prediction_type(name: &str) -> Result<PredictionType, String> {
     parse_prediction_type(name).map_err(|e| e.to_string())
@@ -287,6 +297,7 @@ pub fn load_options(
         name,
         model_config: model_config.filter(|_| single_file).map(PathBuf::from),
         prediction_type: prediction_type.filter(|_| single_file),
+        precision: None,
     }
 }
 
@@ -303,12 +314,15 @@ pub fn start_engine(args: &ServeArgs) -> anyhow::Result<Engine> {
         let mut models: Vec<Arc<dyn DiffusionModel>> = Vec::new();
         for (path, name) in &sources {
             let started = std::time::Instant::now();
-            let options = load_options(
-                path,
-                name.clone(),
-                args.model_config.as_deref(),
-                args.prediction_type,
-            );
+            let options = LoadOptions {
+                precision: args.dtype,
+                ..load_options(
+                    path,
+                    name.clone(),
+                    args.model_config.as_deref(),
+                    args.prediction_type,
+                )
+            };
             let model = load_model_from(path, &options, &device)
                 .map_err(|e| anyhow::anyhow!("cannot load model {}: {e}", path.display()))?;
             let info = model.info();

@@ -27,6 +27,12 @@ pub(crate) fn matmul(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
     if gemm::applies(lhs, rhs) {
         return Ok(lhs.apply_op2_no_bwd(rhs, &gemm::Batched)?);
     }
+    if super::ops::is_cpu_bf16(lhs) {
+        // No CPU GEMM for bf16: multiply in f32, round the product back.
+        let f32 = candle_core::DType::F32;
+        let product = matmul(&lhs.to_dtype(f32)?, &rhs.to_dtype(f32)?)?;
+        return Ok(product.to_dtype(candle_core::DType::BF16)?);
+    }
     if rhs.rank() == 2 && lhs.rank() > 2 {
         return Ok(lhs.broadcast_matmul(rhs)?);
     }
