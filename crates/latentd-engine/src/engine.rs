@@ -41,6 +41,8 @@ struct Inner {
     infos: Vec<ModelInfo>,
     /// The first worker's models: validation asks them (e.g. to count tokens).
     models: Models,
+    /// Each worker's device, in worker order.
+    devices: Vec<candle_core::Device>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -94,6 +96,10 @@ impl Engine {
             }),
             config: config.clone(),
         });
+        let devices = workers
+            .iter()
+            .filter_map(|models| models.first().map(|m| m.device().clone()))
+            .collect();
         let (encoder, encoder_thread) =
             crate::encoder::spawn().map_err(|e| EngineError::Internal(e.to_string()))?;
         let mut threads = vec![encoder_thread];
@@ -116,9 +122,15 @@ impl Engine {
                 ),
                 infos,
                 models: first,
+                devices,
                 threads: Mutex::new(threads),
             }),
         })
+    }
+
+    /// Each worker's device, in worker order.
+    pub fn devices(&self) -> &[candle_core::Device] {
+        &self.inner.devices
     }
 
     /// The served models; the first is the default.

@@ -4,6 +4,7 @@
 //! from its own worker threads.
 
 pub mod checkpoint;
+pub mod device;
 pub mod diffusers_config;
 pub mod error;
 pub mod interrupt;

@@ -58,6 +58,51 @@ fn generate_writes_numbered_pngs_with_metadata() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("seed 7"));
 }
 
+/// `--dtype f16` and `bf16` run the networks in half precision: the same image up to
+/// rounding (the stated tolerance of the model tests' precision check).
+#[test]
+fn generate_in_half_precision_stays_close_to_float32() {
+    let tmp = out_dir("dtype");
+    let dir = tmp.path();
+    let run = |dtype: &str| {
+        let path = dir.join(format!("{dtype}.png"));
+        let out = latentd()
+            .args(["generate", "--model"])
+            .arg(fixture())
+            .args(["--prompt", "a red circle", "--steps", "4", "--seed", "3"])
+            .args(["--dtype", dtype, "--output"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{dtype}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        latentd_engine::png_meta::decode_png(&std::fs::read(path).unwrap())
+            .unwrap()
+            .image
+            .data
+    };
+    let full = run("f32");
+    for (dtype, mean_tolerance) in [("f16", 1.0), ("bf16", 6.0)] {
+        let half = run(dtype);
+        assert_eq!(half.len(), full.len());
+        // The flag takes effect: rounding moves some pixels.
+        assert_ne!(half, full, "{dtype} gave float32's exact image");
+        let total: u64 = half
+            .iter()
+            .zip(&full)
+            .map(|(&a, &b)| (a as i64 - b as i64).unsigned_abs())
+            .sum();
+        let mean = total as f64 / full.len() as f64;
+        assert!(
+            mean <= mean_tolerance,
+            "{dtype}: mean pixel difference {mean}/255"
+        );
+    }
+}
+
 /// A single-file checkpoint with its folder's configs draws the folder's image; one
 /// that follows the detection rules loads alone.
 #[test]
@@ -117,6 +162,8 @@ fn bad_sizes_and_schedulers_exit_with_2() {
         vec!["--width", "1024"],
         // 36 is a multiple of 4 but not of 8.
         vec!["--width", "36"],
+        vec!["--dtype", "f64"],
+        vec!["--device", "tpu:0"],
     ] {
         let out = latentd()
             .args(["generate", "--model"])

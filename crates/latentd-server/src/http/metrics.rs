@@ -85,6 +85,16 @@ fn describe() {
     );
     describe_gauge!("latentd_build_info", "Always 1, labelled with the version");
     describe_gauge!(
+        "latentd_device_memory_used_bytes",
+        Unit::Bytes,
+        "Memory in use on each accelerator, as its driver reports it (GPUs only)"
+    );
+    describe_gauge!(
+        "latentd_device_memory_total_bytes",
+        Unit::Bytes,
+        "Memory of each accelerator (GPUs only)"
+    );
+    describe_gauge!(
         "latentd_model_info",
         "Always 1 for each served model, with its family"
     );
@@ -113,6 +123,15 @@ fn describe() {
 pub async fn render(State(state): State<AppState>) -> Response {
     metrics::gauge!("latentd_queue_depth").set(state.engine.queue_len() as f64);
     metrics::gauge!("latentd_active_rows").set(state.engine.active_rows() as f64);
+    for device in state.engine.devices() {
+        if let Some(memory) = latentd_models::device::memory(device) {
+            let label = latentd_models::device::label(device);
+            metrics::gauge!("latentd_device_memory_used_bytes", "device" => label.clone())
+                .set(memory.used as f64);
+            metrics::gauge!("latentd_device_memory_total_bytes", "device" => label)
+                .set(memory.total as f64);
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
