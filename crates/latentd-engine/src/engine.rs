@@ -104,13 +104,21 @@ impl Engine {
             crate::encoder::spawn().map_err(|e| EngineError::Internal(e.to_string()))?;
         let mut threads = vec![encoder_thread];
         for (index, models) in workers.into_iter().enumerate() {
+            let (decoder, decoder_thread) =
+                crate::decoder::spawn(index, shared.clone(), encoder.clone())
+                    .map_err(|e| EngineError::Internal(e.to_string()))?;
             let shared = shared.clone();
             let encoder = encoder.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("latentd-worker-{index}"))
-                .spawn(move || crate::supervisor::run_worker(index, models, shared, encoder))
+                .spawn(move || {
+                    crate::supervisor::run_worker(index, models, shared, decoder, encoder)
+                })
                 .map_err(|e| EngineError::Internal(e.to_string()))?;
+            // Joined in this order: a decoder ends after its worker, once it has
+            // decoded what the worker handed it.
             threads.push(handle);
+            threads.push(decoder_thread);
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -426,7 +434,8 @@ impl Engine {
             let mut guard = self.inner.threads.lock().unwrap_or_else(|e| e.into_inner());
             guard.drain(..).collect()
         };
-        // Workers first (index 1..); the encoder ends once their senders are gone.
+        // Workers and their decoders first (index 1..); the encoder ends once their
+        // senders are gone.
         let mut iter = threads.into_iter();
         let encoder = iter.next();
         for t in iter {

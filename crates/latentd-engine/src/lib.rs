@@ -4,6 +4,7 @@
 //! No HTTP here: the server crate maps these types onto routes.
 
 pub mod config;
+mod decoder;
 mod encoder;
 pub mod engine;
 pub mod error;

@@ -7,6 +7,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::decoder::DecodeTask;
 use crate::encoder::{publish, EncodeTask};
 use crate::error::Code;
 use crate::job::Event;
@@ -17,9 +18,10 @@ pub(crate) fn run_worker(
     index: usize,
     models: Models,
     shared: Arc<Shared>,
+    decoder: Sender<DecodeTask>,
     encoder: Sender<EncodeTask>,
 ) {
-    let mut worker = Worker::new(index, models, shared, encoder);
+    let mut worker = Worker::new(index, models, shared, decoder, encoder);
     tracing::info!(worker = index, "worker started");
     loop {
         match catch_unwind(AssertUnwindSafe(|| while worker.tick_once() {})) {

@@ -4,7 +4,8 @@
 //! to run), encode the newcomers' conditioning in one call per model, run ONE denoiser
 //! call over the chosen rows (one model, per-row timesteps and conditioning), let each
 //! job apply its own guidance and scheduler update, publish progress, and retire
-//! finished jobs (batched decode; PNG encoding is handed to the encoder thread).
+//! finished jobs (handed to the worker's decoder thread, which decodes them batched per
+//! shape and passes the images to the PNG encoder thread).
 //!
 //! The worker knows models only through [`DiffusionModel`]; it holds every served
 //! model for its device.
@@ -17,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use latentd_models::interrupt::with_interrupt;
-use latentd_models::pipeline::{ConditionInput, Conditioning, Denoiser, DiffusionModel, RgbImage};
+use latentd_models::pipeline::{ConditionInput, Conditioning, Denoiser, DiffusionModel};
 
 use crate::config::EngineConfig;
+use crate::decoder::DecodeTask;
 use crate::encoder::EncodeTask;
 use crate::error::Code;
 use crate::job::{Event, Job};
@@ -119,6 +121,8 @@ pub(crate) struct Worker {
     pub(crate) index: usize,
     models: Models,
     pub(crate) shared: Arc<Shared>,
+    /// This worker's decoder thread, which takes finished jobs.
+    decoder: Sender<DecodeTask>,
     encoder: Sender<EncodeTask>,
     active: Vec<Active>,
     /// Jobs taken off the queue this tick and not yet active.
@@ -135,12 +139,14 @@ impl Worker {
         index: usize,
         models: Models,
         shared: Arc<Shared>,
+        decoder: Sender<DecodeTask>,
         encoder: Sender<EncodeTask>,
     ) -> Self {
         Self {
             index,
             models,
             shared,
+            decoder,
             encoder,
             active: Vec::new(),
             admitting: Vec::new(),
@@ -506,7 +512,8 @@ impl Worker {
         run.iter().all(|&i| self.active[i].job.is_cancelled())
     }
 
-    /// Removes finished and failed jobs; decodes the finished ones batched per shape.
+    /// Removes finished and failed jobs; hands the finished ones to the decoder, batched
+    /// per shape.
     fn retire(&mut self) {
         let mut finished: Vec<Active> = Vec::new();
         let mut i = 0;
@@ -531,46 +538,31 @@ impl Worker {
         }
     }
 
+    /// Hands a group's finished jobs to the decoder thread (decoding here only if it
+    /// is gone), so the next tick starts without waiting for the autoencoder.
     fn decode_group(&self, jobs: Vec<Active>) {
-        let decoded = guarded(|| {
-            let first = jobs.first().ok_or_else(|| {
-                latentd_models::Error::InvalidArgument("nothing to decode".into())
-            })?;
-            let latents: Vec<&Tensor> = jobs.iter().map(|a| a.denoiser.latents()).collect();
-            let images = self.model_of(first)?.decode(&Tensor::cat(&latents, 0)?)?;
-            Ok(images)
-        });
-        match decoded {
-            Ok(mut images) => {
-                for a in jobs {
-                    let rest = images
-                        .split_off(a.denoiser.latents().dim(0).unwrap_or(0).min(images.len()));
-                    let mine = std::mem::replace(&mut images, rest);
-                    self.hand_to_encoder(a.job, mine);
+        let Some(first) = jobs.first() else {
+            return;
+        };
+        let model = match self.model_of(first) {
+            Ok(model) => model.clone(),
+            Err(e) => {
+                for a in &jobs {
+                    fail(&a.job, Code::Internal, &e.to_string());
                 }
+                return;
             }
-            Err(message) if jobs.len() == 1 => {
-                for a in jobs {
-                    fail(
-                        &a.job,
-                        Code::GenerationFailed,
-                        &format!("decoding failed: {message}"),
-                    );
-                }
-            }
-            Err(_) => {
-                for a in jobs {
-                    self.decode_group(vec![a]);
-                }
-            }
-        }
-    }
-
-    fn hand_to_encoder(&self, job: Arc<Job>, images: Vec<RgbImage>) {
-        let task = EncodeTask { job, images };
-        if let Err(std::sync::mpsc::SendError(task)) = self.encoder.send(task) {
-            // The encoder thread is gone; encode here rather than lose the result.
-            crate::encoder::publish(task);
+        };
+        let jobs = jobs
+            .into_iter()
+            .map(|a| {
+                let latents = a.denoiser.latents().clone();
+                (a.job, latents)
+            })
+            .collect();
+        let task = DecodeTask { model, jobs };
+        if let Err(std::sync::mpsc::SendError(task)) = self.decoder.send(task) {
+            crate::decoder::decode(task, &self.encoder);
         }
     }
 
@@ -630,7 +622,7 @@ pub(crate) fn fail(job: &Job, code: Code, message: &str) {
 
 /// Runs model code, turning both errors and panics into a message, so that one
 /// job's failure never takes the worker down.
-fn guarded<T>(f: impl FnOnce() -> latentd_models::Result<T>) -> Result<T, String> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> latentd_models::Result<T>) -> Result<T, String> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),

@@ -25,6 +25,10 @@ struct FakeModel {
     /// Milliseconds a call takes per latent cell (0: instant), polling the interrupt
     /// check every millisecond as the real networks do between blocks.
     ms_per_cell: AtomicU64,
+    /// When set, the next decode waits for a message on it (once).
+    decode_gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    /// Decodes begun.
+    decodes: AtomicU64,
 }
 
 impl FakeModel {
@@ -67,6 +71,8 @@ impl FakeModel {
             },
             calls: Mutex::new(Vec::new()),
             ms_per_cell: AtomicU64::new(0),
+            decode_gate: Mutex::new(None),
+            decodes: AtomicU64::new(0),
         })
     }
 
@@ -134,6 +140,11 @@ impl DiffusionModel for FakeModel {
         Ok(out.reshape((b, c, h, w))?)
     }
     fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
+        self.decodes.fetch_add(1, Ordering::SeqCst);
+        let gate = self.decode_gate.lock().unwrap().take();
+        if let Some(gate) = gate {
+            let _ = gate.recv_timeout(Duration::from_secs(10));
+        }
         let (n, _, h, w) = latents.dims4()?;
         let values = latents.tanh()?.flatten_all()?.to_vec1::<f32>()?;
         let per = values.len() / n;
@@ -260,6 +271,55 @@ async fn jobs_of_two_models_batch_per_model_and_equal_their_solo_runs() {
         "{engine_plain_calls:?}"
     );
     assert_eq!(engine.models().len(), 2);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+/// A finished job is decoded off the denoising loop: while its decode is held up, a
+/// second job runs every one of its steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_being_decoded_never_stalls_the_steps_of_the_others() {
+    let text = FakeModel::new("text", ConditioningKind::Text);
+    let (release, gate) = std::sync::mpsc::channel();
+    *text.decode_gate.lock().unwrap() = Some(gate);
+    let engine = engine(vec![text.clone()], 16);
+    let first = engine.submit(&request(None, Some("first"), 1, 1)).unwrap();
+    let started = std::time::Instant::now();
+    while text.decodes.load(Ordering::SeqCst) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no decode began"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = engine.submit(&request(None, Some("second"), 2, 6)).unwrap();
+    let mut events = second.subscribe(0);
+    // Well within the gate's 10 s, after which a held decode would go on anyway.
+    let all_steps = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some((_, event)) = events.next().await {
+            if let Event::Progress { step, total, .. } = event {
+                if step == total {
+                    return true;
+                }
+            }
+        }
+        false
+    });
+    assert!(
+        all_steps.await.unwrap_or(false),
+        "the second job's steps waited for the first job's decode"
+    );
+    assert!(
+        !first.state().is_terminal(),
+        "the first decode was not held"
+    );
+    release.send(()).unwrap();
+    for job in [&first, &second] {
+        wait(job).await.unwrap();
+        assert_eq!(
+            job.image(0).unwrap().as_ref(),
+            solo_pngs(&text, job)[0].as_slice()
+        );
+    }
     engine.shutdown(Duration::from_secs(5));
 }
 
