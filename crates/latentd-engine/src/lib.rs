@@ -8,6 +8,7 @@ mod decoder;
 mod encoder;
 pub mod engine;
 pub mod error;
+mod failure;
 pub mod input_image;
 pub mod job;
 mod memory;

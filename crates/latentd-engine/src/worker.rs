@@ -11,7 +11,6 @@
 //! model for its device.
 
 use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +23,8 @@ use crate::config::EngineConfig;
 use crate::decoder::DecodeTask;
 use crate::encoder::EncodeTask;
 use crate::error::Code;
+use crate::failure::check_finite;
+pub(crate) use crate::failure::{fail, guarded, panic_message};
 use crate::job::{Event, Job};
 use crate::planner::{self, ActiveJob, GroupKey, Ledger, WaitingJob};
 
@@ -598,62 +599,5 @@ impl Worker {
         let total: usize = queue.active_rows.iter().sum();
         drop(queue);
         metrics::gauge!("latentd_active_rows").set(total as f64);
-    }
-}
-
-/// Fails a job with an error event (no-op if it already ended).
-pub(crate) fn fail(job: &Job, code: Code, message: &str) {
-    if job.state().is_terminal() {
-        return;
-    }
-    let outcome = if code == Code::Cancelled {
-        "cancelled"
-    } else {
-        "failed"
-    };
-    metrics::counter!("latentd_jobs_total", "outcome" => outcome).increment(1);
-    job.span()
-        .in_scope(|| tracing::info!(code = code.as_str(), message, "job ended without images"));
-    job.push(Event::Error {
-        code,
-        message: message.to_string(),
-    });
-}
-
-/// Runs model code, turning both errors and panics into a message, so that one
-/// job's failure never takes the worker down.
-pub(crate) fn guarded<T>(f: impl FnOnce() -> latentd_models::Result<T>) -> Result<T, String> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(panic) => Err(panic_message(panic.as_ref())),
-    }
-}
-
-/// `internal panic: ...` with the panic's message, when it has one.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .map(|s| format!("internal panic: {s}"))
-        .unwrap_or_else(|| "internal panic".to_string())
-}
-
-/// Errors when the latents hold NaN or infinity (e.g. a guidance scale that overflows).
-///
-/// Runs on the latents' device: `0 * x` is 0 for every finite value and NaN otherwise,
-/// so its sum is exactly 0 or NaN, and only that one scalar is copied back.
-fn check_finite(latents: &Tensor) -> latentd_models::Result<()> {
-    let total = (latents * 0.0)?
-        .sum_all()?
-        .to_dtype(candle_core::DType::F32)?
-        .to_scalar::<f32>()?;
-    if total.is_finite() {
-        Ok(())
-    } else {
-        Err(latentd_models::Error::InvalidArgument(
-            "the sampler produced non-finite values (NaN or infinity)".into(),
-        ))
     }
 }
