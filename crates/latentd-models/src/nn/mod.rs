@@ -1,6 +1,7 @@
 //! Layers shared by the UNet and the autoencoders, named and shaped like
 //! their diffusers counterparts so that diffusers weights load unchanged.
 
+mod attend;
 pub mod attention;
 mod batch_invariant;
 pub(crate) mod blas;
