@@ -7,47 +7,41 @@
 #
 # VARIANT picks the builder and runtime stages by name (builder-cpu / builder-cuda,
 # runtime-cpu / runtime-cuda); BuildKit builds only the stages the chosen ones need.
-# Both variants compile with the same pinned Rust toolchain through
-# scripts/build-release.sh, the build step CI uses too. See deploy/README.md.
+# Both variants compile with the same pinned Rust toolchain through the build scripts CI
+# uses too: scripts/build-release.sh (CPU) and scripts/build-cuda.sh (CUDA, with NVIDIA's
+# CUDA 13.0 wheels from PyPI as the toolkit). See deploy/README.md.
 
 ARG VARIANT=cpu
 ARG RUST_TOOLCHAIN=1.95.0
-ARG CUDA_VERSION=12.6.3
 
 # ---------------------------------------------------------------------------- builders
 
 FROM rust:${RUST_TOOLCHAIN}-slim-bookworm AS builder-cpu
 # The CPU build takes its matrix products from OpenBLAS (the `openblas` feature).
 ENV LATENTD_FEATURES="openblas" \
+    LATENTD_BUILD="scripts/build-release.sh" \
     CARGO_TARGET_DIR=/cargo-target/cpu
-# Unpinned: see the note on the CUDA builder's apt packages below.
+# Unpinned apt packages: the Debian archive drops superseded versions, so pins would break
+# the build at the next security update; the base image tag is what is pinned.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libopenblas-dev \
  && rm -rf /var/lib/apt/lists/*
 
-FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu22.04 AS builder-cuda
-ARG RUST_TOOLCHAIN
+FROM rust:${RUST_TOOLCHAIN}-slim-bookworm AS builder-cuda
 # No GPU is visible during `docker build`, so candle's kernels cannot detect the compute
-# capability: they are compiled for this one (80 = A100; its PTX is JIT-compiled on newer
-# GPUs such as the H100; pass 90 to target Hopper natively).
-ARG CUDA_COMPUTE_CAP=80
-ENV LATENTD_FEATURES=cuda \
+# capability: they are compiled for this one (90 = H100/H200; 80 = A100, whose PTX is
+# JIT-compiled on newer GPUs). The toolkit (pinned CUDA 13.0 wheels) is installed by
+# scripts/build-cuda.sh into the cached target dir; it needs python3-venv and a C compiler
+# (for the link-only libcuda stub).
+ARG CUDA_COMPUTE_CAP=90
+ENV LATENTD_BUILD="scripts/build-cuda.sh --runtime-libs /out/cuda-libs" \
     CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP} \
-    CARGO_TARGET_DIR=/cargo-target/cuda \
-    RUSTUP_HOME=/usr/local/rustup \
-    CARGO_HOME=/usr/local/cargo \
-    PATH=/usr/local/cargo/bin:${PATH}
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# Unpinned apt packages: the Ubuntu archive drops superseded versions, so pins would break
-# the build at the next security update; the base image tag is what is pinned.
+    CARGO_TARGET_DIR=/cargo-target/cuda
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
- && rm -rf /var/lib/apt/lists/* \
- && curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
-    | sh -s -- -y --no-modify-path --profile minimal --default-toolchain "${RUST_TOOLCHAIN}" \
- && rustc --version
+ && apt-get install -y --no-install-recommends python3-venv \
+ && rm -rf /var/lib/apt/lists/*
 
 # ------------------------------------------------------------------------------- build
 
@@ -56,12 +50,14 @@ RUN apt-get update \
 FROM builder-${VARIANT} AS build
 WORKDIR /src
 COPY . .
-# Cache mounts keep the crate registry and the per-variant target dir between builds;
-# the binary is copied out of the cache within the same step.
+# Cache mounts keep the crate registry and the per-variant target dir (and the CUDA
+# toolkit) between builds; the binary is copied out of the cache within the same step.
+# LATENTD_BUILD is the variant's build script; it prints the binary's path on stdout.
+# hadolint ignore=SC2086
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/cargo-target,sharing=locked \
-    bin="$(bash scripts/build-release.sh)" \
+    bin="$(bash ${LATENTD_BUILD})" \
  && install -D -m 0755 "${bin}" /out/latentd \
  && install -D -m 0755 scripts/healthcheck.sh /out/latentd-healthcheck
 
@@ -74,11 +70,16 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends libopenblas0-pthread \
  && rm -rf /var/lib/apt/lists/*
 
-# The CUDA runtime image carries cudart, cuBLAS, cuRAND and NVRTC, which the binary links;
-# the driver (libcuda) is mounted in by the NVIDIA container toolkit at run time.
-FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu22.04 AS runtime-cuda
+# The CUDA libraries the binary links (cuBLAS, cuRAND, NVRTC, cudart: the toolkit's own,
+# copied out by scripts/build-cuda.sh); the driver (libcuda) is mounted in by the NVIDIA
+# container toolkit at run time, which these variables ask for.
+FROM debian:bookworm-slim AS runtime-cuda
+COPY --from=build /out/cuda-libs/ /usr/local/lib/latentd-cuda/
 # The home directory does not exist: keep the CUDA JIT cache somewhere writable.
-ENV CUDA_CACHE_PATH=/tmp/cuda-cache
+ENV LD_LIBRARY_PATH=/usr/local/lib/latentd-cuda \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    CUDA_CACHE_PATH=/tmp/cuda-cache
 
 # runtime-* are stages of this file (see DL3006 above).
 # hadolint ignore=DL3006

@@ -11,8 +11,8 @@
 # Honours CARGO_TARGET_DIR. Needs the committed Cargo.lock (--locked).
 #
 # `--features cuda` needs the CUDA toolkit even with --check: cudarc's build script runs
-# `nvcc --version` and candle-kernels' compiles its kernels with nvcc. Without a GPU in
-# sight (a container build) also set CUDA_COMPUTE_CAP, e.g. 80.
+# `nvcc --version` and candle-kernels' compiles its kernels with nvcc. scripts/build-cuda.sh
+# brings a pinned toolkit and builds the CUDA binary; use it instead.
 set -euo pipefail
 
 features="${LATENTD_FEATURES:-}"
