@@ -37,7 +37,7 @@ pub struct Engine {
 
 struct Inner {
     shared: Arc<Shared>,
-    store: JobStore,
+    store: Arc<JobStore>,
     infos: Vec<ModelInfo>,
     /// The first worker's models: validation asks them (e.g. to count tokens).
     models: Models,
@@ -120,14 +120,17 @@ impl Engine {
             threads.push(handle);
             threads.push(decoder_thread);
         }
+        let store = Arc::new(JobStore::new(
+            config.finished_ttl,
+            config.finished_max,
+            config.finished_max_bytes,
+        ));
+        crate::janitor::spawn(&store, crate::janitor::PERIOD)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 shared,
-                store: JobStore::new(
-                    config.finished_ttl,
-                    config.finished_max,
-                    config.finished_max_bytes,
-                ),
+                store,
                 infos,
                 models: first,
                 devices,

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 mod failure;
 pub mod input_image;
+mod janitor;
 pub mod job;
 mod memory;
 pub mod planner;

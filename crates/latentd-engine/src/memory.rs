@@ -2,8 +2,15 @@
 //!
 //! glibc keeps memory freed by a burst of requests in its arenas (one per thread that
 //! allocated), so a server's RSS stays at its peak long after the burst; a long-running
-//! server should not look like it leaks. A trim when a worker runs out of work gives
-//! those pages back; it costs a walk over the free lists, nothing while busy.
+//! server should not look like it leaks. A trim once a worker has been out of work for
+//! [`TRIM_AFTER_IDLE`] gives those pages back (by then the decoder, the PNG encoder and
+//! the connections have freed their share of the burst too); it costs a walk over the
+//! free lists, nothing while busy.
+
+use std::time::Duration;
+
+/// How long a worker waits, idle after work, before it hands free memory back.
+pub(crate) const TRIM_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// Returns the allocator's free pages to the operating system (glibc's `malloc_trim`;
 /// nothing elsewhere).

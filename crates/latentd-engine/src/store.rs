@@ -1,6 +1,6 @@
 //! Jobs by id, with finished jobs kept for a while for late readers.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,13 @@ impl JobStore {
         inner.jobs.get(id).cloned()
     }
 
+    /// Drops the finished jobs past the TTL or over the caps now, without waiting for a
+    /// lookup; the number dropped.
+    pub fn evict_expired(&self) -> usize {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.evict(&mut inner, Instant::now())
+    }
+
     /// Number of jobs held.
     pub fn len(&self) -> usize {
         self.inner
@@ -84,7 +91,8 @@ impl JobStore {
         self.len() == 0
     }
 
-    fn evict(&self, inner: &mut StoreInner, now: Instant) {
+    /// Drops what is over the TTL or the caps; the number dropped.
+    fn evict(&self, inner: &mut StoreInner, now: Instant) -> usize {
         // Finished jobs, oldest first, with the bytes of their PNGs.
         let finished: Vec<(String, Instant, usize)> = inner
             .order
@@ -97,22 +105,23 @@ impl JobStore {
             .collect();
         let mut count = finished.len();
         let mut bytes: usize = finished.iter().map(|(_, _, b)| b).sum();
-        let mut drop: Vec<String> = Vec::new();
+        let mut drop: HashSet<String> = HashSet::new();
         for (id, at, size) in finished {
             let over = count > self.max_finished || bytes > self.max_finished_bytes;
             if over || now.duration_since(at) > self.ttl {
-                drop.push(id);
+                drop.insert(id);
                 count -= 1;
                 bytes -= size;
             }
         }
         if drop.is_empty() {
-            return;
+            return 0;
         }
         for id in &drop {
             inner.jobs.remove(id);
         }
         inner.order.retain(|id| !drop.contains(id));
+        drop.len()
     }
 }
 
@@ -174,6 +183,19 @@ mod tests {
         assert!(store.get("j1").is_some() && store.get("j2").is_some());
         assert!(store.get("j3").is_some(), "unfinished jobs are kept");
         assert_eq!(store.len(), 3);
+    }
+
+    #[test]
+    fn evict_expired_drops_old_finished_jobs_without_a_lookup() {
+        let store = JobStore::new(Duration::from_millis(0), 10, usize::MAX);
+        let (done, running) = (job("d"), job("r"));
+        store.insert(done.clone());
+        store.insert(running.clone());
+        finish(&done);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(store.evict_expired(), 1);
+        assert_eq!(store.len(), 1, "the unfinished job stays");
+        assert_eq!(store.evict_expired(), 0);
     }
 
     #[test]

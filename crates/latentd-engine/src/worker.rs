@@ -131,8 +131,10 @@ pub(crate) struct Worker {
     tick: u64,
     /// Each shape group's share of the device so far, for fair turns between groups.
     ledger: Ledger,
-    /// Work was done since the worker last went idle: free memory to hand back.
-    worked_since_idle: bool,
+    /// Work was done since the worker last handed free memory back.
+    worked_since_trim: bool,
+    /// Since when the worker has had no work (`None` while busy).
+    idle_since: Option<Instant>,
 }
 
 impl Worker {
@@ -153,7 +155,8 @@ impl Worker {
             admitting: Vec::new(),
             tick: 0,
             ledger: Ledger::default(),
-            worked_since_idle: false,
+            worked_since_trim: false,
+            idle_since: None,
         }
     }
 
@@ -241,14 +244,18 @@ impl Worker {
                 return None;
             }
             if !self.active.is_empty() || !queue.waiting.is_empty() {
-                self.worked_since_idle = true;
+                self.worked_since_trim = true;
+                self.idle_since = None;
                 break;
             }
             if !queue.accepting {
                 return None;
             }
-            if std::mem::take(&mut self.worked_since_idle) {
-                // Idle after work: give the burst's freed memory back, off the lock.
+            // Idle a while after work (the decoder, the encoder and the HTTP side have
+            // freed the burst's buffers by then): give that memory back, off the lock.
+            let idle_since = *self.idle_since.get_or_insert_with(Instant::now);
+            if self.worked_since_trim && idle_since.elapsed() >= crate::memory::TRIM_AFTER_IDLE {
+                self.worked_since_trim = false;
                 drop(queue);
                 crate::memory::release_free_memory();
                 queue = self.shared.lock_queue();

@@ -1,20 +1,22 @@
-//! A soak run on 127.0.0.1: the server in-process on a model folder, N requests with
-//! C in flight mixing synchronous JSON, SSE streams (a third of the clients hang up
-//! mid-stream), async jobs and cancels. It checks that every accepted job ends, and
-//! reports RSS before and after and the latency of `/health` while loaded.
+//! A soak run on 127.0.0.1: a `latentd serve` child process on a model folder, N
+//! requests with C in flight mixing synchronous JSON, SSE streams (a third of the clients
+//! hang up mid-stream), async jobs and cancels. It checks that every accepted job ends,
+//! and reports the server's RSS before and after and the latency of `/health` while
+//! loaded. The server runs in its own process so that its RSS is the server's alone,
+//! not the load clients' buffers too.
 //!
 //! ```sh
-//! cargo run --release -p latentd-server --example soak -- \
-//!     [--model DIR] [--requests 2000] [--concurrency 32] [--steps 8] [--job-ttl-secs 5] [--rounds 2] \
-//!     [--job-store redis://127.0.0.1:6379]
+//! cargo build --release -p latentd-server --bin latentd --example soak
+//! target/release/examples/soak \
+//!     [--server target/release/latentd] [--model DIR] [--requests 2000] [--concurrency 32] \
+//!     [--steps 8] [--job-ttl-secs 5] [--rounds 2] [--job-store redis://127.0.0.1:6379]
 //! ```
 //!
-//! The requests are split into `rounds` rounds, each followed by a pause of the job TTL:
-//! RSS after each round tells memory the allocator keeps (flat from round to round)
-//! from memory that leaks (growing with every round).
-//!
-//! ```text
-//! ```
+//! The requests are split into `rounds` rounds, each followed by a pause of the job TTL
+//! with the load's connections closed: RSS after each round tells memory the allocator
+//! keeps (flat from round to round) from memory that leaks (growing with every round).
+//! The baseline is taken after a warm-up: C requests at once (the server's threads,
+//! connections and allocator arenas exist), finished and expired.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,16 +24,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
 use futures_util::StreamExt;
-use latentd_engine::{Engine, EngineConfig};
-use latentd_models::pipeline::load_model;
-use latentd_server::http::{AppState, RunningServer};
-use latentd_server::shared_jobs::{SharedConfig, SharedJobs};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 struct Args {
+    /// The `latentd` binary to serve with.
+    server: PathBuf,
     model: PathBuf,
     requests: usize,
     concurrency: usize,
@@ -43,7 +42,13 @@ struct Args {
 }
 
 fn parse_args() -> Args {
+    // Beside this example's binary: target/<profile>/examples/soak -> target/<profile>/latentd.
+    let server = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("latentd")))
+        .unwrap_or_else(|| PathBuf::from("latentd"));
     let mut args = Args {
+        server,
         model: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd1-tiny"),
         requests: 2000,
         concurrency: 32,
@@ -57,6 +62,7 @@ fn parse_args() -> Args {
         let value = it.next().unwrap_or_default();
         let number = || value.parse::<usize>().unwrap_or(1).max(1);
         match flag.as_str() {
+            "--server" => args.server = PathBuf::from(&value),
             "--model" => args.model = PathBuf::from(&value),
             "--requests" => args.requests = number(),
             "--concurrency" => args.concurrency = number(),
@@ -70,9 +76,9 @@ fn parse_args() -> Args {
     args
 }
 
-/// Resident set size of this process, in KiB.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Resident set size of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -225,43 +231,123 @@ async fn has_ended(client: &reqwest::Client, base: &str, id: &str) -> bool {
         .is_some_and(|s| matches!(s, "succeeded" | "failed" | "cancelled"))
 }
 
+/// A port nobody listens on now (the server binds it a moment later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// Starts `latentd serve` and waits for its `/health`.
+async fn start_server(args: &Args, client: &reqwest::Client) -> (std::process::Child, String) {
+    let port = free_port();
+    let mut command = std::process::Command::new(&args.server);
+    command
+        .arg("serve")
+        .arg("--model")
+        .arg(&args.model)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--max-batch-rows", "16", "--max-queue", "64"])
+        .args(["--job-ttl-secs", &args.job_ttl_secs.to_string()])
+        .env("LATENTD_LOG", "warn");
+    if let Some(url) = &args.job_store {
+        command.args(["--job-store", url, "--replica-id", "soak"]);
+    }
+    let mut child = command.spawn().unwrap_or_else(|e| {
+        panic!(
+            "cannot start {} ({e}); build it first: cargo build --release -p latentd-server",
+            args.server.display()
+        )
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..1200 {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server exited before it was ready: {status}");
+        }
+        let up = client.get(format!("{base}/health")).send().await;
+        if up.is_ok_and(|r| r.status() == 200) {
+            return (child, base);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    panic!("the server did not answer /health within 120 s");
+}
+
+/// Whether the server holds no queued or running work, by its `/health`.
+async fn idle(client: &reqwest::Client, base: &str) -> bool {
+    let Ok(r) = client.get(format!("{base}/health")).send().await else {
+        return false;
+    };
+    let health = r.json::<Value>().await.unwrap_or_default();
+    health["queue_depth"].as_u64() == Some(0) && health["active_rows"].as_u64() == Some(0)
+}
+
+/// Runs requests `range` with `concurrency` in flight on a client of their own, which is
+/// dropped at the end (its connections close, as the load's clients would go away).
+async fn run_load(
+    base: &str,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+    steps: usize,
+) -> Vec<Outcome> {
+    let client = reqwest::Client::new();
+    let gate = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = Vec::new();
+    for i in range {
+        let permit = gate.clone().acquire_owned().await.expect("semaphore open");
+        let (client, base) = (client.clone(), base.to_string());
+        tasks.push(tokio::spawn(async move {
+            let outcome = one_request(client, base, i, steps).await;
+            drop(permit);
+            outcome
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.expect("task joins"));
+    }
+    outcomes
+}
+
+/// Waits until every job in `jobs` has ended and the server is idle; the number of
+/// jobs still not ended after 60 s.
+async fn settle(client: &reqwest::Client, base: &str, jobs: &[String]) -> usize {
+    let mut unfinished = 0;
+    for _ in 0..600 {
+        unfinished = 0;
+        for id in jobs {
+            if !has_ended(client, base, id).await {
+                unfinished += 1;
+            }
+        }
+        if unfinished == 0 && idle(client, base).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unfinished
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = parse_args();
-    let model = load_model(&args.model, None, &Device::Cpu).expect("model loads");
-    let config = EngineConfig {
-        max_batch_rows: 16,
-        max_queue: 64,
-        finished_ttl: Duration::from_secs(args.job_ttl_secs),
-        ..EngineConfig::default()
-    };
-    let engine = Engine::start(vec![vec![model]], config).expect("engine starts");
-    let mut state = AppState::new(engine.clone(), None, 1 << 20);
-    if let Some(url) = &args.job_store {
-        let shared = SharedConfig {
-            replica: "soak".into(),
-            lease: Duration::from_secs(10),
-            finished_ttl: Duration::from_secs(args.job_ttl_secs),
-            max_queue: 256,
-        };
-        state =
-            state.with_shared_jobs(SharedJobs::start(url, engine.clone(), shared).expect("redis"));
-    }
-    let server = RunningServer::start(
-        state,
-        "127.0.0.1:0".parse().unwrap(),
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("server starts");
-    let base = format!("http://{}", server.addr);
+    // The prober's and the checks' client (one connection); the load has its own.
     let client = reqwest::Client::new();
+    let (mut child, base) = start_server(&args, &client).await;
+    let pid = child.id();
+    let rss_started = rss_kib(pid);
 
-    // Warm up (first calls allocate), then take the baseline RSS.
-    for i in 0..8 {
-        let _ = one_request(client.clone(), base.clone(), i * 10, args.steps).await;
+    // Warm up: one burst at full concurrency, let it end and expire, then the baseline.
+    let warm = run_load(&base, 0..args.concurrency, args.concurrency, args.steps).await;
+    let warm_jobs: Vec<String> = warm.into_iter().filter_map(|o| o.job).collect();
+    let _ = settle(&client, &base, &warm_jobs).await;
+    tokio::time::sleep(Duration::from_secs(args.job_ttl_secs + 1)).await;
+    for id in &warm_jobs {
+        let _ = client.get(format!("{base}/v1/jobs/{id}")).send().await;
     }
-    let rss_before = rss_kib();
+    let rss_before = rss_kib(pid);
 
     // /health, sampled every 20 ms while the load runs.
     let running = Arc::new(AtomicBool::new(true));
@@ -290,47 +376,26 @@ async fn main() {
     };
 
     let started = Instant::now();
-    let gate = Arc::new(Semaphore::new(args.concurrency));
     let mut by_kind: BTreeMap<(&str, u16), usize> = BTreeMap::new();
     let mut jobs = Vec::new();
     let mut unfinished = 0;
     let mut round_rss = Vec::new();
     let per_round = args.requests.div_ceil(args.rounds);
     for round in 0..args.rounds {
-        let mut tasks = Vec::new();
-        for i in round * per_round..((round + 1) * per_round).min(args.requests) {
-            let permit = gate.clone().acquire_owned().await.expect("semaphore open");
-            let (client, base) = (client.clone(), base.clone());
-            let steps = args.steps;
-            tasks.push(tokio::spawn(async move {
-                let outcome = one_request(client, base, i, steps).await;
-                drop(permit);
-                outcome
-            }));
-        }
+        // Past the warm-up's indices, so no request repeats one of its prompts and seeds.
+        let first = args.concurrency + round * per_round;
+        let last = args.concurrency + ((round + 1) * per_round).min(args.requests);
         let mut round_jobs = Vec::new();
-        for t in tasks {
-            let o = t.await.expect("task joins");
+        for o in run_load(&base, first..last, args.concurrency, args.steps).await {
             *by_kind.entry((o.kind, o.status)).or_insert(0) += 1;
             round_jobs.extend(o.job);
         }
         // Let hung-up streams' cancellations and the last jobs settle.
-        for _ in 0..600 {
-            unfinished = 0;
-            for id in &round_jobs {
-                if !has_ended(&client, &base, id).await {
-                    unfinished += 1;
-                }
-            }
-            if unfinished == 0 && engine.queue_len() == 0 && engine.active_rows() == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        unfinished = settle(&client, &base, &round_jobs).await;
         if unfinished > 0 {
             break;
         }
-        let kept = rss_kib();
+        let kept = rss_kib(pid);
         // Finished jobs (and their PNGs) are kept for the TTL, then dropped on a lookup.
         tokio::time::sleep(Duration::from_secs(args.job_ttl_secs + 1)).await;
         let mut expired = 0;
@@ -340,7 +405,7 @@ async fn main() {
                 expired += 1;
             }
         }
-        round_rss.push((kept, rss_kib(), expired, round_jobs.len()));
+        round_rss.push((kept, rss_kib(pid), expired, round_jobs.len()));
         jobs.extend(round_jobs);
     }
     let wall = started.elapsed();
@@ -375,7 +440,13 @@ async fn main() {
     );
     let mib = |kib: u64| kib as f64 / 1024.0;
     let change = |kib: u64| (kib as f64 / rss_before.max(1) as f64 - 1.0) * 100.0;
-    println!("RSS before the load: {:.1} MiB", mib(rss_before));
+    println!(
+        "server RSS: {:.1} MiB once ready; {:.1} MiB before the load (after a warm-up burst \
+         of {} requests, expired)",
+        mib(rss_started),
+        mib(rss_before),
+        args.concurrency
+    );
     for (round, (kept, expired_rss, expired, n)) in round_rss.iter().enumerate() {
         println!(
             "  after round {}: {:.1} MiB ({:+.1}%) with its finished jobs kept; \
@@ -396,7 +467,11 @@ async fn main() {
         pct(1.0),
         health_failures
     );
-    let _ = server.shutdown().await;
+    // SIGTERM: the graceful shutdown a deployment would use.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
     if unfinished > 0 || health_failures > 0 {
         std::process::exit(1);
     }

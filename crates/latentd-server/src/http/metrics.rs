@@ -38,6 +38,7 @@ pub fn prometheus() -> PrometheusHandle {
                         );
                     }
                     describe();
+                    spawn_upkeep(handle.clone());
                     handle
                 }
                 Err(e) => {
@@ -47,6 +48,24 @@ pub fn prometheus() -> PrometheusHandle {
             }
         })
         .clone()
+}
+
+/// How often the recorder folds recorded histogram samples into its buckets.
+const UPKEEP_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs the recorder's upkeep on a thread of its own. Histogram samples wait in a
+/// buffer until upkeep or a scrape folds them into buckets: without it, a server
+/// nobody scrapes keeps every sample of every step and request it ever recorded.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("latentd-metrics".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_PERIOD);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "metrics upkeep thread not started; histograms fold on scrape only");
+    }
 }
 
 /// The `# HELP` text of every metric latentd records.
