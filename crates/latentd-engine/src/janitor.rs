@@ -32,50 +32,17 @@ pub(crate) fn spawn(store: &Arc<JobStore>, period: Duration) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{Event, Job};
-    use crate::request::ValidRequest;
-    use latentd_models::pipeline::GenerationParams;
-    use latentd_models::schedulers::SchedulerKind;
+    use crate::store::tests::{finish, job};
     use std::time::Instant;
-
-    fn finished_job(id: &str) -> Arc<Job> {
-        let job = Job::new(
-            id.into(),
-            ValidRequest {
-                model: "m".into(),
-                params: GenerationParams {
-                    prompt: "p".into(),
-                    negative_prompt: None,
-                    width: 8,
-                    height: 8,
-                    steps: 1,
-                    guidance_scale: 1.0,
-                    scheduler: SchedulerKind::Ddim,
-                    seed: 0,
-                    n: 1,
-                    eta: 0.0,
-                    image: None,
-                    mask: None,
-                    strength: None,
-                    step_noise_seed: None,
-                },
-                model_index: 0,
-                rows: 2,
-                latent_size: (8, 8),
-            },
-        );
-        job.push(Event::Done {
-            queue_ms: 0,
-            inference_ms: 0,
-            seed: 0,
-        });
-        job
-    }
 
     #[test]
     fn expired_jobs_go_without_a_lookup() {
         let store = Arc::new(JobStore::new(Duration::from_millis(1), 10, usize::MAX));
-        store.insert(finished_job("a"));
+        let done = job("a");
+        // Inserted unfinished, so the insert's own eviction cannot take it.
+        store.insert(done.clone());
+        finish(&done);
+        drop(done);
         spawn(&store, Duration::from_millis(5)).expect("thread starts");
         let started = Instant::now();
         // len() never evicts: only the janitor can empty the store.

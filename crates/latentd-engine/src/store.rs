@@ -126,14 +126,15 @@ impl JobStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::job::Event;
     use crate::request::ValidRequest;
     use latentd_models::pipeline::GenerationParams;
     use latentd_models::schedulers::SchedulerKind;
 
-    fn job(id: &str) -> Arc<Job> {
+    /// An unfinished job with a minimal request (other modules' tests use it too).
+    pub(crate) fn job(id: &str) -> Arc<Job> {
         Job::new(
             id.into(),
             ValidRequest {
@@ -161,7 +162,8 @@ mod tests {
         )
     }
 
-    fn finish(j: &Job) {
+    /// Ends `j` as done.
+    pub(crate) fn finish(j: &Job) {
         j.push(Event::Done {
             queue_ms: 0,
             inference_ms: 0,
