@@ -403,9 +403,13 @@ async fn shutdown_and_drop_end_every_accepted_job() {
         .map(|i| engine.submit(&request(None, None, i, 150)).unwrap())
         .collect();
     engine.shutdown(Duration::from_millis(0));
+    // A job the worker finished before the shutdown reached it ends done; every other
+    // one ends with the shutdown's error. Either way its subscribers see the end.
     for job in &jobs {
         assert!(job.state().is_terminal(), "{:?}", job.state());
-        assert!(wait(job).await.is_err());
+        if let Err(code) = wait(job).await {
+            assert_eq!(code, "shutting_down");
+        }
     }
 
     let engine2 = self::engine(vec![plain], 1);
