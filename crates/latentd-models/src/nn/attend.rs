@@ -221,9 +221,11 @@ mod tests {
     fn fused_attention_equals_the_chunked_kernels() {
         let dev = Device::Cpu;
         let (b, n, t, heads, d) = (3, 37, 11, 4, 8);
-        let qkv = Tensor::randn(0f32, 1., (b, n, 3 * heads * d), &dev).unwrap();
+        // Seeded inputs: the half-precision bound below is checked on fixed data.
+        let mut rng = crate::rng::TorchRng::new(7);
+        let qkv = rng.randn_tensor(&[b, n, 3 * heads * d], &dev).unwrap();
         let q = qkv.narrow(2, 0, heads * d).unwrap();
-        let kv = Tensor::randn(0f32, 1., (b, t, 2 * heads * d), &dev).unwrap();
+        let kv = rng.randn_tensor(&[b, t, 2 * heads * d], &dev).unwrap();
         let (k, v) = (
             kv.narrow(2, 0, heads * d).unwrap(),
             kv.narrow(2, heads * d, heads * d).unwrap(),
@@ -235,12 +237,26 @@ mod tests {
             let err = max_abs_diff(&fused, &chunked).unwrap();
             assert!(err < 1e-5, "max_scores {max_scores}: {err}");
         }
-        // Half inputs: the scores and softmax still run in f32.
+        // Half inputs: the scores and softmax still run in f32, so against f32
+        // attention on the same rounded inputs only the rounding of the
+        // probabilities and of the output remains (|out| < 3 here, half's
+        // spacing there is 2e-3).
         let half = |x: &Tensor| x.to_dtype(DType::F16).unwrap();
-        let fused = attend_fused(&half(&q), &half(&k), &half(&v), heads, usize::MAX).unwrap();
+        let (qh, kh, vh) = (half(&q), half(&k), half(&v));
+        let fused = attend_fused(&qh, &kh, &vh, heads, usize::MAX).unwrap();
         assert_eq!(fused.dtype(), DType::F16);
-        let err = max_abs_diff(&fused, &chunked).unwrap();
-        assert!(err < 5e-3, "f16: {err}");
+        let single = |x: &Tensor| x.to_dtype(DType::F32).unwrap();
+        let rounded = attend_chunked(
+            &single(&qh),
+            &single(&kh),
+            &single(&vh),
+            heads,
+            d,
+            MAX_SCORE_ELEMENTS,
+        )
+        .unwrap();
+        let err = max_abs_diff(&fused, &rounded).unwrap();
+        assert!(err < 4e-3, "f16: {err}");
         assert_eq!(AttentionKernel::for_device(&dev), AttentionKernel::Chunked);
     }
 }
