@@ -1,11 +1,13 @@
 //! Command-line interface of the `latentd` binary.
 
+mod bench;
 mod generate;
 pub mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
 
+pub use bench::BenchArgs;
 pub use generate::GenerateArgs;
 pub use serve::ServeArgs;
 pub use train::TrainDemoArgs;
@@ -28,6 +30,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Generate images from a prompt and write them as PNG files.
     Generate(GenerateArgs),
+    /// Time a Stable Diffusion model's text encoder, guided UNet step, VAE decode and
+    /// whole generation on one device (what bench/sd15-compare.sh compares with diffusers).
+    Bench(BenchArgs),
     /// Print the OpenAPI document (the committed openapi/openapi.json).
     Openapi,
     /// Train the built-in demo model (synthetic data, both LDM stages) into a folder.
@@ -41,6 +46,7 @@ pub const EXIT_USAGE: i32 = 2;
 pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::TrainDemo(args) => train::run(args),
         Command::Openapi => {
             print!("{}", crate::http::openapi::json());
