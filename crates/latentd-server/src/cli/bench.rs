@@ -22,6 +22,9 @@ use serde::Serialize;
 
 use super::EXIT_USAGE;
 
+/// The guidance scale of every guided call (Stable Diffusion's usual 7.5).
+const GUIDANCE: f64 = 7.5;
+
 /// Arguments of `latentd bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -136,7 +139,7 @@ fn bench(args: &BenchArgs, device: &Device) -> anyhow::Result<Report> {
     let model = load_model_from(&dir, &options, device)
         .map_err(|e| anyhow::anyhow!("cannot load model {}: {e}", dir.display()))?;
     let info = model.info().clone();
-    if !info.takes_prompt() || !info.is_guided(7.5) {
+    if !info.takes_prompt() || !info.is_guided(GUIDANCE) {
         anyhow::bail!("latentd bench times guided text-to-image models (Stable Diffusion)");
     }
     let mut memory = MemoryWatch::new(device.clone());
@@ -152,13 +155,10 @@ fn bench(args: &BenchArgs, device: &Device) -> anyhow::Result<Report> {
         mask: None,
         strength: None,
     };
-    let runs = time_runs(
-        "text encoder, 2 prompts",
-        args.runs,
-        device,
-        &mut memory,
-        || model.encode(&[job]).map(drop),
-    )?;
+    let label = part_label("text_encoder", 0, 0);
+    let runs = time_runs(&label, args.runs, device, &mut memory, || {
+        model.encode(&[job]).map(drop)
+    })?;
     measurements.push(Measurement::new("text_encoder", 0, 0, 1, runs));
     let conditioning = model
         .encode(&[job])?
@@ -180,7 +180,7 @@ fn bench(args: &BenchArgs, device: &Device) -> anyhow::Result<Report> {
             context.extend(std::iter::repeat_n(text.clone(), images));
             let context = Tensor::cat(&context, 0)?;
             let timesteps = vec![500f32; rows];
-            let label = format!("guided UNet step {size}x{size}, {rows} rows");
+            let label = part_label("unet_step", size, rows);
             let runs = time_runs(&label, args.runs, device, &mut memory, || {
                 model.predict(&input, &timesteps, Some(&context)).map(drop)
             })?;
@@ -190,33 +190,35 @@ fn bench(args: &BenchArgs, device: &Device) -> anyhow::Result<Report> {
 
     let (h, w) = info.latent_size(largest, largest);
     let latents = rng.randn_tensor(&[1, info.latent_channels, h, w], device)?;
-    let label = format!("VAE decode {largest}x{largest}");
+    let label = part_label("vae_decode", largest, 0);
     let runs = time_runs(&label, args.runs, device, &mut memory, || {
         model.decode(&latents).map(drop)
     })?;
     measurements.push(Measurement::new("vae_decode", largest, 0, 1, runs));
 
     if args.steps > 0 {
+        let mut params = GenerationParams {
+            prompt: job.prompt.to_string(),
+            negative_prompt: None,
+            width: largest,
+            height: largest,
+            steps: args.steps,
+            guidance_scale: GUIDANCE,
+            scheduler: SchedulerKind::Ddim,
+            seed: 0,
+            n: 1,
+            eta: 0.0,
+            image: None,
+            mask: None,
+            strength: None,
+            step_noise_seed: None,
+        };
+        let label = part_label("generation", largest, 2);
         let mut runs = Vec::with_capacity(args.runs);
         for run in 0..args.runs {
-            let params = GenerationParams {
-                prompt: job.prompt.to_string(),
-                negative_prompt: None,
-                width: largest,
-                height: largest,
-                steps: args.steps,
-                guidance_scale: 7.5,
-                scheduler: SchedulerKind::Ddim,
-                seed: run as u64,
-                n: 1,
-                eta: 0.0,
-                image: None,
-                mask: None,
-                strength: None,
-                step_noise_seed: None,
-            };
+            params.seed = run as u64;
             eprintln!(
-                "whole generation {largest}x{largest}, {} steps: run {}/{}",
+                "{label}, {} steps: run {}/{}",
                 args.steps,
                 run + 1,
                 args.runs
@@ -293,13 +295,17 @@ impl Measurement {
     }
 
     fn label(&self) -> String {
-        let side = self.size;
-        match self.part {
-            "text_encoder" => "text encoder, 2 prompts".to_string(),
-            "unet_step" => format!("guided UNet step {side}x{side}, {} rows", self.rows),
-            "vae_decode" => format!("VAE decode {side}x{side}"),
-            _ => format!("whole generation {side}x{side}"),
-        }
+        part_label(self.part, self.size, self.rows)
+    }
+}
+
+/// How the progress lines and the table name a measured part.
+fn part_label(part: &str, side: usize, rows: usize) -> String {
+    match part {
+        "text_encoder" => "text encoder, 2 prompts".to_string(),
+        "unet_step" => format!("guided UNet step {side}x{side}, {rows} rows"),
+        "vae_decode" => format!("VAE decode {side}x{side}"),
+        _ => format!("whole generation {side}x{side}"),
     }
 }
 
