@@ -68,10 +68,15 @@ class GenerateRequest(BaseModel):
     scheduler: Optional[str] = None
 
 
-def build_app(model: Path) -> FastAPI:
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+
+
+def build_app(model: Path, device: str = "cpu", dtype: Optional[str] = None) -> FastAPI:
+    """The app on one pipeline; dtype defaults to f16 on CUDA (SDPA attention), f32 elsewhere."""
+    dtype = dtype or ("f16" if device.startswith("cuda") else "f32")
     pipe = StableDiffusionPipeline.from_pretrained(
-        str(model), safety_checker=None, dtype=torch.float32
-    ).to("cpu")
+        str(model), safety_checker=None, dtype=DTYPES[dtype]
+    ).to(device)
     pipe.set_progress_bar_config(disable=True)
     # Built once; a scheduler keeps per-run state, which the lock makes safe to reuse.
     schedulers = {
@@ -96,7 +101,7 @@ def build_app(model: Path) -> FastAPI:
             guidance_scale=req.guidance_scale,
             width=req.width,
             height=req.height,
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator(pipe.device).manual_seed(seed),
         ).images[0]
         png = io.BytesIO()
         image.save(png, format="PNG")
@@ -135,8 +140,10 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="diffusers pipeline folder")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda:N")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None)
     args = parser.parse_args()
-    app = build_app(args.model)
+    app = build_app(args.model, args.device, args.dtype)
     asyncio.run(serve(app, args.host, args.port))
 
 

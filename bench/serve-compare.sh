@@ -14,6 +14,9 @@
 #   MAX_BATCH_ROWS [32, latentd serve's default]  MAX_QUEUE [max(64, REQUESTS)]
 #   PYTHON [/work/venv/bin/python]: with torch, diffusers and bench/requirements.txt
 #   LATENTD_FEATURES [none]: cargo features of latentd-server for the build
+#   DEVICE [cpu]: cpu or cuda:N for both servers (latentd --devices, diffusers --device;
+#     f16 on CUDA for both); a cuda device builds latentd with scripts/build-cuda.sh
+#   LATENTD [built here]: a latentd binary to use instead of building one
 # sd1-tiny's native size is 32x32 and latentd accepts up to twice that: 64x64 is its
 # largest size, which diffusers accepts too.
 set -euo pipefail
@@ -31,13 +34,22 @@ max_batch_rows="${MAX_BATCH_ROWS:-32}"
 max_queue="${MAX_QUEUE:-$((requests > 64 ? requests : 64))}"
 python="${PYTHON:-/work/venv/bin/python}"
 features="${LATENTD_FEATURES:-}"
+device="${DEVICE:-cpu}"
 
 echo "== building latentd and the loadtest example (release)" >&2
 build_args=(--release --locked -p latentd-server)
 if [[ -n "$features" ]]; then build_args+=(--features "$features"); fi
-cargo build "${build_args[@]}" --bin latentd --example loadtest >&2
 target_dir="${CARGO_TARGET_DIR:-target}"
-latentd="$target_dir/release/latentd"
+if [[ -n "${LATENTD:-}" ]]; then
+  cargo build "${build_args[@]}" --example loadtest >&2
+  latentd="$LATENTD"
+elif [[ "$device" == cuda* ]]; then
+  cargo build "${build_args[@]}" --example loadtest >&2
+  latentd="$(scripts/build-cuda.sh | tail -n1)"
+else
+  cargo build "${build_args[@]}" --bin latentd --example loadtest >&2
+  latentd="$target_dir/release/latentd"
+fi
 loadtest="$target_dir/release/examples/loadtest"
 
 work="$(mktemp -d)"
@@ -88,7 +100,7 @@ measure() {
 
 echo "== latentd (--max-batch-rows $max_batch_rows, --max-queue $max_queue)" >&2
 "$latentd" serve --model "$model" --port 0 --max-batch-rows "$max_batch_rows" \
-  --max-queue "$max_queue" >"$work/latentd.log" 2>"$work/latentd.log.err" &
+  --max-queue "$max_queue" --devices "$device" >"$work/latentd.log" 2>"$work/latentd.log.err" &
 pid=$!
 port="$(wait_for_port "$work/latentd.log")"
 sizes='import json, sys; m = json.load(sys.stdin)["data"][0]
@@ -99,7 +111,7 @@ measure "http://127.0.0.1:$port" "$work/latentd.out"
 stop_server
 
 echo "== diffusers + FastAPI (one request at a time)" >&2
-"$python" bench/diffusers_server.py --model "$model" --port 0 \
+"$python" bench/diffusers_server.py --model "$model" --port 0 --device "$device" \
   >"$work/diffusers.log" 2>"$work/diffusers.log.err" &
 pid=$!
 port="$(wait_for_port "$work/diffusers.log")"
