@@ -157,6 +157,16 @@ async fn models_health_metrics_and_docs() {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
     assert!(text.contains("route=\"/v1/generate\""), "{text}");
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        // The heap gauges: a served model's weights are live allocations.
+        let gauge = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("/metrics lacks {name}:\n{text}"))
+        };
+        assert!(gauge("latentd_heap_in_use_bytes ") > 100_000.0, "{text}");
+        assert!(gauge("latentd_heap_free_bytes ") >= 0.0, "{text}");
+    }
 
     let spec: serde_json::Value = s.get("/openapi.json").await.json().await.unwrap();
     assert!(spec["paths"]["/v1/generate"].is_object());

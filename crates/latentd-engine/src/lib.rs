@@ -12,7 +12,7 @@ mod failure;
 pub mod input_image;
 mod janitor;
 pub mod job;
-mod memory;
+pub mod memory;
 pub mod planner;
 pub mod png_meta;
 pub mod request;

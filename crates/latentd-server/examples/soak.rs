@@ -89,6 +89,27 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The server's heap as its `/metrics` reports it: (in use, freed but held), in KiB.
+async fn heap_kib(client: &reqwest::Client, base: &str) -> Option<(u64, u64)> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let gauge = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .map(|bytes| (bytes / 1024.0) as u64)
+    };
+    Some((
+        gauge("latentd_heap_in_use_bytes ")?,
+        gauge("latentd_heap_free_bytes ")?,
+    ))
+}
+
 /// What one client did: its kind, the HTTP status, and the job it started, if any.
 struct Outcome {
     kind: &'static str,
@@ -348,6 +369,7 @@ async fn main() {
         let _ = client.get(format!("{base}/v1/jobs/{id}")).send().await;
     }
     let rss_before = rss_kib(pid);
+    let heap_before = heap_kib(&client, &base).await;
 
     // /health, sampled every 20 ms while the load runs.
     let running = Arc::new(AtomicBool::new(true));
@@ -405,7 +427,9 @@ async fn main() {
                 expired += 1;
             }
         }
-        round_rss.push((kept, rss_kib(pid), expired, round_jobs.len()));
+        let expired_rss = rss_kib(pid);
+        let heap = heap_kib(&client, &base).await;
+        round_rss.push((kept, expired_rss, heap, expired, round_jobs.len()));
         jobs.extend(round_jobs);
     }
     let wall = started.elapsed();
@@ -447,16 +471,26 @@ async fn main() {
         mib(rss_before),
         args.concurrency
     );
-    for (round, (kept, expired_rss, expired, n)) in round_rss.iter().enumerate() {
+    let heap_line = |heap: Option<(u64, u64)>| match heap {
+        Some((in_use, free)) => format!(
+            "heap {:.1} MiB in use, {:.1} MiB freed but held",
+            mib(in_use),
+            mib(free)
+        ),
+        None => "heap not reported".into(),
+    };
+    println!("  before the load: {}", heap_line(heap_before));
+    for (round, (kept, expired_rss, heap, expired, n)) in round_rss.iter().enumerate() {
         println!(
             "  after round {}: {:.1} MiB ({:+.1}%) with its finished jobs kept; \
-             {:.1} MiB ({:+.1}%) once {expired} of {n} expired ({} s TTL)",
+             {:.1} MiB ({:+.1}%) once {expired} of {n} expired ({} s TTL); {}",
             round + 1,
             mib(*kept),
             change(*kept),
             mib(*expired_rss),
             change(*expired_rss),
-            args.job_ttl_secs
+            args.job_ttl_secs,
+            heap_line(*heap)
         );
     }
     println!(

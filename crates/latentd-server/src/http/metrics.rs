@@ -114,6 +114,16 @@ fn describe() {
         "Memory of each accelerator (GPUs only)"
     );
     describe_gauge!(
+        "latentd_heap_in_use_bytes",
+        Unit::Bytes,
+        "Heap memory the process holds in live allocations (glibc only)"
+    );
+    describe_gauge!(
+        "latentd_heap_free_bytes",
+        Unit::Bytes,
+        "Heap memory freed but still held by the allocator (glibc only)"
+    );
+    describe_gauge!(
         "latentd_model_info",
         "Always 1 for each served model, with its family"
     );
@@ -150,6 +160,10 @@ pub async fn render(State(state): State<AppState>) -> Response {
             metrics::gauge!("latentd_device_memory_total_bytes", "device" => label)
                 .set(memory.total as f64);
         }
+    }
+    if let Some(heap) = latentd_engine::memory::heap_usage() {
+        metrics::gauge!("latentd_heap_in_use_bytes").set(heap.in_use as f64);
+        metrics::gauge!("latentd_heap_free_bytes").set(heap.free as f64);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
