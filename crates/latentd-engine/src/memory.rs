@@ -1,5 +1,5 @@
-//! The heap: handing its free memory back to the system when a worker goes idle, and
-//! what it holds (for `/metrics`).
+//! The heap: how many arenas glibc may keep, handing free memory back to the system
+//! when a worker goes idle, and what it holds (for `/metrics`).
 //!
 //! glibc keeps memory freed by a burst of requests in its arenas (one per thread that
 //! allocated), so a server's RSS stays at its peak long after the burst; a long-running
@@ -21,6 +21,41 @@ pub(crate) fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Caps glibc's heap arenas at one per core, unless the environment already sets them
+/// (`MALLOC_ARENA_MAX`, or `arena_max` in `GLIBC_TUNABLES`). Call it first in `main`,
+/// before other threads start.
+///
+/// glibc's default is up to eight arenas per core, one for each thread that finds the
+/// others busy; a server's many short-lived allocations spread over them, and each keeps
+/// its own freed memory, so RSS climbs with every burst (BENCHMARKS.md, "Soak"). More
+/// arenas than cores buy little: no more threads than cores allocate at the same instant.
+/// Returns the cap it set, if any.
+pub fn cap_heap_arenas() -> Option<usize> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let cap = arena_cap(
+            std::env::var_os("MALLOC_ARENA_MAX").is_some(),
+            &std::env::var("GLIBC_TUNABLES").unwrap_or_default(),
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        )?;
+        // SAFETY: a plain setting of the allocator, made before other threads allocate.
+        let set = unsafe { libc::mallopt(libc::M_ARENA_MAX, cap as libc::c_int) };
+        (set == 1).then_some(cap)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
+/// The arena cap for `cores` cores, or `None` where the environment sets one itself.
+fn arena_cap(env_max_set: bool, glibc_tunables: &str, cores: usize) -> Option<usize> {
+    let tunable_set = glibc_tunables
+        .split(':')
+        .any(|t| t.starts_with("glibc.malloc.arena_max="));
+    (!env_max_set && !tunable_set).then_some(cores.clamp(2, 64))
 }
 
 /// What the heap allocator holds, in bytes (glibc's `mallinfo2`, over all arenas).
@@ -54,6 +89,22 @@ pub fn heap_usage() -> Option<HeapUsage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_arena_cap_is_one_per_core_unless_the_environment_sets_it() {
+        assert_eq!(arena_cap(false, "", 1), Some(2));
+        assert_eq!(arena_cap(false, "", 16), Some(16));
+        assert_eq!(arena_cap(false, "glibc.malloc.tcache_count=0", 8), Some(8));
+        assert_eq!(arena_cap(true, "", 8), None);
+        assert_eq!(
+            arena_cap(
+                false,
+                "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=4",
+                8
+            ),
+            None
+        );
+    }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]

@@ -5,6 +5,8 @@ use latentd_server::cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
+    // Before any other thread starts (see its doc).
+    let arenas = latentd_engine::memory::cap_heap_arenas();
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
@@ -22,6 +24,9 @@ fn main() {
         logs.json().init();
     } else {
         logs.init();
+    }
+    if let Some(arenas) = arenas {
+        tracing::debug!(arenas, "heap arenas capped (MALLOC_ARENA_MAX overrides)");
     }
     std::process::exit(latentd_server::cli::run(cli));
 }
