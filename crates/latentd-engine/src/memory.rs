@@ -51,6 +51,7 @@ pub fn cap_heap_arenas() -> Option<usize> {
 }
 
 /// The arena cap for `cores` cores, or `None` where the environment sets one itself.
+#[cfg(any(test, all(target_os = "linux", target_env = "gnu")))]
 fn arena_cap(env_max_set: bool, glibc_tunables: &str, cores: usize) -> Option<usize> {
     let tunable_set = glibc_tunables
         .split(':')
