@@ -17,15 +17,16 @@ ARG RUST_TOOLCHAIN=1.95.0
 # ---------------------------------------------------------------------------- builders
 
 FROM rust:${RUST_TOOLCHAIN}-slim-bookworm AS builder-cpu
-# The CPU build takes its matrix products from OpenBLAS (the `openblas` feature).
-ENV LATENTD_FEATURES="openblas" \
+# The CPU build takes its matrix products from OpenBLAS and its convolutions from oneDNN
+# (the `openblas` and `onednn` features).
+ENV LATENTD_FEATURES="openblas,onednn" \
     LATENTD_BUILD="scripts/build-release.sh" \
     CARGO_TARGET_DIR=/cargo-target/cpu
 # Unpinned apt packages: the Debian archive drops superseded versions, so pins would break
 # the build at the next security update; the base image tag is what is pinned.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libopenblas-dev \
+ && apt-get install -y --no-install-recommends libopenblas-dev libdnnl-dev \
  && rm -rf /var/lib/apt/lists/*
 
 FROM rust:${RUST_TOOLCHAIN}-slim-bookworm AS builder-cuda
@@ -64,10 +65,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # ---------------------------------------------------------------------------- runtimes
 
 FROM debian:bookworm-slim AS runtime-cpu
-# OpenBLAS, which the CPU binary links (it picks its kernels for the CPU it runs on).
+# OpenBLAS and oneDNN, which the CPU binary links (both pick their kernels for the CPU
+# they run on).
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libopenblas0-pthread \
+ && apt-get install -y --no-install-recommends libopenblas0-pthread libdnnl2 \
  && rm -rf /var/lib/apt/lists/*
 
 # The CUDA libraries the binary links (cuBLAS, cuRAND, NVRTC, cudart: the toolkit's own,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Model comparison: latentd against diffusers on one SD1.5-size random-weight pipeline
 # folder, on one device, in one run. Writes the folder if missing (bench/sd15_diffusers.py
-# --write-only), builds latentd (OpenBLAS on the CPU, scripts/build-cuda.sh for CUDA),
+# --write-only), builds latentd (OpenBLAS and oneDNN on the CPU, scripts/build-cuda.sh for CUDA),
 # runs `latentd bench` and then bench/sd15_diffusers.py alone, each timing the text
 # encoder (2 prompts), the guided UNet step per size and row count, the VAE decode and a
 # whole DDIM generation at the largest size (one warm-up, median of RUNS), and prints a
@@ -16,6 +16,7 @@
 #   STEPS [20]  RUNS [3]  MODEL_DIR [/tmp/latentd-sd15]
 #   PYTHON [/work/venv/bin/python]: with tests/fixtures/requirements.txt installed
 #   LATENTD [built here]: a latentd binary to use instead of building one
+#   LATENTD_FEATURES [openblas,onednn]: cargo features of the CPU build
 #   OUT [a temporary folder]: where latentd.json and diffusers.json are kept
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -51,7 +52,7 @@ if [[ -z "$latentd" ]]; then
   if [[ "$device" == cuda* ]]; then
     latentd="$(scripts/build-cuda.sh | tail -n1)"
   else
-    cargo build --release --locked -p latentd-server --features openblas --bin latentd >&2
+    cargo build --release --locked -p latentd-server --features "${LATENTD_FEATURES:-openblas,onednn}" --bin latentd >&2
     latentd="${CARGO_TARGET_DIR:-target}/release/latentd"
   fi
 fi

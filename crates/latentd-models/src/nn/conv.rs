@@ -1,7 +1,9 @@
-//! `torch.nn.Conv2d` with a bias and a square kernel. Stride-1 "same"
-//! convolutions on CPU in `f32` run as one im2col plus one matrix product with
-//! the weight used as stored (their backward pass is a col2im and matrix
-//! products); everything else goes through candle's `conv2d`.
+//! `torch.nn.Conv2d` with a bias and a square kernel. With the `onednn` feature,
+//! float32 CPU weights that are not training variables are packed for oneDNN's
+//! direct convolutions ([`super::onednn`]). Otherwise stride-1 "same" convolutions
+//! on CPU in `f32` run as one im2col plus one matrix product with the weight used
+//! as stored (their backward pass is a col2im and matrix products); everything
+//! else goes through candle's `conv2d`.
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
@@ -16,6 +18,10 @@ const MAX_COLS_ELEMENTS: usize = 64 << 20;
 /// A 2D convolution with bias.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
+    /// The weights packed for oneDNN; `generic` and `weight_2d` are then empty
+    /// (the packed copy is the only one kept).
+    #[cfg(feature = "onednn")]
+    packed: Option<std::sync::Arc<super::onednn::PackedConv>>,
     generic: candle_nn::Conv2d,
     /// `[out, in * k * k]`, a view of the weight.
     weight_2d: Tensor,
@@ -65,10 +71,31 @@ impl Conv2d {
         padding: usize,
         upcast: Option<Box<Conv2d>>,
     ) -> Result<Self> {
+        #[cfg(feature = "onednn")]
+        if super::onednn::applies(generic.weight()) {
+            let packed =
+                super::onednn::PackedConv::new(generic.weight(), generic.bias(), stride, padding)?;
+            // Keep only the packed weights: empty tensors stand in for candle's copy.
+            let empty = Tensor::zeros(0, DType::F32, generic.weight().device())?;
+            let cfg = *generic.config();
+            return Ok(Self {
+                packed: Some(std::sync::Arc::new(packed)),
+                generic: candle_nn::Conv2d::new(empty.clone(), None, cfg),
+                weight_2d: empty,
+                bias: generic.bias().cloned(),
+                kernel,
+                stride,
+                padding,
+                upcast,
+                span: tracing::trace_span!("conv2d"),
+            });
+        }
         let out_channels = generic.weight().dim(0)?;
         let weight_2d = generic.weight().reshape((out_channels, ()))?;
         let bias = generic.bias().cloned();
         Ok(Self {
+            #[cfg(feature = "onednn")]
+            packed: None,
             generic,
             weight_2d,
             bias,
@@ -94,11 +121,24 @@ impl Conv2d {
         let _enter = self.span.enter();
         if let Some(f32) = &self.upcast {
             if super::ops::is_cpu_bf16(xs) {
-                let ys = f32.forward_limited(&xs.to_dtype(DType::F32)?, MAX_COLS_ELEMENTS)?;
+                let ys = f32.forward(&xs.to_dtype(DType::F32)?)?;
                 return Ok(ys.to_dtype(DType::BF16)?);
             }
         }
+        #[cfg(feature = "onednn")]
+        if let Some(packed) = &self.packed {
+            return packed.forward(xs);
+        }
         self.forward_limited(xs, MAX_COLS_ELEMENTS)
+    }
+
+    /// The oneDNN kernel this layer runs for an `h x w` input, where it has one.
+    #[cfg(feature = "onednn")]
+    pub fn onednn_kernel(&self, h: usize, w: usize) -> Result<Option<String>> {
+        match &self.packed {
+            Some(packed) => packed.kernel_name(h, w),
+            None => Ok(None),
+        }
     }
 
     /// [`Self::forward`] with at most `max_cols` unfolded elements per product.
@@ -218,6 +258,90 @@ mod tests {
                 assert!(err < 1e-5, "{cin}->{cout} k{k} s{stride}: {err}");
             }
         }
+    }
+
+    /// A layer loaded from plain tensors (as from a checkpoint), and candle's
+    /// convolution on the same weights.
+    #[cfg(feature = "onednn")]
+    fn loaded(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> (Conv2d, candle_nn::Conv2d) {
+        let dev = Device::Cpu;
+        let weight = Tensor::randn(0f32, 0.2, (cout, cin, k, k), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1., cout, &dev).unwrap();
+        let tensors = std::collections::HashMap::from([
+            ("weight".to_string(), weight.clone()),
+            ("bias".to_string(), bias.clone()),
+        ]);
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+        let conv = Conv2d::new(vb, cin, cout, k, stride, pad).unwrap();
+        let cfg = Conv2dConfig {
+            padding: pad,
+            stride,
+            ..Default::default()
+        };
+        (conv, candle_nn::Conv2d::new(weight, Some(bias), cfg))
+    }
+
+    #[cfg(feature = "onednn")]
+    #[test]
+    fn onednn_path_matches_candle_conv2d_and_ignores_the_batch() {
+        let dev = Device::Cpu;
+        for (cin, cout, k, stride, pad, h, w) in [
+            (3, 5, 3, 1, 1, 7, 6),
+            (4, 2, 1, 1, 0, 3, 5),
+            (2, 3, 5, 1, 2, 4, 9),
+            (3, 4, 3, 2, 1, 7, 6),
+            (2, 2, 3, 1, 1, 1, 1),
+            (2, 3, 7, 1, 3, 4, 4),
+            // Several bands of output channels, odd sizes, a stride-2 downsample.
+            (24, 200, 3, 1, 1, 5, 3),
+            (16, 160, 3, 2, 1, 9, 8),
+        ] {
+            let (conv, candle) = loaded(cin, cout, k, stride, pad);
+            assert!(conv.packed.is_some(), "plain f32 weights are packed");
+            assert!(conv.onednn_kernel(h, w).unwrap().is_some());
+            let xs = Tensor::randn(0f32, 1., (3, cin, h, w), &dev).unwrap();
+            let want = candle.forward(&xs).unwrap();
+            let got = conv.forward(&xs).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let err = max_abs_diff(&got, &want).unwrap();
+            assert!(err < 1e-4, "{cin}->{cout} k{k} s{stride} {h}x{w}: {err}");
+            // Each sample alone gives the same bits as in the batch.
+            for i in 0..3 {
+                let alone = conv.forward(&xs.narrow(0, i, 1).unwrap()).unwrap();
+                let in_batch = got.narrow(0, i, 1).unwrap();
+                assert_eq!(max_abs_diff(&alone, &in_batch).unwrap(), 0.0);
+            }
+        }
+    }
+
+    #[cfg(feature = "onednn")]
+    #[test]
+    fn onednn_path_falls_back_and_reports_bad_input() {
+        let dev = Device::Cpu;
+        let (conv, candle) = loaded(3, 4, 3, 1, 1);
+        // Half-precision input runs candle's convolution on the unpacked weights.
+        let xs = Tensor::randn(0f32, 1., (2, 3, 5, 5), &dev).unwrap();
+        let want = candle.forward(&xs).unwrap();
+        let got = conv.forward(&xs.to_dtype(DType::F16).unwrap()).unwrap();
+        assert_eq!(got.dtype(), DType::F16);
+        let err = max_abs_diff(&got.to_dtype(DType::F32).unwrap(), &want).unwrap();
+        assert!(err < 2e-2, "{err}");
+        // The wrong channel count and an input smaller than the kernel are errors.
+        let wrong = Tensor::zeros((1, 5, 5, 5), DType::F32, &dev).unwrap();
+        assert!(conv.forward(&wrong).is_err());
+        let (wide, _) = loaded(2, 2, 5, 1, 0);
+        let small = Tensor::zeros((1, 2, 3, 3), DType::F32, &dev).unwrap();
+        assert!(wide.forward(&small).is_err());
+        // Training variables keep candle's differentiable path.
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
+        assert!(Conv2d::new(vb, 3, 4, 3, 1, 1).unwrap().packed.is_none());
     }
 
     #[test]

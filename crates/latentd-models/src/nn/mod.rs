@@ -9,6 +9,8 @@ pub mod conv;
 mod cpu_kernels;
 pub mod embeddings;
 pub mod norm;
+#[cfg(feature = "onednn")]
+mod onednn;
 pub mod ops;
 pub mod resnet;
 pub mod sampling;

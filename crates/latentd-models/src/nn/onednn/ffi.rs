@@ -1,0 +1,47 @@
+//! The C functions of `shim.c` (compiled by `build.rs`, linked with oneDNN).
+
+/// Packed weights of one convolution (opaque).
+#[repr(C)]
+pub(super) struct Weights {
+    _private: [u8; 0],
+}
+
+/// One convolution for one input size (opaque).
+#[repr(C)]
+pub(super) struct Plan {
+    _private: [u8; 0],
+}
+
+extern "C" {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn ld_weights_pack(
+        oc: i32,
+        ic: i32,
+        k: i32,
+        stride: i32,
+        pad: i32,
+        has_bias: i32,
+        hint: i32,
+        oihw: *const f32,
+        out: *mut *mut Weights,
+    ) -> i32;
+    pub(super) fn ld_weights_unpack(weights: *const Weights, oihw: *mut f32) -> i32;
+    pub(super) fn ld_weights_free(weights: *mut Weights);
+    pub(super) fn ld_plan_create(
+        weights: *const Weights,
+        h: i32,
+        w: i32,
+        out: *mut *mut Plan,
+    ) -> i32;
+    pub(super) fn ld_plan_impl(plan: *const Plan) -> *const std::ffi::c_char;
+    pub(super) fn ld_plan_scratch_bytes(plan: *const Plan) -> usize;
+    pub(super) fn ld_plan_run(
+        plan: *const Plan,
+        weights: *const Weights,
+        src: *const f32,
+        bias: *const f32,
+        dst: *mut f32,
+        scratch: *mut std::ffi::c_void,
+    ) -> i32;
+    pub(super) fn ld_plan_free(plan: *mut Plan);
+}

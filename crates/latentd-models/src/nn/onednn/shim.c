@@ -1,0 +1,328 @@
+/* latentd's bridge to oneDNN (C API 2.x) for 2D convolutions in f32.
+ *
+ * Weights are packed once, at load, into the blocked layout oneDNN's fastest
+ * kernel for the layer asks for. A plan is the convolution for one input size
+ * with those weights fixed, plus the reorders between candle's NCHW and the
+ * kernel's layouts. Every call runs on the calling thread (OpenMP limited to one
+ * thread there) with caller-owned scratch memory, so plans may run concurrently
+ * and a sample's arithmetic depends only on its shape. */
+#include <oneapi/dnnl/dnnl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern void omp_set_num_threads(int);
+
+#define LD_ALIGN 64
+#define CHECK(call)                                                            \
+    do {                                                                       \
+        dnnl_status_t status_ = (call);                                        \
+        if (status_ != dnnl_success) return (int)status_;                      \
+    } while (0)
+
+static dnnl_engine_t g_engine;
+static dnnl_status_t g_engine_status = dnnl_runtime_error;
+static pthread_once_t g_engine_once = PTHREAD_ONCE_INIT;
+
+static void engine_init(void) {
+    g_engine_status = dnnl_engine_create(&g_engine, dnnl_cpu, 0);
+}
+
+static int engine(dnnl_engine_t *out) {
+    pthread_once(&g_engine_once, engine_init);
+    if (g_engine_status != dnnl_success) return (int)g_engine_status;
+    *out = g_engine;
+    return 0;
+}
+
+static __thread dnnl_stream_t tls_stream;
+
+static int stream(dnnl_stream_t *out) {
+    if (!tls_stream) {
+        dnnl_engine_t eng;
+        int rc = engine(&eng);
+        if (rc) return rc;
+        CHECK(dnnl_stream_create(&tls_stream, eng, dnnl_stream_default_flags));
+    }
+    *out = tls_stream;
+    return 0;
+}
+
+static size_t round_up(size_t n) { return (n + LD_ALIGN - 1) / LD_ALIGN * LD_ALIGN; }
+
+/* Packed weights of one convolution (or one band of its output channels). */
+typedef struct ld_weights {
+    int oc, ic, k, stride, pad, has_bias;
+    dnnl_memory_desc_t md;
+    void *data;
+} ld_weights;
+
+/* One convolution for one input size. */
+typedef struct ld_plan {
+    int h, w, oh, ow;
+    dnnl_primitive_t conv, src_reorder, dst_reorder;
+    dnnl_memory_desc_t src_plain, src_md, dst_plain, dst_md, bias_md, wei_md;
+    size_t src_bytes, dst_bytes, scratch_bytes;
+    char impl[64];
+} ld_plan;
+
+static int out_size(int in, int k, int stride, int pad) {
+    return (in + 2 * pad - k) / stride + 1;
+}
+
+/* A convolution descriptor; src and dst as given, weights `wei` (NULL: any). */
+static int conv_desc(dnnl_convolution_desc_t *cd, const ld_weights *wt, int h, int w,
+                     const dnnl_memory_desc_t *wei, dnnl_memory_desc_t *bias_md) {
+    int oh = out_size(h, wt->k, wt->stride, wt->pad);
+    int ow = out_size(w, wt->k, wt->stride, wt->pad);
+    if (oh <= 0 || ow <= 0) return (int)dnnl_invalid_arguments;
+    dnnl_dims_t src_dims = {1, wt->ic, h, w};
+    dnnl_dims_t dst_dims = {1, wt->oc, oh, ow};
+    dnnl_dims_t wei_dims = {wt->oc, wt->ic, wt->k, wt->k};
+    dnnl_dims_t bias_dims = {wt->oc};
+    dnnl_dims_t strides = {wt->stride, wt->stride};
+    dnnl_dims_t pads = {wt->pad, wt->pad};
+    dnnl_memory_desc_t src_md, dst_md, wei_any;
+    CHECK(dnnl_memory_desc_init_by_tag(&src_md, 4, src_dims, dnnl_f32, dnnl_format_tag_any));
+    CHECK(dnnl_memory_desc_init_by_tag(&dst_md, 4, dst_dims, dnnl_f32, dnnl_format_tag_any));
+    CHECK(dnnl_memory_desc_init_by_tag(&wei_any, 4, wei_dims, dnnl_f32, dnnl_format_tag_any));
+    CHECK(dnnl_memory_desc_init_by_tag(bias_md, 1, bias_dims, dnnl_f32, dnnl_x));
+    CHECK(dnnl_convolution_forward_desc_init(
+        cd, dnnl_forward_inference, dnnl_convolution_direct, &src_md, wei ? wei : &wei_any,
+        wt->has_bias ? bias_md : NULL, &dst_md, strides, pads, pads));
+    return 0;
+}
+
+static int user_scratchpad_attr(dnnl_primitive_attr_t *attr) {
+    CHECK(dnnl_primitive_attr_create(attr));
+    dnnl_status_t st = dnnl_primitive_attr_set_scratchpad_mode(*attr, dnnl_scratchpad_mode_user);
+    if (st != dnnl_success) {
+        dnnl_primitive_attr_destroy(*attr);
+        return (int)st;
+    }
+    return 0;
+}
+
+static int reorder(const dnnl_memory_desc_t *from, void *from_data, const dnnl_memory_desc_t *to,
+                   void *to_data) {
+    dnnl_engine_t eng;
+    dnnl_stream_t str;
+    int rc = engine(&eng);
+    if (rc) return rc;
+    rc = stream(&str);
+    if (rc) return rc;
+    dnnl_primitive_desc_t pd;
+    CHECK(dnnl_reorder_primitive_desc_create(&pd, from, eng, to, eng, NULL));
+    dnnl_primitive_t prim;
+    dnnl_status_t st = dnnl_primitive_create(&prim, pd);
+    dnnl_primitive_desc_destroy(pd);
+    if (st != dnnl_success) return (int)st;
+    dnnl_memory_t a = NULL, b = NULL;
+    st = dnnl_memory_create(&a, from, eng, from_data);
+    if (st == dnnl_success) st = dnnl_memory_create(&b, to, eng, to_data);
+    if (st == dnnl_success) {
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, a}, {DNNL_ARG_TO, b}};
+        st = dnnl_primitive_execute(prim, str, 2, args);
+        if (st == dnnl_success) st = dnnl_stream_wait(str);
+    }
+    if (a) dnnl_memory_destroy(a);
+    if (b) dnnl_memory_destroy(b);
+    dnnl_primitive_destroy(prim);
+    return (int)st;
+}
+
+int ld_weights_pack(int oc, int ic, int k, int stride, int pad, int has_bias, int hint,
+                    const float *oihw, ld_weights **out) {
+    omp_set_num_threads(1);
+    dnnl_engine_t eng;
+    int rc = engine(&eng);
+    if (rc) return rc;
+    ld_weights *wt = calloc(1, sizeof *wt);
+    if (!wt) return (int)dnnl_out_of_memory;
+    wt->oc = oc, wt->ic = ic, wt->k = k, wt->stride = stride, wt->pad = pad;
+    wt->has_bias = has_bias;
+    int side = hint > k ? hint : k;
+    dnnl_convolution_desc_t cd;
+    dnnl_memory_desc_t bias_md;
+    dnnl_primitive_attr_t attr;
+    dnnl_primitive_desc_t pd = NULL;
+    rc = conv_desc(&cd, wt, side, side, NULL, &bias_md);
+    if (!rc) rc = user_scratchpad_attr(&attr);
+    if (!rc) {
+        rc = (int)dnnl_primitive_desc_create(&pd, &cd, attr, eng, NULL);
+        dnnl_primitive_attr_destroy(attr);
+    }
+    if (!rc) {
+        wt->md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        dnnl_primitive_desc_destroy(pd);
+        size_t bytes = round_up(dnnl_memory_desc_get_size(&wt->md));
+        wt->data = aligned_alloc(LD_ALIGN, bytes);
+        if (!wt->data) rc = (int)dnnl_out_of_memory;
+    }
+    if (!rc) {
+        memset(wt->data, 0, round_up(dnnl_memory_desc_get_size(&wt->md)));
+        dnnl_dims_t dims = {oc, ic, k, k};
+        dnnl_memory_desc_t plain;
+        rc = (int)dnnl_memory_desc_init_by_tag(&plain, 4, dims, dnnl_f32, dnnl_oihw);
+        if (!rc) rc = reorder(&plain, (void *)oihw, &wt->md, wt->data);
+    }
+    if (rc) {
+        free(wt->data);
+        free(wt);
+        return rc;
+    }
+    *out = wt;
+    return 0;
+}
+
+size_t ld_weights_bytes(const ld_weights *wt) { return dnnl_memory_desc_get_size(&wt->md); }
+
+int ld_weights_unpack(const ld_weights *wt, float *oihw) {
+    dnnl_dims_t dims = {wt->oc, wt->ic, wt->k, wt->k};
+    dnnl_memory_desc_t plain;
+    CHECK(dnnl_memory_desc_init_by_tag(&plain, 4, dims, dnnl_f32, dnnl_oihw));
+    return reorder(&wt->md, wt->data, &plain, oihw);
+}
+
+void ld_weights_free(ld_weights *wt) {
+    if (!wt) return;
+    free(wt->data);
+    free(wt);
+}
+
+/* A reorder primitive between two layouts, or NULL where they are the same. */
+static int maybe_reorder(const dnnl_memory_desc_t *from, const dnnl_memory_desc_t *to,
+                         dnnl_primitive_t *out, size_t *scratch) {
+    *out = NULL;
+    if (dnnl_memory_desc_equal(from, to)) return 0;
+    dnnl_engine_t eng;
+    int rc = engine(&eng);
+    if (rc) return rc;
+    dnnl_primitive_attr_t attr;
+    rc = user_scratchpad_attr(&attr);
+    if (rc) return rc;
+    dnnl_primitive_desc_t pd;
+    dnnl_status_t st = dnnl_reorder_primitive_desc_create(&pd, from, eng, to, eng, attr);
+    dnnl_primitive_attr_destroy(attr);
+    if (st != dnnl_success) return (int)st;
+    size_t need = dnnl_memory_desc_get_size(dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0));
+    if (need > *scratch) *scratch = need;
+    st = dnnl_primitive_create(out, pd);
+    dnnl_primitive_desc_destroy(pd);
+    return (int)st;
+}
+
+void ld_plan_free(ld_plan *p) {
+    if (!p) return;
+    if (p->conv) dnnl_primitive_destroy(p->conv);
+    if (p->src_reorder) dnnl_primitive_destroy(p->src_reorder);
+    if (p->dst_reorder) dnnl_primitive_destroy(p->dst_reorder);
+    free(p);
+}
+
+int ld_plan_create(const ld_weights *wt, int h, int w, ld_plan **out) {
+    omp_set_num_threads(1);
+    dnnl_engine_t eng;
+    int rc = engine(&eng);
+    if (rc) return rc;
+    ld_plan *p = calloc(1, sizeof *p);
+    if (!p) return (int)dnnl_out_of_memory;
+    p->h = h, p->w = w;
+    p->oh = out_size(h, wt->k, wt->stride, wt->pad);
+    p->ow = out_size(w, wt->k, wt->stride, wt->pad);
+    dnnl_convolution_desc_t cd;
+    dnnl_primitive_attr_t attr;
+    dnnl_primitive_desc_t pd = NULL;
+    rc = conv_desc(&cd, wt, h, w, &wt->md, &p->bias_md);
+    if (!rc) rc = user_scratchpad_attr(&attr);
+    if (!rc) {
+        rc = (int)dnnl_primitive_desc_create(&pd, &cd, attr, eng, NULL);
+        dnnl_primitive_attr_destroy(attr);
+    }
+    if (!rc) {
+        const char *impl = NULL;
+        if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl)
+            strncpy(p->impl, impl, sizeof p->impl - 1);
+        p->src_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+        p->dst_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+        p->wei_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        p->scratch_bytes =
+            dnnl_memory_desc_get_size(dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0));
+        if (!dnnl_memory_desc_equal(&p->wei_md, &wt->md)) rc = (int)dnnl_unimplemented;
+    }
+    if (!rc) rc = (int)dnnl_primitive_create(&p->conv, pd);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (!rc) {
+        dnnl_dims_t src_dims = {1, wt->ic, h, w};
+        dnnl_dims_t dst_dims = {1, wt->oc, p->oh, p->ow};
+        rc = (int)dnnl_memory_desc_init_by_tag(&p->src_plain, 4, src_dims, dnnl_f32, dnnl_nchw);
+        if (!rc) rc = (int)dnnl_memory_desc_init_by_tag(&p->dst_plain, 4, dst_dims, dnnl_f32, dnnl_nchw);
+    }
+    if (!rc) rc = maybe_reorder(&p->src_plain, &p->src_md, &p->src_reorder, &p->scratch_bytes);
+    if (!rc) rc = maybe_reorder(&p->dst_md, &p->dst_plain, &p->dst_reorder, &p->scratch_bytes);
+    if (rc) {
+        ld_plan_free(p);
+        return rc;
+    }
+    p->src_bytes = p->src_reorder ? round_up(dnnl_memory_desc_get_size(&p->src_md)) : 0;
+    p->dst_bytes = p->dst_reorder ? round_up(dnnl_memory_desc_get_size(&p->dst_md)) : 0;
+    p->scratch_bytes = round_up(p->scratch_bytes);
+    *out = p;
+    return 0;
+}
+
+const char *ld_plan_impl(const ld_plan *p) { return p->impl; }
+
+size_t ld_plan_scratch_bytes(const ld_plan *p) {
+    return p->src_bytes + p->dst_bytes + p->scratch_bytes;
+}
+
+/* Runs the plan on one sample: `src` NCHW [1, ic, h, w], `dst` NCHW [1, oc, oh, ow],
+ * `bias` [oc] or NULL, `scratch` 64-byte aligned, ld_plan_scratch_bytes long. */
+int ld_plan_run(const ld_plan *p, const ld_weights *wt, const float *src, const float *bias,
+                float *dst, void *scratch) {
+    omp_set_num_threads(1);
+    dnnl_engine_t eng;
+    dnnl_stream_t str;
+    int rc = engine(&eng);
+    if (rc) return rc;
+    rc = stream(&str);
+    if (rc) return rc;
+    char *base = scratch;
+    void *src_blocked = p->src_reorder ? base : (void *)src;
+    void *dst_blocked = p->dst_reorder ? base + p->src_bytes : (void *)dst;
+    void *pad = p->scratch_bytes ? base + p->src_bytes + p->dst_bytes : NULL;
+    enum { N = 7 };
+    dnnl_memory_t m[N] = {0};
+    dnnl_status_t st = dnnl_memory_create(&m[0], &p->src_plain, eng, (void *)src);
+    if (st == dnnl_success) st = dnnl_memory_create(&m[1], &p->src_md, eng, src_blocked);
+    if (st == dnnl_success) st = dnnl_memory_create(&m[2], &p->wei_md, eng, wt->data);
+    if (st == dnnl_success && bias) st = dnnl_memory_create(&m[3], &p->bias_md, eng, (void *)bias);
+    if (st == dnnl_success) st = dnnl_memory_create(&m[4], &p->dst_md, eng, dst_blocked);
+    if (st == dnnl_success) st = dnnl_memory_create(&m[5], &p->dst_plain, eng, dst);
+    if (st == dnnl_success && pad) {
+        dnnl_memory_desc_t pad_md;
+        dnnl_dims_t dims = {(dnnl_dim_t)p->scratch_bytes};
+        st = dnnl_memory_desc_init_by_tag(&pad_md, 1, dims, dnnl_u8, dnnl_x);
+        if (st == dnnl_success) st = dnnl_memory_create(&m[6], &pad_md, eng, pad);
+    }
+    if (st == dnnl_success && p->src_reorder) {
+        dnnl_exec_arg_t args[3] = {{DNNL_ARG_FROM, m[0]}, {DNNL_ARG_TO, m[1]}, {DNNL_ARG_SCRATCHPAD, m[6]}};
+        st = dnnl_primitive_execute(p->src_reorder, str, pad ? 3 : 2, args);
+    }
+    if (st == dnnl_success) {
+        dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, m[1]}, {DNNL_ARG_WEIGHTS, m[2]}, {DNNL_ARG_DST, m[4]}};
+        int n = 3;
+        if (pad) args[n++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, m[6]};
+        if (bias) args[n++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, m[3]};
+        st = dnnl_primitive_execute(p->conv, str, n, args);
+    }
+    if (st == dnnl_success && p->dst_reorder) {
+        dnnl_exec_arg_t args[3] = {{DNNL_ARG_FROM, m[4]}, {DNNL_ARG_TO, m[5]}, {DNNL_ARG_SCRATCHPAD, m[6]}};
+        st = dnnl_primitive_execute(p->dst_reorder, str, pad ? 3 : 2, args);
+    }
+    if (st == dnnl_success) st = dnnl_stream_wait(str);
+    for (int i = 0; i < N; i++)
+        if (m[i]) dnnl_memory_destroy(m[i]);
+    return (int)st;
+}
