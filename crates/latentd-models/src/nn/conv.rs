@@ -298,9 +298,14 @@ mod tests {
             (3, 4, 3, 2, 1, 7, 6),
             (2, 2, 3, 1, 1, 1, 1),
             (2, 3, 7, 1, 3, 4, 4),
-            // Several bands of output channels, odd sizes, a stride-2 downsample.
+            // Several bands of output rows (for the threads, or for memory), odd
+            // sizes, stride-2 downsamples, a kernel wider than a band.
             (24, 200, 3, 1, 1, 5, 3),
-            (16, 160, 3, 2, 1, 9, 8),
+            (8, 24, 3, 1, 1, 40, 33),
+            (16, 32, 3, 2, 1, 37, 20),
+            (16, 32, 3, 2, 1, 36, 20),
+            (4, 6, 7, 1, 3, 33, 9),
+            (64, 16, 3, 1, 1, 190, 90),
         ] {
             let (conv, candle) = loaded(cin, cout, k, stride, pad);
             assert!(conv.packed.is_some(), "plain f32 weights are packed");
@@ -316,6 +321,31 @@ mod tests {
                 let alone = conv.forward(&xs.narrow(0, i, 1).unwrap()).unwrap();
                 let in_batch = got.narrow(0, i, 1).unwrap();
                 assert_eq!(max_abs_diff(&alone, &in_batch).unwrap(), 0.0);
+            }
+        }
+    }
+
+    #[cfg(feature = "onednn")]
+    #[test]
+    fn onednn_path_serves_every_input_size_with_a_fast_kernel() {
+        // oneDNN's kernels want these layers' weights in other layouts at some sizes
+        // (a 1x1 convolution at 8x8 and 16x16, the 2560 -> 640 one at 4x4).
+        let dev = Device::Cpu;
+        for (cin, cout, k, pad) in [(320, 320, 1, 0), (2560, 640, 3, 1)] {
+            let (conv, candle) = loaded(cin, cout, k, 1, pad);
+            for side in [1, 2, 4, 8, 16, 32, 64] {
+                if cin * side * side > 320 * 32 * 32 {
+                    continue;
+                }
+                let kernel = conv.onednn_kernel(side, side).unwrap().unwrap();
+                assert!(
+                    !kernel.starts_with("ref"),
+                    "{cin}->{cout} at {side}: {kernel}"
+                );
+                let xs = Tensor::randn(0f32, 1., (1, cin, side, side), &dev).unwrap();
+                let err = max_abs_diff(&conv.forward(&xs).unwrap(), &candle.forward(&xs).unwrap())
+                    .unwrap();
+                assert!(err < 1e-3, "{cin}->{cout} at {side}: {err}");
             }
         }
     }

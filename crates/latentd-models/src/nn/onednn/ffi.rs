@@ -27,13 +27,24 @@ extern "C" {
     ) -> i32;
     pub(super) fn ld_weights_unpack(weights: *const Weights, oihw: *mut f32) -> i32;
     pub(super) fn ld_weights_free(weights: *mut Weights);
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn ld_plan_create(
         weights: *const Weights,
         h: i32,
         w: i32,
+        rows: i32,
+        pad_top: i32,
+        pad_bottom: i32,
+        oh: i32,
         out: *mut *mut Plan,
     ) -> i32;
     pub(super) fn ld_plan_impl(plan: *const Plan) -> *const std::ffi::c_char;
+    pub(super) fn ld_plan_accepts(plan: *const Plan, weights: *const Weights) -> i32;
+    pub(super) fn ld_weights_repack(
+        from: *const Weights,
+        plan: *const Plan,
+        out: *mut *mut Weights,
+    ) -> i32;
     pub(super) fn ld_plan_scratch_bytes(plan: *const Plan) -> usize;
     pub(super) fn ld_plan_run(
         plan: *const Plan,

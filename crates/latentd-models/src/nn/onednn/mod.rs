@@ -2,12 +2,14 @@
 //! build, `libdnnl2` to run): direct convolutions with this CPU's AVX-512 kernels
 //! instead of an im2col copy and a matrix product.
 //!
-//! The weights are packed once, at load, into the blocked layout oneDNN's kernel
-//! wants, and the original tensor is dropped, so memory does not grow. A layer's
-//! output channels are cut into a fixed number of bands (set at load from the
-//! thread count), and every (sample, band) pair is one task on the rayon pool with
-//! oneDNN confined to the calling thread: a sample's arithmetic depends on its shape
-//! alone, never on the batch it shares a call with.
+//! The weights are packed at load into the blocked layout oneDNN's kernel wants, and
+//! the original tensor is dropped, so memory does not grow (a kernel that wants
+//! another layout for some input size gets its own copy, made once). Each sample's
+//! output rows are cut into bands, set by the image's shape and the thread count
+//! alone, and every (sample, band) pair is one task on the rayon pool with oneDNN
+//! confined to the calling thread: a sample's arithmetic never depends on the batch
+//! it shares a call with, and a task's working memory stays small however large the
+//! image is.
 
 mod ffi;
 
@@ -21,12 +23,14 @@ use rayon::prelude::*;
 
 use crate::Result;
 
-/// The input size a layer's weight layout is chosen for; its kernel serves every size.
+/// The input size a layer's weight layout is first chosen for.
 const LAYOUT_HINT: i32 = 32;
 /// Input sizes one layer keeps plans for before it starts over.
 const MAX_PLANS: usize = 32;
-/// Bands of output channels are at least this wide.
-const MIN_BAND: usize = 64;
+/// A band's input rows hold at most about this many bytes (several bands otherwise).
+const BAND_BYTES: usize = 4 << 20;
+/// A band has at least this many output rows when it is cut for parallelism alone.
+const MIN_BAND_ROWS: usize = 4;
 
 /// Whether a convolution with this weight is packed for oneDNN: a plain float32
 /// CPU tensor (a training variable keeps candle's differentiable path).
@@ -34,29 +38,26 @@ pub(crate) fn applies(weight: &Tensor) -> bool {
     weight.device().is_cpu() && weight.dtype() == DType::F32 && !weight.is_variable()
 }
 
-/// One band of a layer's output channels, its weights packed.
-struct Band {
-    weights: NonNull<ffi::Weights>,
-    first: usize,
-    len: usize,
-}
+/// Weights packed in one of oneDNN's layouts.
+struct Packed(NonNull<ffi::Weights>);
 
-// SAFETY: the packed weights are written once, in `ld_weights_pack`, and only read
-// after (every function taking them takes a const pointer); they are freed once, on drop.
-unsafe impl Send for Band {}
-unsafe impl Sync for Band {}
+// SAFETY: packed weights are written once, when made, and only read after (every
+// function taking them takes a const pointer); they are freed once, on drop.
+unsafe impl Send for Packed {}
+unsafe impl Sync for Packed {}
 
-impl Drop for Band {
+impl Drop for Packed {
     fn drop(&mut self) {
-        // SAFETY: created by `ld_weights_pack`, freed only here.
-        unsafe { ffi::ld_weights_free(self.weights.as_ptr()) }
+        // SAFETY: made by `ld_weights_pack` or `ld_weights_repack`, freed only here.
+        unsafe { ffi::ld_weights_free(self.0.as_ptr()) }
     }
 }
 
-/// A band's convolution for one input size.
+/// A band's convolution, with the weights its kernel takes.
 struct Plan {
     plan: NonNull<ffi::Plan>,
     scratch_bytes: usize,
+    weights: Arc<Packed>,
 }
 
 // SAFETY: a plan is immutable after `ld_plan_create`; runs take a const pointer and
@@ -80,8 +81,23 @@ impl Plan {
     }
 }
 
-/// The plans of every band for one input size; `None` where oneDNN had no kernel.
-type Plans = Option<Arc<Vec<Plan>>>;
+/// One band of output rows: where its rows start in the input and the output, and
+/// which plan runs it (bands of the same height and padding share one).
+#[derive(Debug, Clone, Copy)]
+struct RowBand {
+    in_first: usize,
+    out_first: usize,
+    plan: usize,
+}
+
+/// Everything one input size needs: its bands and their plans.
+struct SizePlans {
+    bands: Vec<RowBand>,
+    plans: Vec<Plan>,
+}
+
+/// The plans for one input size; `None` where oneDNN had no kernel.
+type Plans = Option<Arc<SizePlans>>;
 
 /// A convolution with its weights packed for oneDNN.
 pub(crate) struct PackedConv {
@@ -90,7 +106,10 @@ pub(crate) struct PackedConv {
     kernel: usize,
     stride: usize,
     padding: usize,
-    bands: Vec<Band>,
+    /// The weights in the layout chosen at load first, then in any other layout a
+    /// kernel for another input size asked for (rare: a layout is mostly a function
+    /// of the channel counts alone).
+    layouts: Mutex<Vec<Arc<Packed>>>,
     bias: Option<Vec<f32>>,
     plans: Mutex<HashMap<(usize, usize), Plans>>,
     /// candle's convolution on the unpacked weights, built the first time an input
@@ -106,7 +125,6 @@ impl std::fmt::Debug for PackedConv {
             .field("kernel", &self.kernel)
             .field("stride", &self.stride)
             .field("padding", &self.padding)
-            .field("bands", &self.bands.len())
             .finish()
     }
 }
@@ -125,10 +143,23 @@ fn to_i32(n: usize) -> candle_core::Result<i32> {
     i32::try_from(n).map_err(|_| candle_core::Error::Msg(format!("oneDNN: {n} is too large")))
 }
 
-/// How many bands a layer with `out_channels` outputs is cut into.
-fn band_count(out_channels: usize) -> usize {
+fn poisoned() -> candle_core::Error {
+    candle_core::Error::Msg("oneDNN: a cache lock was poisoned".into())
+}
+
+/// How many bands of output rows an image is cut into: enough for every thread
+/// (in whole rounds), and more where one band's input would be large.
+fn band_count(in_bytes: usize, out_rows: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
-    (out_channels / MIN_BAND).clamp(1, threads)
+    let for_memory = in_bytes.div_ceil(BAND_BYTES);
+    let for_threads = threads.min(out_rows / MIN_BAND_ROWS);
+    let count = for_memory.max(for_threads).max(1);
+    let count = if count > 1 {
+        count.div_ceil(threads) * threads
+    } else {
+        1
+    };
+    count.min(out_rows.max(1))
 }
 
 impl PackedConv {
@@ -150,45 +181,31 @@ impl PackedConv {
         let bias = bias
             .map(|b| b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>())
             .transpose()?;
-        let per_out = in_channels * kernel * kernel;
-        let count = band_count(out_channels);
-        // Bands of a multiple of 16 channels (the kernels' blocking), the last shorter.
-        let width = out_channels.div_ceil(count).div_ceil(16) * 16;
-        let mut bands = Vec::with_capacity(count);
-        for first in (0..out_channels).step_by(width.max(1)) {
-            let len = width.min(out_channels - first);
-            let slice = &data[first * per_out..(first + len) * per_out];
-            let mut packed = std::ptr::null_mut();
-            // SAFETY: `slice` holds `len * per_out` floats in OIHW order, as declared.
-            let rc = unsafe {
-                ffi::ld_weights_pack(
-                    to_i32(len)?,
-                    to_i32(in_channels)?,
-                    to_i32(kernel)?,
-                    to_i32(stride)?,
-                    to_i32(padding)?,
-                    i32::from(bias.is_some()),
-                    LAYOUT_HINT,
-                    slice.as_ptr(),
-                    &mut packed,
-                )
-            };
-            status(rc, "packing a convolution's weights")?;
-            let weights = NonNull::new(packed)
-                .ok_or_else(|| candle_core::Error::Msg("oneDNN: no weights".into()))?;
-            bands.push(Band {
-                weights,
-                first,
-                len,
-            });
-        }
+        let mut packed = std::ptr::null_mut();
+        // SAFETY: `data` holds the whole OIHW weight, as declared.
+        let rc = unsafe {
+            ffi::ld_weights_pack(
+                to_i32(out_channels)?,
+                to_i32(in_channels)?,
+                to_i32(kernel)?,
+                to_i32(stride)?,
+                to_i32(padding)?,
+                i32::from(bias.is_some()),
+                LAYOUT_HINT,
+                data.as_ptr(),
+                &mut packed,
+            )
+        };
+        status(rc, "packing a convolution's weights")?;
+        let weights = NonNull::new(packed)
+            .ok_or_else(|| candle_core::Error::Msg("oneDNN: no weights".into()))?;
         Ok(Self {
             in_channels,
             out_channels,
             kernel,
             stride,
             padding,
-            bands,
+            layouts: Mutex::new(vec![Arc::new(Packed(weights))]),
             bias,
             plans: Mutex::new(HashMap::new()),
             fallback: OnceLock::new(),
@@ -202,51 +219,148 @@ impl PackedConv {
             .map(|n| n / self.stride + 1)
     }
 
-    /// The plans for an `h x w` input, made on first use.
-    fn plans(&self, h: usize, w: usize) -> candle_core::Result<Plans> {
-        let mut cache = self
-            .plans
+    /// The weights in the layout chosen at load.
+    fn first_layout(&self) -> candle_core::Result<Arc<Packed>> {
+        self.layouts
             .lock()
-            .map_err(|_| candle_core::Error::Msg("oneDNN: a plan cache was poisoned".into()))?;
+            .map_err(|_| poisoned())?
+            .first()
+            .cloned()
+            .ok_or_else(|| candle_core::Error::Msg("oneDNN: a layer has no weights".into()))
+    }
+
+    /// The weights in the layout `plan` takes, repacked from the first on first use.
+    fn weights_for(&self, plan: NonNull<ffi::Plan>) -> candle_core::Result<Arc<Packed>> {
+        let mut layouts = self.layouts.lock().map_err(|_| poisoned())?;
+        // SAFETY: the plan and the weights are alive.
+        let accepted = layouts
+            .iter()
+            .find(|w| unsafe { ffi::ld_plan_accepts(plan.as_ptr(), w.0.as_ptr()) } != 0);
+        if let Some(weights) = accepted {
+            return Ok(weights.clone());
+        }
+        let first = layouts
+            .first()
+            .ok_or_else(|| candle_core::Error::Msg("oneDNN: a layer has no weights".into()))?;
+        let mut repacked = std::ptr::null_mut();
+        // SAFETY: `first` and the plan are alive; `repacked` receives new weights.
+        let rc = unsafe { ffi::ld_weights_repack(first.0.as_ptr(), plan.as_ptr(), &mut repacked) };
+        status(rc, "repacking a convolution's weights")?;
+        let weights = Arc::new(Packed(NonNull::new(repacked).ok_or_else(|| {
+            candle_core::Error::Msg("oneDNN: no repacked weights".into())
+        })?));
+        tracing::debug!(layouts = layouts.len() + 1, "convolution weights repacked");
+        layouts.push(weights.clone());
+        Ok(weights)
+    }
+
+    /// One plan for a band of `rows` input rows with the given padding, or `None`
+    /// where oneDNN has no kernel for it.
+    fn make_plan(
+        &self,
+        (h, w, oh): (usize, usize, usize),
+        (rows, pad_top, pad_bottom): (usize, usize, usize),
+    ) -> candle_core::Result<Option<Plan>> {
+        let first = self.first_layout()?;
+        let mut plan = std::ptr::null_mut();
+        // SAFETY: the weights are alive; `plan` receives a new plan or stays null.
+        let rc = unsafe {
+            ffi::ld_plan_create(
+                first.0.as_ptr(),
+                to_i32(h)?,
+                to_i32(w)?,
+                to_i32(rows)?,
+                to_i32(pad_top)?,
+                to_i32(pad_bottom)?,
+                to_i32(oh)?,
+                &mut plan,
+            )
+        };
+        let Some(plan) = NonNull::new(plan).filter(|_| rc == 0) else {
+            tracing::debug!(rc, h, w, rows, "oneDNN has no kernel for this convolution");
+            return Ok(None);
+        };
+        // SAFETY: a plan just made.
+        let scratch_bytes = unsafe { ffi::ld_plan_scratch_bytes(plan.as_ptr()) };
+        let weights = match self.weights_for(plan) {
+            Ok(weights) => weights,
+            Err(err) => {
+                // SAFETY: the plan was just made and is owned by no one else.
+                unsafe { ffi::ld_plan_free(plan.as_ptr()) };
+                return Err(err);
+            }
+        };
+        Ok(Some(Plan {
+            plan,
+            scratch_bytes,
+            weights,
+        }))
+    }
+
+    /// The bands and plans for an `h x w` input, made on first use.
+    fn plans(&self, h: usize, w: usize) -> candle_core::Result<Plans> {
+        let mut cache = self.plans.lock().map_err(|_| poisoned())?;
         if let Some(plans) = cache.get(&(h, w)) {
             return Ok(plans.clone());
         }
-        let mut made = Vec::with_capacity(self.bands.len());
-        for band in &self.bands {
-            let mut plan = std::ptr::null_mut();
-            // SAFETY: the band's weights are alive; `plan` receives a new plan or stays null.
-            let rc = unsafe {
-                ffi::ld_plan_create(band.weights.as_ptr(), to_i32(h)?, to_i32(w)?, &mut plan)
-            };
-            match NonNull::new(plan) {
-                Some(plan) if rc == 0 => {
-                    // SAFETY: a plan just created.
-                    let scratch_bytes = unsafe { ffi::ld_plan_scratch_bytes(plan.as_ptr()) };
-                    made.push(Plan {
-                        plan,
-                        scratch_bytes,
-                    });
-                }
-                _ => {
-                    tracing::debug!(rc, h, w, "oneDNN has no kernel for this convolution");
-                    made.clear();
-                    break;
-                }
-            }
-        }
-        let plans = (made.len() == self.bands.len()).then(|| Arc::new(made));
+        let made = self.make_size_plans(h, w)?.map(Arc::new);
         if cache.len() >= MAX_PLANS {
             cache.clear();
         }
-        cache.insert((h, w), plans.clone());
-        Ok(plans)
+        cache.insert((h, w), made.clone());
+        Ok(made)
+    }
+
+    fn make_size_plans(&self, h: usize, w: usize) -> candle_core::Result<Option<SizePlans>> {
+        let (Some(oh), Some(_)) = (self.out_size(h), self.out_size(w)) else {
+            return Ok(None);
+        };
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        let count = band_count(self.in_channels * h * w * 4, oh);
+        let per_band = oh.div_ceil(count);
+        let mut bands = Vec::with_capacity(count);
+        let mut plans: Vec<Plan> = Vec::new();
+        let mut shapes: Vec<(usize, usize, usize)> = Vec::new();
+        for out_first in (0..oh).step_by(per_band) {
+            let out_rows = per_band.min(oh - out_first);
+            // Input rows [top, bottom) in padded coordinates, then clipped to the image.
+            let top = (out_first * s) as isize - p as isize;
+            let bottom = ((out_first + out_rows - 1) * s + k) as isize - p as isize;
+            let in_first = top.max(0) as usize;
+            let in_end = (bottom.min(h as isize)).max(0) as usize;
+            if in_end <= in_first {
+                return Ok(None);
+            }
+            let shape = (
+                in_end - in_first,
+                (in_first as isize - top) as usize,
+                (bottom - in_end as isize) as usize,
+            );
+            let plan = match shapes.iter().position(|known| *known == shape) {
+                Some(index) => index,
+                None => match self.make_plan((h, w, oh), shape)? {
+                    Some(plan) => {
+                        plans.push(plan);
+                        shapes.push(shape);
+                        plans.len() - 1
+                    }
+                    None => return Ok(None),
+                },
+            };
+            bands.push(RowBand {
+                in_first,
+                out_first,
+                plan,
+            });
+        }
+        Ok(Some(SizePlans { bands, plans }))
     }
 
     /// The name of the kernel used for an `h x w` input, if oneDNN has one.
     pub(crate) fn kernel_name(&self, h: usize, w: usize) -> Result<Option<String>> {
         Ok(self
             .plans(h, w)?
-            .and_then(|plans| plans.first().map(Plan::kernel_name)))
+            .and_then(|plans| plans.plans.first().map(Plan::kernel_name)))
     }
 
     /// candle's convolution on the weights unpacked from oneDNN's layout.
@@ -256,12 +370,10 @@ impl PackedConv {
         }
         let per_out = self.in_channels * self.kernel * self.kernel;
         let mut data = vec![0f32; self.out_channels * per_out];
-        for band in &self.bands {
-            let out = &mut data[band.first * per_out..(band.first + band.len) * per_out];
-            // SAFETY: `out` has room for the band's OIHW weights.
-            let rc = unsafe { ffi::ld_weights_unpack(band.weights.as_ptr(), out.as_mut_ptr()) };
-            status(rc, "unpacking a convolution's weights")?;
-        }
+        let weights = self.first_layout()?;
+        // SAFETY: `data` has room for the whole OIHW weight.
+        let rc = unsafe { ffi::ld_weights_unpack(weights.0.as_ptr(), data.as_mut_ptr()) };
+        status(rc, "unpacking a convolution's weights")?;
         let shape = (
             self.out_channels,
             self.in_channels,
@@ -326,31 +438,53 @@ impl PackedConv {
 }
 
 thread_local! {
-    /// oneDNN's working memory (blocked copies of input and output, its scratchpad),
-    /// kept between calls on the thread that makes them.
+    /// oneDNN's working memory (blocked copies of a band's input and output, its
+    /// scratchpad), kept between calls on the thread that makes them.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Alignment oneDNN's kernels want for their buffers.
 const ALIGN: usize = 64;
 
+/// The output buffer, written by several tasks at once in disjoint rows.
+#[derive(Clone, Copy)]
+struct Output(*mut f32);
+
+// SAFETY: every task writes only the rows of its own band of its own sample, so no
+// two tasks touch the same element; the buffer outlives the tasks.
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
+impl Output {
+    /// The address `offset` values in.
+    ///
+    /// # Safety
+    /// `offset` must lie inside the buffer.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller's promise.
+        unsafe { self.0.add(offset) }
+    }
+}
+
 /// One forward call: a layer and its plans for the input's size.
 struct Forward<'a> {
     conv: &'a PackedConv,
-    plans: Arc<Vec<Plan>>,
+    plans: Arc<SizePlans>,
 }
 
 impl Forward<'_> {
-    /// Runs one band's plan on one sample, into `dst` (the band's channels of the sample).
-    fn run(&self, band: usize, src: &[f32], dst: &mut [f32]) -> candle_core::Result<()> {
-        let plan = &self.plans[band];
-        let weights = &self.conv.bands[band];
+    /// Runs `plan` with its input and output at `src` and `dst` (a band's first rows).
+    ///
+    /// # Safety
+    /// `src` and `dst` must point into NCHW images of the sizes the plan was made for,
+    /// at the band's first input and output rows, and no other task may write the
+    /// band's output rows.
+    unsafe fn run(&self, plan: &Plan, src: *const f32, dst: *mut f32) -> candle_core::Result<()> {
         let bias = self
             .conv
             .bias
             .as_ref()
-            .map(|b| b[weights.first..weights.first + weights.len].as_ptr())
-            .unwrap_or(std::ptr::null());
+            .map_or(std::ptr::null(), |b| b.as_ptr());
         SCRATCH.with(|cell| {
             let mut fresh = Vec::new();
             let mut held = cell.try_borrow_mut();
@@ -363,16 +497,16 @@ impl Forward<'_> {
             }
             let skip = buffer.as_ptr().align_offset(ALIGN);
             let scratch = buffer[skip..].as_mut_ptr();
-            // SAFETY: `src` and `dst` hold one sample's input and this band's output in
-            // NCHW, as the plan was made for; `bias` has the band's `len` values or is
-            // null; `scratch` is aligned and `scratch_bytes` long; the weights are alive.
+            // SAFETY: the caller's promise for `src` and `dst`; `bias` has `out` values
+            // or is null; `scratch` is aligned and `scratch_bytes` long; the plan takes
+            // its weights.
             let rc = unsafe {
                 ffi::ld_plan_run(
                     plan.plan.as_ptr(),
-                    weights.weights.as_ptr(),
-                    src.as_ptr(),
+                    plan.weights.0.as_ptr(),
+                    src,
                     bias,
-                    dst.as_mut_ptr(),
+                    dst,
                     scratch.cast(),
                 )
             };
@@ -407,19 +541,27 @@ impl CustomOp1 for Forward<'_> {
             );
         };
         let (per_in, per_out) = (c * h * w, conv.out_channels * oh * ow);
-        let mut out = vec![0f32; b * per_out];
-        // Every (sample, band) pair with its disjoint slice of the output.
-        let mut tasks = Vec::with_capacity(b * conv.bands.len());
-        for (sample, mut rest) in out.chunks_mut(per_out.max(1)).enumerate() {
-            for (band, weights) in conv.bands.iter().enumerate() {
-                let (dst, tail) = std::mem::take(&mut rest).split_at_mut(weights.len * oh * ow);
-                tasks.push((sample, band, dst));
-                rest = tail;
-            }
+        if x.len() != b * per_in {
+            candle_core::bail!("{}: the input does not match its shape", self.name());
         }
-        tasks.into_par_iter().try_for_each(|(sample, band, dst)| {
-            self.run(band, &x[sample * per_in..(sample + 1) * per_in], dst)
+        let len = b * per_out;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let dst = Output(out.as_mut_ptr());
+        let bands = &self.plans.bands;
+        (0..b * bands.len()).into_par_iter().try_for_each(|task| {
+            let (sample, band) = (task / bands.len(), bands[task % bands.len()]);
+            let plan = &self.plans.plans[band.plan];
+            let src = x[sample * per_in + band.in_first * w..].as_ptr();
+            // SAFETY: both offsets are inside their buffers (`out` has room for
+            // `len` values); the band's rows of this sample are this task's alone.
+            unsafe {
+                let dst = dst.at(sample * per_out + band.out_first * ow);
+                self.run(plan, src, dst)
+            }
         })?;
+        // SAFETY: the bands cover every output row of every sample, and each task
+        // wrote all channels of its rows, so all `len` values are initialised.
+        unsafe { out.set_len(len) };
         Ok((
             CpuStorage::F32(out),
             Shape::from((b, conv.out_channels, oh, ow)),

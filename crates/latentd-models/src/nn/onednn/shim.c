@@ -1,9 +1,9 @@
 /* latentd's bridge to oneDNN (C API 2.x) for 2D convolutions in f32.
  *
- * Weights are packed once, at load, into the blocked layout oneDNN's fastest
- * kernel for the layer asks for. A plan is the convolution for one input size
- * with those weights fixed, plus the reorders between candle's NCHW and the
- * kernel's layouts. Every call runs on the calling thread (OpenMP limited to one
+ * Weights are packed at load into the blocked layout oneDNN's fastest kernel
+ * for the layer asks for. A plan is the convolution for one input size, plus the
+ * reorders between candle's NCHW and the kernel's layouts; where its kernel wants
+ * the weights in another layout, they are repacked once for it (ld_weights_repack). Every call runs on the calling thread (OpenMP limited to one
  * thread there) with caller-owned scratch memory, so plans may run concurrently
  * and a sample's arithmetic depends only on its shape. */
 #include <oneapi/dnnl/dnnl.h>
@@ -70,18 +70,23 @@ static int out_size(int in, int k, int stride, int pad) {
     return (in + 2 * pad - k) / stride + 1;
 }
 
-/* A convolution descriptor; src and dst as given, weights `wei` (NULL: any). */
-static int conv_desc(dnnl_convolution_desc_t *cd, const ld_weights *wt, int h, int w,
-                     const dnnl_memory_desc_t *wei, dnnl_memory_desc_t *bias_md) {
-    int oh = out_size(h, wt->k, wt->stride, wt->pad);
+/* A convolution descriptor for `rows` input rows of width `w` with `pad_top` and
+ * `pad_bottom` rows of zeros around them (a band of a larger image, or all of it);
+ * src and dst in any layout, weights `wei` (NULL: any). */
+static int conv_desc(dnnl_convolution_desc_t *cd, const ld_weights *wt, int rows, int w,
+                     int pad_top, int pad_bottom, const dnnl_memory_desc_t *wei,
+                     dnnl_memory_desc_t *bias_md) {
+    int oh = (rows + pad_top + pad_bottom - wt->k) / wt->stride + 1;
     int ow = out_size(w, wt->k, wt->stride, wt->pad);
-    if (oh <= 0 || ow <= 0) return (int)dnnl_invalid_arguments;
-    dnnl_dims_t src_dims = {1, wt->ic, h, w};
+    if (rows <= 0 || rows + pad_top + pad_bottom < wt->k || oh <= 0 || ow <= 0)
+        return (int)dnnl_invalid_arguments;
+    dnnl_dims_t src_dims = {1, wt->ic, rows, w};
     dnnl_dims_t dst_dims = {1, wt->oc, oh, ow};
     dnnl_dims_t wei_dims = {wt->oc, wt->ic, wt->k, wt->k};
     dnnl_dims_t bias_dims = {wt->oc};
     dnnl_dims_t strides = {wt->stride, wt->stride};
-    dnnl_dims_t pads = {wt->pad, wt->pad};
+    dnnl_dims_t pads_l = {pad_top, wt->pad};
+    dnnl_dims_t pads_r = {pad_bottom, wt->pad};
     dnnl_memory_desc_t src_md, dst_md, wei_any;
     CHECK(dnnl_memory_desc_init_by_tag(&src_md, 4, src_dims, dnnl_f32, dnnl_format_tag_any));
     CHECK(dnnl_memory_desc_init_by_tag(&dst_md, 4, dst_dims, dnnl_f32, dnnl_format_tag_any));
@@ -89,7 +94,7 @@ static int conv_desc(dnnl_convolution_desc_t *cd, const ld_weights *wt, int h, i
     CHECK(dnnl_memory_desc_init_by_tag(bias_md, 1, bias_dims, dnnl_f32, dnnl_x));
     CHECK(dnnl_convolution_forward_desc_init(
         cd, dnnl_forward_inference, dnnl_convolution_direct, &src_md, wei ? wei : &wei_any,
-        wt->has_bias ? bias_md : NULL, &dst_md, strides, pads, pads));
+        wt->has_bias ? bias_md : NULL, &dst_md, strides, pads_l, pads_r));
     return 0;
 }
 
@@ -146,7 +151,7 @@ int ld_weights_pack(int oc, int ic, int k, int stride, int pad, int has_bias, in
     dnnl_memory_desc_t bias_md;
     dnnl_primitive_attr_t attr;
     dnnl_primitive_desc_t pd = NULL;
-    rc = conv_desc(&cd, wt, side, side, NULL, &bias_md);
+    rc = conv_desc(&cd, wt, side, side, pad, pad, NULL, &bias_md);
     if (!rc) rc = user_scratchpad_attr(&attr);
     if (!rc) {
         rc = (int)dnnl_primitive_desc_create(&pd, &cd, attr, eng, NULL);
@@ -220,20 +225,27 @@ void ld_plan_free(ld_plan *p) {
     free(p);
 }
 
-int ld_plan_create(const ld_weights *wt, int h, int w, ld_plan **out) {
+/* A plan for a band of `rows` input rows, with `pad_top` and `pad_bottom` rows of
+ * zero padding, of an image `h` rows high and `w` wide; its output rows belong to an
+ * output `oh` rows high. The plain NCHW views of input and output have the whole
+ * images' strides, so a band reads and writes the images in place (the caller
+ * offsets the pointers to the band's first rows). */
+int ld_plan_create(const ld_weights *wt, int h, int w, int rows, int pad_top, int pad_bottom,
+                   int oh, ld_plan **out) {
     omp_set_num_threads(1);
     dnnl_engine_t eng;
     int rc = engine(&eng);
     if (rc) return rc;
     ld_plan *p = calloc(1, sizeof *p);
     if (!p) return (int)dnnl_out_of_memory;
-    p->h = h, p->w = w;
-    p->oh = out_size(h, wt->k, wt->stride, wt->pad);
+    p->h = rows, p->w = w;
+    p->oh = (rows + pad_top + pad_bottom - wt->k) / wt->stride + 1;
     p->ow = out_size(w, wt->k, wt->stride, wt->pad);
     dnnl_convolution_desc_t cd;
     dnnl_primitive_attr_t attr;
     dnnl_primitive_desc_t pd = NULL;
-    rc = conv_desc(&cd, wt, h, w, &wt->md, &p->bias_md);
+    rc = conv_desc(&cd, wt, rows, w, pad_top, pad_bottom, NULL, &p->bias_md);
+    if (!rc && (rows > h || p->oh > oh)) rc = (int)dnnl_invalid_arguments;
     if (!rc) rc = user_scratchpad_attr(&attr);
     if (!rc) {
         rc = (int)dnnl_primitive_desc_create(&pd, &cd, attr, eng, NULL);
@@ -248,15 +260,17 @@ int ld_plan_create(const ld_weights *wt, int h, int w, ld_plan **out) {
         p->wei_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         p->scratch_bytes =
             dnnl_memory_desc_get_size(dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0));
-        if (!dnnl_memory_desc_equal(&p->wei_md, &wt->md)) rc = (int)dnnl_unimplemented;
     }
     if (!rc) rc = (int)dnnl_primitive_create(&p->conv, pd);
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (!rc) {
-        dnnl_dims_t src_dims = {1, wt->ic, h, w};
+        dnnl_dims_t src_dims = {1, wt->ic, rows, w};
+        dnnl_dims_t src_strides = {(dnnl_dim_t)wt->ic * h * w, (dnnl_dim_t)h * w, w, 1};
         dnnl_dims_t dst_dims = {1, wt->oc, p->oh, p->ow};
-        rc = (int)dnnl_memory_desc_init_by_tag(&p->src_plain, 4, src_dims, dnnl_f32, dnnl_nchw);
-        if (!rc) rc = (int)dnnl_memory_desc_init_by_tag(&p->dst_plain, 4, dst_dims, dnnl_f32, dnnl_nchw);
+        dnnl_dims_t dst_strides = {(dnnl_dim_t)wt->oc * oh * p->ow, (dnnl_dim_t)oh * p->ow, p->ow, 1};
+        rc = (int)dnnl_memory_desc_init_by_strides(&p->src_plain, 4, src_dims, dnnl_f32, src_strides);
+        if (!rc)
+            rc = (int)dnnl_memory_desc_init_by_strides(&p->dst_plain, 4, dst_dims, dnnl_f32, dst_strides);
     }
     if (!rc) rc = maybe_reorder(&p->src_plain, &p->src_md, &p->src_reorder, &p->scratch_bytes);
     if (!rc) rc = maybe_reorder(&p->dst_md, &p->dst_plain, &p->dst_reorder, &p->scratch_bytes);
@@ -273,14 +287,43 @@ int ld_plan_create(const ld_weights *wt, int h, int w, ld_plan **out) {
 
 const char *ld_plan_impl(const ld_plan *p) { return p->impl; }
 
+/* Whether the plan's kernel takes these weights as they are packed. */
+int ld_plan_accepts(const ld_plan *p, const ld_weights *wt) {
+    return dnnl_memory_desc_equal(&p->wei_md, &wt->md);
+}
+
+/* The weights `from`, packed again in the layout the plan's kernel wants. */
+int ld_weights_repack(const ld_weights *from, const ld_plan *p, ld_weights **out) {
+    ld_weights *wt = calloc(1, sizeof *wt);
+    if (!wt) return (int)dnnl_out_of_memory;
+    *wt = *from;
+    wt->md = p->wei_md;
+    size_t bytes = round_up(dnnl_memory_desc_get_size(&wt->md));
+    wt->data = aligned_alloc(LD_ALIGN, bytes);
+    int rc = wt->data ? 0 : (int)dnnl_out_of_memory;
+    if (!rc) {
+        memset(wt->data, 0, bytes);
+        rc = reorder(&from->md, from->data, &wt->md, wt->data);
+    }
+    if (rc) {
+        free(wt->data);
+        free(wt);
+        return rc;
+    }
+    *out = wt;
+    return 0;
+}
+
 size_t ld_plan_scratch_bytes(const ld_plan *p) {
     return p->src_bytes + p->dst_bytes + p->scratch_bytes;
 }
 
-/* Runs the plan on one sample: `src` NCHW [1, ic, h, w], `dst` NCHW [1, oc, oh, ow],
- * `bias` [oc] or NULL, `scratch` 64-byte aligned, ld_plan_scratch_bytes long. */
+/* Runs the plan on one band of one sample: `src` and `dst` point at the band's first
+ * input and output rows in NCHW images of the plan's sizes, `bias` [oc] or NULL, `scratch` 64-byte aligned, ld_plan_scratch_bytes long; the
+ * plan must accept `wt` (ld_plan_accepts). */
 int ld_plan_run(const ld_plan *p, const ld_weights *wt, const float *src, const float *bias,
                 float *dst, void *scratch) {
+    if (!ld_plan_accepts(p, wt)) return (int)dnnl_invalid_arguments;
     omp_set_num_threads(1);
     dnnl_engine_t eng;
     dnnl_stream_t str;
