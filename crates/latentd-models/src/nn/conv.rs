@@ -72,30 +72,23 @@ impl Conv2d {
         upcast: Option<Box<Conv2d>>,
     ) -> Result<Self> {
         #[cfg(feature = "onednn")]
-        if super::onednn::applies(generic.weight()) {
+        let (packed, generic) = if super::onednn::applies(generic.weight()) {
             let packed =
                 super::onednn::PackedConv::new(generic.weight(), generic.bias(), stride, padding)?;
-            // Keep only the packed weights: empty tensors stand in for candle's copy.
-            let empty = Tensor::zeros(0, DType::F32, generic.weight().device())?;
-            let cfg = *generic.config();
-            return Ok(Self {
-                packed: Some(std::sync::Arc::new(packed)),
-                generic: candle_nn::Conv2d::new(empty.clone(), None, cfg),
-                weight_2d: empty,
-                bias: generic.bias().cloned(),
-                kernel,
-                stride,
-                padding,
-                upcast,
-                span: tracing::trace_span!("conv2d"),
-            });
-        }
-        let out_channels = generic.weight().dim(0)?;
-        let weight_2d = generic.weight().reshape((out_channels, ()))?;
+            // Keep only the packed weights: an empty tensor stands in for candle's copy.
+            let empty = Tensor::zeros((0, 0, 0, 0), DType::F32, generic.weight().device())?;
+            let stand_in =
+                candle_nn::Conv2d::new(empty, generic.bias().cloned(), *generic.config());
+            (Some(std::sync::Arc::new(packed)), stand_in)
+        } else {
+            (None, generic)
+        };
+        // `[out, in * k * k]` (empty where oneDNN holds the weights).
+        let weight_2d = generic.weight().flatten_from(1)?;
         let bias = generic.bias().cloned();
         Ok(Self {
             #[cfg(feature = "onednn")]
-            packed: None,
+            packed,
             generic,
             weight_2d,
             bias,
@@ -175,14 +168,7 @@ impl Conv2d {
     /// the rows of its matrix product, where the kernel chosen (and so the rounding)
     /// would depend on how many samples share the call.
     fn generic_per_sample(&self, xs: &Tensor) -> Result<Tensor> {
-        let b = xs.dim(0)?;
-        if b <= 1 || !xs.device().is_cpu() {
-            return Ok(self.generic.forward(xs)?);
-        }
-        let samples = (0..b)
-            .map(|i| self.generic.forward(&xs.narrow(0, i, 1)?))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&samples, 0)?)
+        candle_per_sample(&self.generic, xs)
     }
 
     /// One im2col + matrix product over all rows of `xs`.
@@ -210,6 +196,19 @@ impl Conv2d {
         };
         Ok(ys.reshape((b, out_channels, h, w))?)
     }
+}
+
+/// candle's convolution `conv`, one sample at a time on the CPU (see
+/// [`Conv2d::generic_per_sample`]).
+pub(super) fn candle_per_sample(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<Tensor> {
+    let b = xs.dim(0)?;
+    if b <= 1 || !xs.device().is_cpu() {
+        return Ok(conv.forward(xs)?);
+    }
+    let samples = (0..b)
+        .map(|i| conv.forward(&xs.narrow(0, i, 1)?))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&samples, 0)?)
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ mod onednn;
 pub mod ops;
 pub mod resnet;
 pub mod sampling;
+#[cfg(any(feature = "openblas", feature = "onednn"))]
+mod scratch;
 mod softmax;
 
 use candle_core::Tensor;

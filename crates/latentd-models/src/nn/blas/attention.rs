@@ -5,7 +5,8 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
 
-use super::gemm::{sgemm_into, with_buffer, Matrix, Output};
+use super::gemm::{sgemm_into, Matrix, Output};
+use crate::nn::scratch::with_buffer;
 use crate::nn::softmax::softmax_in_place;
 
 thread_local! {

@@ -4,8 +4,9 @@ use std::cell::RefCell;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape};
 
-use super::gemm::{last_two, run_into, with_buffer, Matrix, Task};
+use super::gemm::{last_two, run_into, Matrix, Task};
 use crate::nn::cpu_kernels::im2col_into;
+use crate::nn::scratch::with_buffer;
 
 /// Elements of unfolded input one call holds at once (64 MiB of f32).
 const SCRATCH_ELEMENTS: usize = 16 << 20;

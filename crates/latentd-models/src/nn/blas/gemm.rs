@@ -151,28 +151,6 @@ pub(super) unsafe fn sgemm_into(
     unsafe { sgemm(a, b, c) }
 }
 
-/// Runs `f` with this thread's buffer from `key`, grown to at least `len` elements
-/// and kept for the thread's next call; a nested call on the same thread (a pool
-/// thread picking up another task while it waits) gets a fresh buffer instead.
-pub(super) fn with_buffer<R>(
-    key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
-    len: usize,
-    f: impl FnOnce(&mut [f32]) -> R,
-) -> R {
-    key.with(|cell| {
-        let mut fresh = Vec::new();
-        let mut held = cell.try_borrow_mut();
-        let buffer: &mut Vec<f32> = match held.as_mut() {
-            Ok(held) => held,
-            Err(_) => &mut fresh,
-        };
-        if buffer.len() < len {
-            buffer.resize(len, 0.0);
-        }
-        f(&mut buffer[..len])
-    })
-}
-
 pub(super) fn applies(lhs: &Tensor, rhs: &Tensor) -> bool {
     let readable = |t: &Tensor| {
         let (dims, stride) = (t.dims(), t.stride());

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::nn::scratch::with_buffer;
 use crate::Result;
 
 /// The input size a layer's weight layout is first chosen for.
@@ -397,23 +398,11 @@ impl PackedConv {
     }
 
     /// candle's convolution one sample at a time (so a sample's result does not
-    /// depend on its batch here either).
+    /// depend on its batch here either), in the weights' dtype.
     fn forward_fallback(&self, xs: &Tensor) -> Result<Tensor> {
-        use candle_core::Module;
         let conv = self.fallback()?;
-        let b = xs.dim(0)?;
-        let weight_dtype = conv.weight().dtype();
-        let run = |x: &Tensor| -> candle_core::Result<Tensor> {
-            conv.forward(&x.to_dtype(weight_dtype)?)?
-                .to_dtype(x.dtype())
-        };
-        if b <= 1 {
-            return Ok(run(xs)?);
-        }
-        let samples = (0..b)
-            .map(|i| run(&xs.narrow(0, i, 1)?))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&samples, 0)?)
+        let ys = super::conv::candle_per_sample(conv, &xs.to_dtype(conv.weight().dtype())?)?;
+        Ok(ys.to_dtype(xs.dtype())?)
     }
 
     /// `[B, in, H, W]` -> `[B, out, H', W']`, the bias included.
@@ -485,16 +474,7 @@ impl Forward<'_> {
             .bias
             .as_ref()
             .map_or(std::ptr::null(), |b| b.as_ptr());
-        SCRATCH.with(|cell| {
-            let mut fresh = Vec::new();
-            let mut held = cell.try_borrow_mut();
-            let buffer: &mut Vec<u8> = match held.as_mut() {
-                Ok(held) => held,
-                Err(_) => &mut fresh,
-            };
-            if buffer.len() < plan.scratch_bytes + ALIGN {
-                buffer.resize(plan.scratch_bytes + ALIGN, 0);
-            }
+        with_buffer(&SCRATCH, plan.scratch_bytes + ALIGN, |buffer| {
             let skip = buffer.as_ptr().align_offset(ALIGN);
             let scratch = buffer[skip..].as_mut_ptr();
             // SAFETY: the caller's promise for `src` and `dst`; `bias` has `out` values

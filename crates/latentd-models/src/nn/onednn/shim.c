@@ -59,7 +59,7 @@ typedef struct ld_weights {
 
 /* One convolution for one input size. */
 typedef struct ld_plan {
-    int h, w, oh, ow;
+    int oh, ow;
     dnnl_primitive_t conv, src_reorder, dst_reorder;
     dnnl_memory_desc_t src_plain, src_md, dst_plain, dst_md, bias_md, wei_md;
     size_t src_bytes, dst_bytes, scratch_bytes;
@@ -136,6 +136,18 @@ static int reorder(const dnnl_memory_desc_t *from, void *from_data, const dnnl_m
     return (int)st;
 }
 
+/* `*wt` with its data made anew in layout `md`, reordered from `from_data` in
+ * layout `from`. */
+static int pack_into(ld_weights *wt, const dnnl_memory_desc_t *md, const dnnl_memory_desc_t *from,
+                     const void *from_data) {
+    wt->md = *md;
+    size_t bytes = round_up(dnnl_memory_desc_get_size(md));
+    wt->data = aligned_alloc(LD_ALIGN, bytes);
+    if (!wt->data) return (int)dnnl_out_of_memory;
+    memset(wt->data, 0, bytes);
+    return reorder(from, (void *)from_data, md, wt->data);
+}
+
 int ld_weights_pack(int oc, int ic, int k, int stride, int pad, int has_bias, int hint,
                     const float *oihw, ld_weights **out) {
     omp_set_num_threads(1);
@@ -158,18 +170,12 @@ int ld_weights_pack(int oc, int ic, int k, int stride, int pad, int has_bias, in
         dnnl_primitive_attr_destroy(attr);
     }
     if (!rc) {
-        wt->md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        dnnl_memory_desc_t packed = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         dnnl_primitive_desc_destroy(pd);
-        size_t bytes = round_up(dnnl_memory_desc_get_size(&wt->md));
-        wt->data = aligned_alloc(LD_ALIGN, bytes);
-        if (!wt->data) rc = (int)dnnl_out_of_memory;
-    }
-    if (!rc) {
-        memset(wt->data, 0, round_up(dnnl_memory_desc_get_size(&wt->md)));
         dnnl_dims_t dims = {oc, ic, k, k};
         dnnl_memory_desc_t plain;
         rc = (int)dnnl_memory_desc_init_by_tag(&plain, 4, dims, dnnl_f32, dnnl_oihw);
-        if (!rc) rc = reorder(&plain, (void *)oihw, &wt->md, wt->data);
+        if (!rc) rc = pack_into(wt, &packed, &plain, oihw);
     }
     if (rc) {
         free(wt->data);
@@ -179,8 +185,6 @@ int ld_weights_pack(int oc, int ic, int k, int stride, int pad, int has_bias, in
     *out = wt;
     return 0;
 }
-
-size_t ld_weights_bytes(const ld_weights *wt) { return dnnl_memory_desc_get_size(&wt->md); }
 
 int ld_weights_unpack(const ld_weights *wt, float *oihw) {
     dnnl_dims_t dims = {wt->oc, wt->ic, wt->k, wt->k};
@@ -238,7 +242,6 @@ int ld_plan_create(const ld_weights *wt, int h, int w, int rows, int pad_top, in
     if (rc) return rc;
     ld_plan *p = calloc(1, sizeof *p);
     if (!p) return (int)dnnl_out_of_memory;
-    p->h = rows, p->w = w;
     p->oh = (rows + pad_top + pad_bottom - wt->k) / wt->stride + 1;
     p->ow = out_size(w, wt->k, wt->stride, wt->pad);
     dnnl_convolution_desc_t cd;
@@ -297,14 +300,8 @@ int ld_weights_repack(const ld_weights *from, const ld_plan *p, ld_weights **out
     ld_weights *wt = calloc(1, sizeof *wt);
     if (!wt) return (int)dnnl_out_of_memory;
     *wt = *from;
-    wt->md = p->wei_md;
-    size_t bytes = round_up(dnnl_memory_desc_get_size(&wt->md));
-    wt->data = aligned_alloc(LD_ALIGN, bytes);
-    int rc = wt->data ? 0 : (int)dnnl_out_of_memory;
-    if (!rc) {
-        memset(wt->data, 0, bytes);
-        rc = reorder(&from->md, from->data, &wt->md, wt->data);
-    }
+    wt->data = NULL;
+    int rc = pack_into(wt, &p->wei_md, &from->md, from->data);
     if (rc) {
         free(wt->data);
         free(wt);
@@ -319,8 +316,9 @@ size_t ld_plan_scratch_bytes(const ld_plan *p) {
 }
 
 /* Runs the plan on one band of one sample: `src` and `dst` point at the band's first
- * input and output rows in NCHW images of the plan's sizes, `bias` [oc] or NULL, `scratch` 64-byte aligned, ld_plan_scratch_bytes long; the
- * plan must accept `wt` (ld_plan_accepts). */
+ * input and output rows in NCHW images of the plan's sizes, `bias` [oc] or NULL,
+ * `scratch` 64-byte aligned and ld_plan_scratch_bytes long; the plan must accept
+ * `wt` (ld_plan_accepts). */
 int ld_plan_run(const ld_plan *p, const ld_weights *wt, const float *src, const float *bias,
                 float *dst, void *scratch) {
     if (!ld_plan_accepts(p, wt)) return (int)dnnl_invalid_arguments;
