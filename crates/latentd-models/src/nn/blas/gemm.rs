@@ -1,13 +1,11 @@
-//! The OpenBLAS calls: operand forms, GEMM tasks cut by shape, the batched product.
+//! The GEMM calls (OpenBLAS, or oneDNN's matmul with the `onednn` feature): operand
+//! forms, GEMM tasks cut by shape, the batched product.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
-const COL_MAJOR: i32 = 102;
-const NO_TRANS: i32 = 111;
-const TRANS: i32 = 112;
-
 #[link(name = "openblas")]
 extern "C" {
+    #[cfg(not(feature = "onednn"))]
     #[allow(clippy::too_many_arguments)]
     fn cblas_sgemm(
         order: i32,
@@ -222,13 +220,8 @@ impl Matrix {
     }
 }
 
-fn int(x: usize) -> candle_core::Result<i32> {
-    i32::try_from(x).map_err(|_| candle_core::Error::Msg(format!("sgemm: {x} is too large")))
-}
-
-/// `c [m, n] (row-major, leading dimension ldc) = a x b`. The call is made in
-/// column-major terms (`c^T = b^T a^T`), which also keeps OpenBLAS off its
-/// row-major-only "direct" kernels.
+/// `c [m, n] (row-major, leading dimension ldc) = a x b`, on the calling thread:
+/// through oneDNN's matmul with the `onednn` feature, else OpenBLAS.
 ///
 /// # Safety
 /// `a`, `b` and `c` must hold the matrices their forms and offsets describe.
@@ -258,23 +251,81 @@ unsafe fn sgemm(
     if c_off + (m - 1) * ldc + n > c_len {
         candle_core::bail!("sgemm: the output lies outside its buffer");
     }
-    let trans = |mat: Matrix| if mat.transposed { TRANS } else { NO_TRANS };
     // SAFETY: every operand's extent was checked against its buffer above.
+    unsafe {
+        product(
+            (a_data.as_ptr().add(a_off), a),
+            (b_data.as_ptr().add(b_off), b),
+            (c_ptr.add(c_off), ldc),
+        )
+    }
+}
+
+/// [`sgemm`] through oneDNN's matmul, which reads either form of each operand.
+///
+/// # Safety
+/// As [`sgemm`], the extents checked.
+#[cfg(feature = "onednn")]
+unsafe fn product(
+    (a_ptr, a): (*const f32, Matrix),
+    (b_ptr, b): (*const f32, Matrix),
+    (c_ptr, ldc): (*mut f32, usize),
+) -> candle_core::Result<()> {
+    use crate::nn::onednn::matmul;
+    let strides = |mat: Matrix| {
+        if mat.transposed {
+            (1, mat.ld)
+        } else {
+            (mat.ld, 1)
+        }
+    };
+    let shape = matmul::Product {
+        m: a.rows,
+        n: b.cols,
+        k: a.cols,
+        a: strides(a),
+        b: strides(b),
+        ldc,
+    };
+    // SAFETY: passed on from the caller.
+    unsafe { matmul::sgemm(shape, a_ptr, b_ptr, c_ptr) }
+}
+
+/// [`sgemm`] through OpenBLAS. The call is made in column-major terms
+/// (`c^T = b^T a^T`), which also keeps OpenBLAS off its row-major-only "direct"
+/// kernels.
+///
+/// # Safety
+/// As [`sgemm`], the extents checked.
+#[cfg(not(feature = "onednn"))]
+unsafe fn product(
+    (a_ptr, a): (*const f32, Matrix),
+    (b_ptr, b): (*const f32, Matrix),
+    (c_ptr, ldc): (*mut f32, usize),
+) -> candle_core::Result<()> {
+    const COL_MAJOR: i32 = 102;
+    const NO_TRANS: i32 = 111;
+    const TRANS: i32 = 112;
+    let int = |x: usize| {
+        i32::try_from(x).map_err(|_| candle_core::Error::Msg(format!("sgemm: {x} is too large")))
+    };
+    let trans = |mat: Matrix| if mat.transposed { TRANS } else { NO_TRANS };
+    // SAFETY: passed on from the caller.
     unsafe {
         cblas_sgemm(
             COL_MAJOR,
             trans(b),
             trans(a),
-            int(n)?,
-            int(m)?,
-            int(k)?,
+            int(b.cols)?,
+            int(a.rows)?,
+            int(a.cols)?,
             1.0,
-            b_data.as_ptr().add(b_off),
+            b_ptr,
             int(b.ld)?,
-            a_data.as_ptr().add(a_off),
+            a_ptr,
             int(a.ld)?,
             0.0,
-            c_ptr.add(c_off),
+            c_ptr,
             int(ldc)?,
         );
     }

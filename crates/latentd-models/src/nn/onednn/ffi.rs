@@ -12,7 +12,37 @@ pub(super) struct Plan {
     _private: [u8; 0],
 }
 
+/// One matrix product for fixed shapes and strides (opaque).
+#[repr(C)]
+pub(super) struct Matmul {
+    _private: [u8; 0],
+}
+
 extern "C" {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn ld_matmul_create(
+        m: i64,
+        n: i64,
+        k: i64,
+        a_rs: i64,
+        a_cs: i64,
+        b_rs: i64,
+        b_cs: i64,
+        ldc: i64,
+        out: *mut *mut Matmul,
+    ) -> i32;
+    pub(super) fn ld_matmul_scratch_bytes(product: *const Matmul) -> usize;
+    #[cfg(test)]
+    pub(super) fn ld_matmul_impl(product: *const Matmul) -> *const std::ffi::c_char;
+    pub(super) fn ld_matmul_run(
+        product: *const Matmul,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        scratch: *mut std::ffi::c_void,
+    ) -> i32;
+    pub(super) fn ld_matmul_free(product: *mut Matmul);
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn ld_weights_pack(
         oc: i32,

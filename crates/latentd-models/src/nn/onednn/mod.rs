@@ -12,6 +12,7 @@
 //! image is.
 
 mod ffi;
+pub(in crate::nn) mod matmul;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

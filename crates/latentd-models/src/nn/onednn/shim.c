@@ -367,3 +367,100 @@ int ld_plan_run(const ld_plan *p, const ld_weights *wt, const float *src, const 
         if (m[i]) dnnl_memory_destroy(m[i]);
     return (int)st;
 }
+
+/* One single-precision matrix product C[m, n] = A[m, k] x B[k, n] for fixed shapes
+ * and strides (plain layouts, any strides: transposed views included), C row-major
+ * with leading dimension ldc. Run on the calling thread with caller-owned scratch
+ * memory, like the convolutions. */
+typedef struct ld_matmul {
+    dnnl_primitive_t prim;
+    dnnl_memory_desc_t a_md, b_md, c_md;
+    size_t scratch_bytes;
+    char impl[64];
+} ld_matmul;
+
+int ld_matmul_create(long m, long n, long k, long a_rs, long a_cs, long b_rs, long b_cs,
+                     long ldc, ld_matmul **out) {
+    dnnl_engine_t eng;
+    int rc = engine(&eng);
+    if (rc) return rc;
+    ld_matmul *p = calloc(1, sizeof *p);
+    if (!p) return (int)dnnl_out_of_memory;
+    dnnl_dims_t a_dims = {m, k}, b_dims = {k, n}, c_dims = {m, n};
+    dnnl_dims_t a_strides = {a_rs, a_cs}, b_strides = {b_rs, b_cs}, c_strides = {ldc, 1};
+    dnnl_status_t st = dnnl_memory_desc_init_by_strides(&p->a_md, 2, a_dims, dnnl_f32, a_strides);
+    if (st == dnnl_success)
+        st = dnnl_memory_desc_init_by_strides(&p->b_md, 2, b_dims, dnnl_f32, b_strides);
+    if (st == dnnl_success)
+        st = dnnl_memory_desc_init_by_strides(&p->c_md, 2, c_dims, dnnl_f32, c_strides);
+    dnnl_matmul_desc_t md;
+    if (st == dnnl_success) st = dnnl_matmul_desc_init(&md, &p->a_md, &p->b_md, NULL, &p->c_md);
+    dnnl_primitive_desc_t pd = NULL;
+    if (st == dnnl_success) {
+        dnnl_primitive_attr_t attr;
+        rc = user_scratchpad_attr(&attr);
+        if (rc) {
+            free(p);
+            return rc;
+        }
+        st = dnnl_primitive_desc_create(&pd, &md, attr, eng, NULL);
+        dnnl_primitive_attr_destroy(attr);
+    }
+    if (st == dnnl_success) {
+        p->scratch_bytes = round_up(
+            dnnl_memory_desc_get_size(dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0)));
+        const char *impl = NULL;
+        if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl)
+            strncpy(p->impl, impl, sizeof p->impl - 1);
+        st = dnnl_primitive_create(&p->prim, pd);
+    }
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (st != dnnl_success) {
+        free(p);
+        return (int)st;
+    }
+    *out = p;
+    return 0;
+}
+
+size_t ld_matmul_scratch_bytes(const ld_matmul *p) { return p->scratch_bytes; }
+
+const char *ld_matmul_impl(const ld_matmul *p) { return p->impl; }
+
+/* Runs the product on the calling thread: `a`, `b` and `c` hold the matrices the
+ * product was made for, `scratch` is 64-byte aligned and ld_matmul_scratch_bytes long. */
+int ld_matmul_run(const ld_matmul *p, const float *a, const float *b, float *c, void *scratch) {
+    omp_set_num_threads(1);
+    dnnl_engine_t eng;
+    dnnl_stream_t str;
+    int rc = engine(&eng);
+    if (rc) return rc;
+    rc = stream(&str);
+    if (rc) return rc;
+    enum { N = 4 };
+    dnnl_memory_t mem[N] = {0};
+    dnnl_status_t st = dnnl_memory_create(&mem[0], &p->a_md, eng, (void *)a);
+    if (st == dnnl_success) st = dnnl_memory_create(&mem[1], &p->b_md, eng, (void *)b);
+    if (st == dnnl_success) st = dnnl_memory_create(&mem[2], &p->c_md, eng, c);
+    if (st == dnnl_success && p->scratch_bytes) {
+        dnnl_memory_desc_t pad_md;
+        dnnl_dims_t dims = {(dnnl_dim_t)p->scratch_bytes};
+        st = dnnl_memory_desc_init_by_tag(&pad_md, 1, dims, dnnl_u8, dnnl_x);
+        if (st == dnnl_success) st = dnnl_memory_create(&mem[3], &pad_md, eng, scratch);
+    }
+    if (st == dnnl_success) {
+        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, mem[0]}, {DNNL_ARG_WEIGHTS, mem[1]},
+                                   {DNNL_ARG_DST, mem[2]}, {DNNL_ARG_SCRATCHPAD, mem[3]}};
+        st = dnnl_primitive_execute(p->prim, str, p->scratch_bytes ? 4 : 3, args);
+    }
+    if (st == dnnl_success) st = dnnl_stream_wait(str);
+    for (int i = 0; i < N; i++)
+        if (mem[i]) dnnl_memory_destroy(mem[i]);
+    return (int)st;
+}
+
+void ld_matmul_free(ld_matmul *p) {
+    if (!p) return;
+    if (p->prim) dnnl_primitive_destroy(p->prim);
+    free(p);
+}
