@@ -196,8 +196,7 @@ impl FeedForward {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
         let hs = self.proj_in.tokens(xs)?;
-        let gate = hs.narrow(2, self.inner, self.inner)?.gelu_erf()?;
-        let hs = (hs.narrow(2, 0, self.inner)? * gate)?;
+        let hs = super::activations::geglu(&hs, self.inner)?;
         self.proj_out.tokens(&hs)
     }
 }

@@ -1,6 +1,7 @@
 //! Layers shared by the UNet and the autoencoders, named and shaped like
 //! their diffusers counterparts so that diffusers weights load unchanged.
 
+pub(crate) mod activations;
 mod attend;
 pub mod attention;
 mod batch_invariant;
@@ -131,7 +132,7 @@ impl Pointwise {
         let w_t = self.weight.t()?;
         let xs = xs.contiguous()?;
         if blas::applies(&xs, &w_t) {
-            return self.add_bias(blas::matmul(&xs, &w_t)?, 2);
+            return self.product_with_bias(&xs, &w_t);
         }
         let flat = xs.reshape((b * n, ()))?;
         let ys = batch_invariant::matmul_batch_in_rows(&flat, &w_t)?.reshape((b, n, ()))?;
@@ -144,7 +145,7 @@ impl Pointwise {
         let w_t = self.weight.t()?;
         let tokens = xs.transpose(1, 2)?;
         if blas::applies(&tokens, &w_t) {
-            return self.add_bias(blas::matmul(&tokens, &w_t)?, 2);
+            return self.product_with_bias(&tokens, &w_t);
         }
         // One rank-2 product per row: a batched product against a broadcast
         // right-hand side would fold the batch into the rows, which is only
@@ -160,6 +161,14 @@ impl Pointwise {
         let b = xs.dim(0)?;
         let ys = blas::matmul(&self.weight.broadcast_left(b)?, &xs.transpose(1, 2)?)?;
         self.add_bias(ys, 1)
+    }
+
+    /// `xs x w_t` plus the bias (if any) along the last dimension, fused into the product.
+    fn product_with_bias(&self, xs: &Tensor, w_t: &Tensor) -> Result<Tensor> {
+        match &self.bias {
+            Some(bias) => blas::matmul_bias(xs, w_t, bias),
+            None => blas::matmul(xs, w_t),
+        }
     }
 
     /// Adds the bias along `dim` of a rank-3 tensor.

@@ -209,7 +209,7 @@ impl Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let xs = self.fc1.tokens(xs)?;
         let xs = match self.act {
-            HiddenAct::QuickGelu => (&xs * candle_nn::ops::sigmoid(&(&xs * 1.702)?)?)?,
+            HiddenAct::QuickGelu => crate::nn::activations::quick_gelu(&xs)?,
             HiddenAct::Gelu => xs.gelu_erf()?,
         };
         self.fc2.tokens(&xs)

@@ -1,7 +1,7 @@
 //! The GEMM calls (OpenBLAS, or oneDNN's matmul with the `onednn` feature): operand
 //! forms, GEMM tasks cut by shape, the batched product.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
 #[link(name = "openblas")]
 extern "C" {
@@ -96,10 +96,17 @@ impl Task {
 }
 
 /// Runs `tasks` (writing disjoint parts of an output of `len` elements) in
-/// parallel and returns the output.
-fn run(tasks: Vec<Task>, a: &[f32], b: &[f32], len: usize) -> candle_core::Result<Vec<f32>> {
+/// parallel and returns the output; with `bias`, each block adds it to its rows
+/// while they are still in cache (see [`run_with_bias`]).
+fn run(
+    tasks: Vec<Task>,
+    a: &[f32],
+    b: &[f32],
+    len: usize,
+    bias: Option<&[f32]>,
+) -> candle_core::Result<Vec<f32>> {
     let mut out = vec![0f32; len];
-    run_into(tasks, a, b, &mut out)?;
+    run_with_bias(tasks, a, b, &mut out, bias)?;
     Ok(out)
 }
 
@@ -110,14 +117,45 @@ pub(super) fn run_into(
     b: &[f32],
     out: &mut [f32],
 ) -> candle_core::Result<()> {
+    run_with_bias(tasks, a, b, out, None)
+}
+
+/// [`run_into`], then `bias[j]` added to column `j` of every output row, by the block
+/// that wrote it: for tasks whose outputs start at a row boundary of `ldc`-wide rows
+/// and whose `ldc` is `bias.len()`.
+fn run_with_bias(
+    tasks: Vec<Task>,
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    bias: Option<&[f32]>,
+) -> candle_core::Result<()> {
     use rayon::prelude::*;
     single_threaded();
     let blocks: Vec<Task> = tasks.into_iter().flat_map(Task::blocks).collect();
+    if let Some(bias) = bias {
+        if blocks.iter().any(|t| t.ldc != bias.len()) {
+            candle_core::bail!("sgemm: a bias of {} for rows of another width", bias.len());
+        }
+    }
     let base = Output(out.as_mut_ptr(), out.len());
     blocks.par_iter().try_for_each(|t| {
         // SAFETY: every block writes its own rows or columns of `out`, which
         // outlives the loop; `sgemm` checks each operand's extent.
-        unsafe { sgemm((a, t.a_off, t.a), (b, t.b_off, t.b), (base, t.c_off, t.ldc)) }
+        unsafe { sgemm((a, t.a_off, t.a), (b, t.b_off, t.b), (base, t.c_off, t.ldc))? };
+        if let Some(bias) = bias {
+            let (first, width) = (t.c_off % t.ldc, t.b.cols);
+            for row in 0..t.a.rows {
+                // SAFETY: the rows `sgemm` just wrote and checked, this block's alone.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(base.0.add(t.c_off + row * t.ldc), width)
+                };
+                for (y, b) in row.iter_mut().zip(&bias[first..first + width]) {
+                    *y += b;
+                }
+            }
+        }
+        Ok(())
     })
 }
 
@@ -376,41 +414,76 @@ impl CustomOp2 for Batched {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (a_data, b_data) = (f32_data(s1, self.name())?, f32_data(s2, self.name())?);
-        let (a, b) = (last_two(l1, self.name())?, last_two(l2, self.name())?);
-        let batch = &l1.dims()[..l1.dims().len() - 2];
-        let shared = l2.dims().len() == 2;
-        if a.cols != b.rows || (!shared && &l2.dims()[..l2.dims().len() - 2] != batch) {
-            candle_core::bail!(
-                "{}: shapes {:?} and {:?} do not multiply",
-                self.name(),
-                l1.dims(),
-                l2.dims()
-            );
-        }
-        let a_offsets = batch_offsets(l1, batch);
-        let b_offsets = if shared {
-            vec![l2.start_offset(); a_offsets.len()]
-        } else {
-            batch_offsets(l2, batch)
-        };
-        let (m, n) = (a.rows, b.cols);
-        let tasks = a_offsets
-            .iter()
-            .zip(&b_offsets)
-            .enumerate()
-            .map(|(i, (&a_off, &b_off))| Task {
-                a,
-                a_off,
-                b,
-                b_off,
-                c_off: i * m * n,
-                ldc: n,
-            })
-            .collect();
-        let out = run(tasks, a_data, b_data, a_offsets.len() * m * n)?;
-        let mut dims = batch.to_vec();
-        dims.extend([m, n]);
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        batched(self.name(), (s1, l1), (s2, l2), None)
     }
+}
+
+/// [`super::matmul_bias`]: [`Batched`] with the bias added by each GEMM block.
+pub(super) struct BatchedBias;
+
+impl CustomOp3 for BatchedBias {
+    fn name(&self) -> &'static str {
+        "openblas-matmul-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let bias = match (f32_data(s3, self.name())?, l3.contiguous_offsets()) {
+            (data, Some((start, end))) if l3.dims().len() == 1 => &data[start..end],
+            _ => candle_core::bail!("{}: the bias must be a contiguous vector", self.name()),
+        };
+        batched(self.name(), (s1, l1), (s2, l2), Some(bias))
+    }
+}
+
+/// One GEMM per batch entry of `lhs`, with `bias` added to every output row.
+fn batched(
+    name: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    bias: Option<&[f32]>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let (a_data, b_data) = (f32_data(s1, name)?, f32_data(s2, name)?);
+    let (a, b) = (last_two(l1, name)?, last_two(l2, name)?);
+    let batch = &l1.dims()[..l1.dims().len() - 2];
+    let shared = l2.dims().len() == 2;
+    if a.cols != b.rows || (!shared && &l2.dims()[..l2.dims().len() - 2] != batch) {
+        candle_core::bail!(
+            "{}: shapes {:?} and {:?} do not multiply",
+            name,
+            l1.dims(),
+            l2.dims()
+        );
+    }
+    let a_offsets = batch_offsets(l1, batch);
+    let b_offsets = if shared {
+        vec![l2.start_offset(); a_offsets.len()]
+    } else {
+        batch_offsets(l2, batch)
+    };
+    let (m, n) = (a.rows, b.cols);
+    let tasks = a_offsets
+        .iter()
+        .zip(&b_offsets)
+        .enumerate()
+        .map(|(i, (&a_off, &b_off))| Task {
+            a,
+            a_off,
+            b,
+            b_off,
+            c_off: i * m * n,
+            ldc: n,
+        })
+        .collect();
+    let out = run(tasks, a_data, b_data, a_offsets.len() * m * n, bias)?;
+    let mut dims = batch.to_vec();
+    dims.extend([m, n]);
+    Ok((CpuStorage::F32(out), Shape::from(dims)))
 }

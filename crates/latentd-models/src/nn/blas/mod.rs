@@ -43,6 +43,23 @@ pub(crate) fn matmul(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
     Ok(lhs.matmul(rhs)?)
 }
 
+/// `lhs [.., M, K] x rhs [K, N] + bias [N]`, the bias added by each GEMM block to the
+/// rows it just wrote (one pass over the output less than a separate add) where
+/// [`applies`] holds and the bias is an `f32` CPU vector; else [`matmul`] and an add.
+pub(crate) fn matmul_bias(lhs: &Tensor, rhs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if gemm::applies(lhs, rhs)
+        && rhs.rank() == 2
+        && bias.dims() == [rhs.dim(1)?]
+        && bias.device().is_cpu()
+        && bias.dtype() == candle_core::DType::F32
+        && !bias.track_op()
+    {
+        return Ok(lhs.apply_op3_no_bwd(rhs, &bias.contiguous()?, &gemm::BatchedBias)?);
+    }
+    Ok(matmul(lhs, rhs)?.broadcast_add(bias)?)
+}
+
 /// Whether [`matmul`] and [`conv_same`] take OpenBLAS for these operands.
 pub(crate) fn applies(lhs: &Tensor, rhs: &Tensor) -> bool {
     #[cfg(feature = "openblas")]
@@ -176,5 +193,20 @@ mod tests {
         // A shared right-hand side of rank 2.
         let ours = matmul(&a, &w).unwrap();
         assert!(max_abs_diff(&ours, &a.broadcast_matmul(&w).unwrap()).unwrap() < 1e-5);
+        // With a bias, added by each block of a product cut into several (by columns
+        // and by rows) and by an uncut one.
+        for (m, k, n) in [(5, 7, 4), (100, 512, 2048), (2048, 512, 100)] {
+            let lhs = random(&[2, m, k], 10);
+            let rhs = random(&[n, k], 11).t().unwrap();
+            let bias = random(&[n], 12);
+            let ours = matmul_bias(&lhs, &rhs, &bias).unwrap();
+            let reference = lhs
+                .broadcast_matmul(&rhs.contiguous().unwrap())
+                .unwrap()
+                .broadcast_add(&bias)
+                .unwrap();
+            let err = max_abs_diff(&ours, &reference).unwrap();
+            assert!(err < 1e-4, "{m}x{k}x{n}: {err}");
+        }
     }
 }
