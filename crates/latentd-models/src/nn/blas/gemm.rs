@@ -5,7 +5,6 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor
 
 #[link(name = "openblas")]
 extern "C" {
-    #[cfg(not(feature = "onednn"))]
     #[allow(clippy::too_many_arguments)]
     fn cblas_sgemm(
         order: i32,
@@ -259,7 +258,8 @@ impl Matrix {
 }
 
 /// `c [m, n] (row-major, leading dimension ldc) = a x b`, on the calling thread:
-/// through oneDNN's matmul with the `onednn` feature, else OpenBLAS.
+/// through oneDNN's matmul with the `onednn` feature (for all but tiny products),
+/// else OpenBLAS.
 ///
 /// # Safety
 /// `a`, `b` and `c` must hold the matrices their forms and offsets describe.
@@ -299,12 +299,36 @@ unsafe fn sgemm(
     }
 }
 
+/// Products with fewer floating-point operations go to OpenBLAS even with the
+/// `onednn` feature: oneDNN's per-call set-up (memory objects, the product table)
+/// costs more than it saves on the tiny models' products.
+#[cfg(feature = "onednn")]
+const ONEDNN_MIN_FLOPS: usize = 1 << 22;
+
+/// [`sgemm`] on the library that suits its size (chosen by shape alone).
+///
+/// # Safety
+/// As [`sgemm`], the extents checked.
+unsafe fn product(
+    a: (*const f32, Matrix),
+    b: (*const f32, Matrix),
+    c: (*mut f32, usize),
+) -> candle_core::Result<()> {
+    #[cfg(feature = "onednn")]
+    if 2 * a.1.rows * a.1.cols * b.1.cols >= ONEDNN_MIN_FLOPS {
+        // SAFETY: passed on from the caller.
+        return unsafe { onednn_product(a, b, c) };
+    }
+    // SAFETY: passed on from the caller.
+    unsafe { openblas_product(a, b, c) }
+}
+
 /// [`sgemm`] through oneDNN's matmul, which reads either form of each operand.
 ///
 /// # Safety
 /// As [`sgemm`], the extents checked.
 #[cfg(feature = "onednn")]
-unsafe fn product(
+unsafe fn onednn_product(
     (a_ptr, a): (*const f32, Matrix),
     (b_ptr, b): (*const f32, Matrix),
     (c_ptr, ldc): (*mut f32, usize),
@@ -335,8 +359,7 @@ unsafe fn product(
 ///
 /// # Safety
 /// As [`sgemm`], the extents checked.
-#[cfg(not(feature = "onednn"))]
-unsafe fn product(
+unsafe fn openblas_product(
     (a_ptr, a): (*const f32, Matrix),
     (b_ptr, b): (*const f32, Matrix),
     (c_ptr, ldc): (*mut f32, usize),
