@@ -267,10 +267,7 @@ impl CustomOp1 for GroupNormSilu<'_> {
                         - mean * rstd * self.weight[first_channel + c] as f64)
                         as f32;
                     if self.silu {
-                        for (o, &x) in out.iter_mut().zip(xs) {
-                            let y = x * scale + shift;
-                            *o = y / (1.0 + (-y).exp());
-                        }
+                        super::activations::silu_affine_row(out, xs, scale, shift);
                     } else {
                         for (o, &x) in out.iter_mut().zip(xs) {
                             *o = x * scale + shift;
