@@ -46,6 +46,8 @@ macro_rules! multiversioned {
     };
 }
 
+pub(crate) use multiversioned;
+
 /// `erf(x)` within 6e-7 (Abramowitz and Stegun 7.1.26, 1.5e-7, plus `f32` rounding;
 /// the vectorised `exp`); branch-free.
 #[inline(always)]

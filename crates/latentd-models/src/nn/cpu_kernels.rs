@@ -211,6 +211,38 @@ impl CustomOp1 for Col2Im {
     }
 }
 
+/// Lanes of the partial sums of [`moments`]: a fixed summation order whatever the CPU.
+const MOMENT_LANES: usize = 8;
+
+/// The mean and the (biased) variance of `xs`, accumulated in `f64` in
+/// [`MOMENT_LANES`] interleaved partial sums, so the loops vectorise.
+#[inline(always)]
+fn moments_generic(xs: &[f32], stats: &mut [f64; 2]) {
+    let count = xs.len().max(1) as f64;
+    let mean = lane_sum(xs, |x| x as f64) / count;
+    let var = lane_sum(xs, |x| (x as f64 - mean).powi(2)) / count;
+    *stats = [mean, var];
+}
+
+/// The sum of `f` over `xs` in [`MOMENT_LANES`] interleaved partial sums.
+#[inline(always)]
+fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut lanes = [0f64; MOMENT_LANES];
+    let chunks = xs.chunks_exact(MOMENT_LANES);
+    let tail: f64 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane += f(x);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
+super::activations::multiversioned!(
+    /// [`moments_generic`] on the best vector unit the CPU has.
+    moments => moments_generic(xs: &[f32], stats: &mut [f64; 2])
+);
+
 /// Group normalisation of `[B, C, ...]` with a per-channel affine map, optionally
 /// followed by SiLU, in two passes over the data.
 #[derive(Debug, Clone)]
@@ -257,9 +289,9 @@ impl CustomOp1 for GroupNormSilu<'_> {
             .enumerate()
             .for_each(|(index, (out, xs))| {
                 let first_channel = (index % self.groups) * (channels / self.groups);
-                let count = xs.len() as f64;
-                let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / count;
-                let var = xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / count;
+                let mut stats = [0f64; 2];
+                moments(xs, &mut stats);
+                let [mean, var] = stats;
                 let rstd = 1.0 / (var + self.eps).sqrt();
                 for (c, (out, xs)) in out.chunks_mut(spatial).zip(xs.chunks(spatial)).enumerate() {
                     let scale = (rstd * self.weight[first_channel + c] as f64) as f32;
