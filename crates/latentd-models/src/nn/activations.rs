@@ -11,6 +11,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_kernels::contiguous_f32;
 use super::softmax::exp;
 use crate::Result;
 
@@ -128,17 +129,6 @@ pub(crate) fn quick_gelu(xs: &Tensor) -> Result<Tensor> {
         return Ok(xs.contiguous()?.apply_op1_no_bwd(&QuickGelu)?);
     }
     Ok((xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?)?)
-}
-
-fn contiguous_f32<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> candle_core::Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
-        _ => candle_core::bail!("{op}: the input must be contiguous f32"),
-    }
 }
 
 struct Geglu {

@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 
 /// The `f32` data of a contiguous CPU tensor, or an error naming `op`.
-fn contiguous_f32<'a>(
+pub(super) fn contiguous_f32<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
     op: &str,

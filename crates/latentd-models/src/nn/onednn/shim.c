@@ -48,6 +48,15 @@ static int stream(dnnl_stream_t *out) {
     return 0;
 }
 
+/* The engine and this thread's stream, with OpenMP held to this thread: what a run
+ * on the calling thread needs. */
+static int calling_thread(dnnl_engine_t *eng, dnnl_stream_t *str) {
+    omp_set_num_threads(1);
+    int rc = engine(eng);
+    if (rc) return rc;
+    return stream(str);
+}
+
 static size_t round_up(size_t n) { return (n + LD_ALIGN - 1) / LD_ALIGN * LD_ALIGN; }
 
 /* Packed weights of one convolution (or one band of its output channels). */
@@ -322,12 +331,9 @@ size_t ld_plan_scratch_bytes(const ld_plan *p) {
 int ld_plan_run(const ld_plan *p, const ld_weights *wt, const float *src, const float *bias,
                 float *dst, void *scratch) {
     if (!ld_plan_accepts(p, wt)) return (int)dnnl_invalid_arguments;
-    omp_set_num_threads(1);
     dnnl_engine_t eng;
     dnnl_stream_t str;
-    int rc = engine(&eng);
-    if (rc) return rc;
-    rc = stream(&str);
+    int rc = calling_thread(&eng, &str);
     if (rc) return rc;
     char *base = scratch;
     void *src_blocked = p->src_reorder ? base : (void *)src;
@@ -430,12 +436,9 @@ const char *ld_matmul_impl(const ld_matmul *p) { return p->impl; }
 /* Runs the product on the calling thread: `a`, `b` and `c` hold the matrices the
  * product was made for, `scratch` is 64-byte aligned and ld_matmul_scratch_bytes long. */
 int ld_matmul_run(const ld_matmul *p, const float *a, const float *b, float *c, void *scratch) {
-    omp_set_num_threads(1);
     dnnl_engine_t eng;
     dnnl_stream_t str;
-    int rc = engine(&eng);
-    if (rc) return rc;
-    rc = stream(&str);
+    int rc = calling_thread(&eng, &str);
     if (rc) return rc;
     enum { N = 4 };
     dnnl_memory_t mem[N] = {0};
