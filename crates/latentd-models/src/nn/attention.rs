@@ -195,8 +195,7 @@ impl FeedForward {
     /// `[B, N, dim]` -> `[B, N, dim]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let hs = self.proj_in.tokens(xs)?;
-        let hs = super::activations::geglu(&hs, self.inner)?;
+        let hs = self.proj_in.tokens_geglu(xs, self.inner)?;
         self.proj_out.tokens(&hs)
     }
 }

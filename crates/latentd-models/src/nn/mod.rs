@@ -139,6 +139,20 @@ impl Pointwise {
         self.add_bias(ys, 2)
     }
 
+    /// `[B, N, in]` -> `[B, N, inner]`: the projection to `[h | gate]` (`out` =
+    /// `2 * inner`), then `h * gelu(gate)` (GEGLU), fused per GEMM block where the
+    /// OpenBLAS products apply.
+    pub(crate) fn tokens_geglu(&self, xs: &Tensor, inner: usize) -> Result<Tensor> {
+        let xs = xs.contiguous()?;
+        let w_t = self.weight.t()?;
+        match &self.bias {
+            Some(bias) if blas::applies(&xs, &w_t) => {
+                blas::matmul_bias_geglu(&xs, &w_t, bias, inner)
+            }
+            _ => activations::geglu(&self.tokens(&xs)?, inner),
+        }
+    }
+
     /// `[B, in, N]` (channels first) -> `[B, N, out]` (tokens), reading the input
     /// through a transposed view instead of copying it.
     pub(crate) fn channels_to_tokens(&self, xs: &Tensor) -> Result<Tensor> {

@@ -3,6 +3,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
+use crate::nn::scratch::with_buffer;
+
 #[link(name = "openblas")]
 extern "C" {
     #[allow(clippy::too_many_arguments)]
@@ -53,12 +55,22 @@ impl Task {
     /// when the left operand is the smaller one (it is packed again per block),
     /// else along the rows.
     fn blocks(self) -> Vec<Task> {
+        let (m, n) = (self.a.rows, self.b.cols);
+        self.cut(m > n)
+    }
+
+    /// This product cut into blocks of whole output rows, by its shape alone.
+    fn row_blocks(self) -> Vec<Task> {
+        self.cut(true)
+    }
+
+    fn cut(self, by_rows: bool) -> Vec<Task> {
         let (m, k, n) = (self.a.rows, self.a.cols, self.b.cols);
         let parts = (2 * m * n * k / BLOCK_FLOPS).clamp(1, MAX_BLOCKS);
         if parts == 1 {
             return vec![self];
         }
-        let by_columns = m * k <= k * n;
+        let by_columns = !by_rows;
         let extent = if by_columns { n } else { m };
         // Blocks of a multiple of 16 (the kernels' vector width), the last shorter.
         let width = extent.div_ceil(parts).div_ceil(16) * 16;
@@ -158,6 +170,59 @@ fn run_with_bias(
     })
 }
 
+thread_local! {
+    /// One GEGLU block's full-width product rows, kept between calls on each thread.
+    static GEGLU_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `tasks` (whose outputs are whole rows of `[h | gate]`, `2 * inner` wide,
+/// with `bias` added) in parallel, each block of rows through a per-thread buffer,
+/// and returns `h * gelu(gate)` in rows `inner` wide: the full-width product is
+/// never written out, and the activation reads each block while it is in cache.
+fn run_geglu(
+    tasks: Vec<Task>,
+    a: &[f32],
+    b: &[f32],
+    bias: &[f32],
+    inner: usize,
+) -> candle_core::Result<Vec<f32>> {
+    use rayon::prelude::*;
+    single_threaded();
+    let width = 2 * inner;
+    let blocks: Vec<Task> = tasks.into_iter().flat_map(Task::row_blocks).collect();
+    if bias.len() != width || blocks.iter().any(|t| t.ldc != width || t.b.cols != width) {
+        candle_core::bail!("sgemm-geglu: rows of {width} with a bias of {}", bias.len());
+    }
+    let rows: usize = blocks.iter().map(|t| t.a.rows).sum();
+    let mut out = vec![0f32; rows * inner];
+    let base = Output::new(&mut out);
+    blocks.par_iter().try_for_each(|t| {
+        let first_row = t.c_off / width;
+        with_buffer(&GEGLU_ROWS, t.a.rows * width, |product| {
+            // SAFETY: the block's product goes to this thread's own buffer, which
+            // `sgemm` checks it fits.
+            unsafe {
+                sgemm(
+                    (a, t.a_off, t.a),
+                    (b, t.b_off, t.b),
+                    (Output::new(product), 0, width),
+                )?
+            };
+            for (i, row) in product.chunks_exact_mut(width).enumerate() {
+                for (y, b) in row.iter_mut().zip(bias) {
+                    *y += b;
+                }
+                let (h, gate) = row.split_at(inner);
+                // SAFETY: the rows of this block are its alone.
+                let dst = unsafe { base.slice((first_row + i) * inner, inner)? };
+                crate::nn::activations::geglu_row(dst, h, gate);
+            }
+            Ok::<(), candle_core::Error>(())
+        })
+    })?;
+    Ok(out)
+}
+
 /// The output buffer, shared by the blocks that write disjoint parts of it.
 #[derive(Clone, Copy)]
 pub(super) struct Output(*mut f32, usize);
@@ -169,6 +234,19 @@ unsafe impl Sync for Output {}
 impl Output {
     pub(super) fn new(buffer: &mut [f32]) -> Self {
         Self(buffer.as_mut_ptr(), buffer.len())
+    }
+
+    /// `len` elements from `start`, checked against the buffer.
+    ///
+    /// # Safety
+    /// No other live slice or concurrent task may cover those elements.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, len: usize) -> candle_core::Result<&mut [f32]> {
+        if start + len > self.1 {
+            candle_core::bail!("sgemm: {len} elements at {start} lie outside the output");
+        }
+        // SAFETY: within the buffer; exclusive by the caller's promise.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) })
     }
 }
 
@@ -458,11 +536,49 @@ impl CustomOp3 for BatchedBias {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let bias = match (f32_data(s3, self.name())?, l3.contiguous_offsets()) {
-            (data, Some((start, end))) if l3.dims().len() == 1 => &data[start..end],
-            _ => candle_core::bail!("{}: the bias must be a contiguous vector", self.name()),
-        };
+        let bias = contiguous_vector(s3, l3, self.name())?;
         batched(self.name(), (s1, l1), (s2, l2), Some(bias))
+    }
+}
+
+/// [`super::matmul_bias_geglu`]: [`BatchedBias`] followed by GEGLU, per block.
+pub(super) struct BatchedBiasGeglu {
+    pub(super) inner: usize,
+}
+
+impl CustomOp3 for BatchedBiasGeglu {
+    fn name(&self) -> &'static str {
+        "openblas-matmul-bias-geglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let bias = contiguous_vector(s3, l3, self.name())?;
+        let p = BatchTasks::new(self.name(), (s1, l1), (s2, l2))?;
+        let out = run_geglu(p.tasks, p.a, p.b, bias, self.inner)?;
+        let mut dims = p.dims;
+        if let Some(last) = dims.last_mut() {
+            *last = self.inner;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+fn contiguous_vector<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match (f32_data(storage, op)?, layout.contiguous_offsets()) {
+        (data, Some((start, end))) if layout.dims().len() == 1 => Ok(&data[start..end]),
+        _ => candle_core::bail!("{op}: the bias must be a contiguous vector"),
     }
 }
 
@@ -473,40 +589,67 @@ fn batched(
     (s2, l2): (&CpuStorage, &Layout),
     bias: Option<&[f32]>,
 ) -> candle_core::Result<(CpuStorage, Shape)> {
-    let (a_data, b_data) = (f32_data(s1, name)?, f32_data(s2, name)?);
-    let (a, b) = (last_two(l1, name)?, last_two(l2, name)?);
-    let batch = &l1.dims()[..l1.dims().len() - 2];
-    let shared = l2.dims().len() == 2;
-    if a.cols != b.rows || (!shared && &l2.dims()[..l2.dims().len() - 2] != batch) {
-        candle_core::bail!(
-            "{}: shapes {:?} and {:?} do not multiply",
-            name,
-            l1.dims(),
-            l2.dims()
-        );
-    }
-    let a_offsets = batch_offsets(l1, batch);
-    let b_offsets = if shared {
-        vec![l2.start_offset(); a_offsets.len()]
-    } else {
-        batch_offsets(l2, batch)
-    };
-    let (m, n) = (a.rows, b.cols);
-    let tasks = a_offsets
-        .iter()
-        .zip(&b_offsets)
-        .enumerate()
-        .map(|(i, (&a_off, &b_off))| Task {
-            a,
-            a_off,
-            b,
-            b_off,
-            c_off: i * m * n,
-            ldc: n,
+    let p = BatchTasks::new(name, (s1, l1), (s2, l2))?;
+    let len = p.dims.iter().product();
+    let out = run(p.tasks, p.a, p.b, len, bias)?;
+    Ok((CpuStorage::F32(out), Shape::from(p.dims)))
+}
+
+/// A batched product as GEMM tasks: one per batch entry of `lhs`, writing
+/// consecutive `[m, n]` outputs.
+struct BatchTasks<'a> {
+    tasks: Vec<Task>,
+    a: &'a [f32],
+    b: &'a [f32],
+    /// The output's dimensions.
+    dims: Vec<usize>,
+}
+
+impl<'a> BatchTasks<'a> {
+    fn new(
+        name: &str,
+        (s1, l1): (&'a CpuStorage, &Layout),
+        (s2, l2): (&'a CpuStorage, &Layout),
+    ) -> candle_core::Result<Self> {
+        let (a_data, b_data) = (f32_data(s1, name)?, f32_data(s2, name)?);
+        let (a, b) = (last_two(l1, name)?, last_two(l2, name)?);
+        let batch = &l1.dims()[..l1.dims().len() - 2];
+        let shared = l2.dims().len() == 2;
+        if a.cols != b.rows || (!shared && &l2.dims()[..l2.dims().len() - 2] != batch) {
+            candle_core::bail!(
+                "{}: shapes {:?} and {:?} do not multiply",
+                name,
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let a_offsets = batch_offsets(l1, batch);
+        let b_offsets = if shared {
+            vec![l2.start_offset(); a_offsets.len()]
+        } else {
+            batch_offsets(l2, batch)
+        };
+        let (m, n) = (a.rows, b.cols);
+        let tasks = a_offsets
+            .iter()
+            .zip(&b_offsets)
+            .enumerate()
+            .map(|(i, (&a_off, &b_off))| Task {
+                a,
+                a_off,
+                b,
+                b_off,
+                c_off: i * m * n,
+                ldc: n,
+            })
+            .collect();
+        let mut dims = batch.to_vec();
+        dims.extend([m, n]);
+        Ok(Self {
+            tasks,
+            a: a_data,
+            b: b_data,
+            dims,
         })
-        .collect();
-    let out = run(tasks, a_data, b_data, a_offsets.len() * m * n, bias)?;
-    let mut dims = batch.to_vec();
-    dims.extend([m, n]);
-    Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
 }

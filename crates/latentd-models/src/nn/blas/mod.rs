@@ -60,6 +60,33 @@ pub(crate) fn matmul_bias(lhs: &Tensor, rhs: &Tensor, bias: &Tensor) -> Result<T
     Ok(matmul(lhs, rhs)?.broadcast_add(bias)?)
 }
 
+/// `geglu(lhs [.., M, K] x rhs [K, 2 * inner] + bias)` -> `[.., M, inner]`, where
+/// `geglu([h | gate]) = h * gelu(gate)`: each GEMM block's rows go through a
+/// per-thread buffer and leave as activations, so the full-width product is never
+/// written out (where [`matmul_bias`]'s fused path applies; else it and the
+/// activation).
+pub(crate) fn matmul_bias_geglu(
+    lhs: &Tensor,
+    rhs: &Tensor,
+    bias: &Tensor,
+    inner: usize,
+) -> Result<Tensor> {
+    #[cfg(feature = "openblas")]
+    if gemm::applies(lhs, rhs)
+        && rhs.rank() == 2
+        && rhs.dim(1)? == 2 * inner
+        && inner > 0
+        && bias.dims() == [2 * inner]
+        && bias.device().is_cpu()
+        && bias.dtype() == candle_core::DType::F32
+        && !bias.track_op()
+    {
+        let op = gemm::BatchedBiasGeglu { inner };
+        return Ok(lhs.apply_op3_no_bwd(rhs, &bias.contiguous()?, &op)?);
+    }
+    super::activations::geglu(&matmul_bias(lhs, rhs, bias)?, inner)
+}
+
 /// Whether [`matmul`] and [`conv_same`] take OpenBLAS for these operands.
 pub(crate) fn applies(lhs: &Tensor, rhs: &Tensor) -> bool {
     #[cfg(feature = "openblas")]
@@ -217,6 +244,32 @@ mod tests {
                 .unwrap();
             let err = max_abs_diff(&ours, &reference).unwrap();
             assert!(err < 1e-4, "{m}x{k}x{n}: {err}");
+        }
+    }
+
+    /// The GEGLU product equals the product with its bias followed by the
+    /// activation, uncut and cut into blocks of rows (also where the plain product
+    /// would cut by columns), and a sample's rows are the same bits alone as batched.
+    #[test]
+    fn geglu_product_matches_product_then_activation() {
+        for (m, k, inner) in [(5, 7, 3), (1500, 64, 400), (96, 512, 1024)] {
+            let lhs = (random(&[3, m, k], 30) * 2.0).unwrap();
+            let rhs = random(&[2 * inner, k], 31).t().unwrap();
+            let bias = random(&[2 * inner], 32);
+            let ours = matmul_bias_geglu(&lhs, &rhs, &bias, inner).unwrap();
+            assert_eq!(ours.dims(), [3, m, inner]);
+            let product = matmul_bias(&lhs, &rhs, &bias).unwrap();
+            let reference = crate::nn::activations::geglu(&product, inner).unwrap();
+            // Relative to the largest output: the blocks differ in shape from the
+            // plain product's, so the sums round differently.
+            let scale = reference.abs().unwrap().max_all().unwrap();
+            let scale = scale.to_scalar::<f32>().unwrap().max(1.0);
+            let err = max_abs_diff(&ours, &reference).unwrap() / scale;
+            assert!(err < 1e-5, "{m}x{k}x{inner}: {err}");
+            let alone = matmul_bias_geglu(&lhs.i(1..2).unwrap(), &rhs, &bias, inner).unwrap();
+            let batched = ours.i(1..2).unwrap();
+            let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(bits(&alone), bits(&batched), "{m}x{k}x{inner}");
         }
     }
 }
