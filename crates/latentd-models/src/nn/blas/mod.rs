@@ -29,7 +29,7 @@ use crate::Result;
 pub(crate) fn matmul(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "openblas")]
     if gemm::applies(lhs, rhs) {
-        return Ok(lhs.apply_op2_no_bwd(rhs, &gemm::Batched)?);
+        return Ok(lhs.apply_op2_no_bwd(rhs, &batched::Batched)?);
     }
     if super::ops::is_cpu_bf16(lhs) {
         // No CPU GEMM for bf16: multiply in f32, round the product back.
@@ -55,7 +55,7 @@ pub(crate) fn matmul_bias(lhs: &Tensor, rhs: &Tensor, bias: &Tensor) -> Result<T
         && bias.dtype() == candle_core::DType::F32
         && !bias.track_op()
     {
-        return Ok(lhs.apply_op3_no_bwd(rhs, &bias.contiguous()?, &gemm::BatchedBias)?);
+        return Ok(lhs.apply_op3_no_bwd(rhs, &bias.contiguous()?, &batched::BatchedBias)?);
     }
     Ok(matmul(lhs, rhs)?.broadcast_add(bias)?)
 }
@@ -81,7 +81,7 @@ pub(crate) fn matmul_bias_geglu(
         && bias.dtype() == candle_core::DType::F32
         && !bias.track_op()
     {
-        let op = gemm::BatchedBiasGeglu { inner };
+        let op = batched::BatchedBiasGeglu { inner };
         return Ok(lhs.apply_op3_no_bwd(rhs, &bias.contiguous()?, &op)?);
     }
     super::activations::geglu(&matmul_bias(lhs, rhs, bias)?, inner)
@@ -148,6 +148,8 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Res
 
 #[cfg(feature = "openblas")]
 mod attention;
+#[cfg(feature = "openblas")]
+mod batched;
 #[cfg(feature = "openblas")]
 mod conv;
 #[cfg(feature = "openblas")]
