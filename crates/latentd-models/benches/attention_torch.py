@@ -1,6 +1,7 @@
-"""diffusers' half of examples/attention_cpu.rs: the SD1.5 UNet's attention layers at
-512x512 (batch 2, one guided step) with diffusers' `Attention` (SDPA on the CPU), random
-weights, best and median of 5 after a warm-up; then SDPA alone on the 4096-token shape.
+"""diffusers' half of examples/attention_cpu.rs: the SD1.5 UNet's attention and
+feed-forward layers at 512x512 (batch 2, one guided step) with diffusers' `Attention`
+(SDPA on the CPU) and `FeedForward` (GEGLU), random weights, best and median of 5 after a
+warm-up; then SDPA alone on the 4096-token shape.
 
     python crates/latentd-models/benches/attention_torch.py
 """
@@ -8,6 +9,7 @@ weights, best and median of 5 after a warm-up; then SDPA alone on the 4096-token
 import time
 
 import torch
+from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 
 SHAPES = [(4096, 320, 8, 0), (1024, 640, 8, 0), (256, 1280, 8, 0), (4096, 320, 8, 77)]
@@ -40,6 +42,14 @@ def main() -> None:
             best, median = best_and_median(lambda: layer(xs, context))
             print(
                 f"tokens {n:>5} width {dim:>4} heads {heads} context {ctx:>2}: "
+                f"best {best:.1f} ms median {median:.1f} ms"
+            )
+        for n, dim in [(4096, 320), (1024, 640), (256, 1280)]:
+            layer = FeedForward(dim, mult=4, activation_fn="geglu").eval()
+            xs = torch.randn(2, n, dim)
+            best, median = best_and_median(lambda: layer(xs))
+            print(
+                f"feed-forward tokens {n:>5} width {dim:>4}: "
                 f"best {best:.1f} ms median {median:.1f} ms"
             )
         q = torch.randn(2, 8, 4096, 40)

@@ -89,6 +89,39 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Where process `pid`'s resident memory lives, in KiB: the main heap, other anonymous
+/// mappings (thread arenas, thread stacks, large blocks), files (code, weights), and the
+/// number of threads.
+fn rss_parts(pid: u32) -> (u64, u64, u64, u64) {
+    let (mut heap, mut anon, mut files) = (0, 0, 0);
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut kind = 0;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // A mapping's header: address range, perms, offset, device, inode, [path].
+            kind = match words.nth(4) {
+                Some("[heap]") => 0,
+                None => 1,
+                Some(path) if path.starts_with('/') => 2,
+                Some(_) => 1,
+            };
+        } else if first == "Rss:" {
+            let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match kind {
+                0 => heap += kib,
+                1 => anon += kib,
+                _ => files += kib,
+            }
+        }
+    }
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    (heap, anon, files, threads)
+}
+
 /// The server's heap as its `/metrics` reports it: (in use, freed but held), in KiB.
 async fn heap_kib(client: &reqwest::Client, base: &str) -> Option<(u64, u64)> {
     let text = client
@@ -369,6 +402,7 @@ async fn main() {
         let _ = client.get(format!("{base}/v1/jobs/{id}")).send().await;
     }
     let rss_before = rss_kib(pid);
+    let parts_before = rss_parts(pid);
     let heap_before = heap_kib(&client, &base).await;
 
     // /health, sampled every 20 ms while the load runs.
@@ -428,8 +462,9 @@ async fn main() {
             }
         }
         let expired_rss = rss_kib(pid);
+        let parts = rss_parts(pid);
         let heap = heap_kib(&client, &base).await;
-        round_rss.push((kept, expired_rss, heap, expired, round_jobs.len()));
+        round_rss.push((kept, expired_rss, heap, parts, expired, round_jobs.len()));
         jobs.extend(round_jobs);
     }
     let wall = started.elapsed();
@@ -479,18 +514,31 @@ async fn main() {
         ),
         None => "heap not reported".into(),
     };
-    println!("  before the load: {}", heap_line(heap_before));
-    for (round, (kept, expired_rss, heap, expired, n)) in round_rss.iter().enumerate() {
+    let parts_line = |(heap, anon, files, threads): (u64, u64, u64, u64)| {
+        format!(
+            "resident: main heap {:.1}, other anonymous {:.1}, files {:.1} MiB; {threads} threads",
+            mib(heap),
+            mib(anon),
+            mib(files)
+        )
+    };
+    println!(
+        "  before the load: {}; {}",
+        heap_line(heap_before),
+        parts_line(parts_before)
+    );
+    for (round, (kept, expired_rss, heap, parts, expired, n)) in round_rss.iter().enumerate() {
         println!(
             "  after round {}: {:.1} MiB ({:+.1}%) with its finished jobs kept; \
-             {:.1} MiB ({:+.1}%) once {expired} of {n} expired ({} s TTL); {}",
+             {:.1} MiB ({:+.1}%) once {expired} of {n} expired ({} s TTL); {}; {}",
             round + 1,
             mib(*kept),
             change(*kept),
             mib(*expired_rss),
             change(*expired_rss),
             args.job_ttl_secs,
-            heap_line(*heap)
+            heap_line(*heap),
+            parts_line(*parts)
         );
     }
     println!(

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
 
-use super::gemm::{sgemm_into, Matrix, Output};
+use super::gemm::{filled, sgemm_into, Matrix, Output};
 use crate::nn::scratch::with_buffer;
 use crate::nn::softmax::softmax_in_place;
 
@@ -51,38 +51,39 @@ impl CustomOp3 for Attention {
             );
         }
         let hd = width / heads;
-        let mut out = vec![0f32; b * l * width];
-        if out.is_empty() {
-            return Ok((CpuStorage::F32(out), Shape::from((b, l, width))));
-        }
-        let base = Output::new(&mut out);
         let (qs, ks, vs) = (l1.stride(), l2.stride(), l3.stride());
-        (0..b * heads).into_par_iter().try_for_each(|task| {
-            let (s, h) = (task / heads, task % heads);
-            let q_off = l1.start_offset() + s * qs[0] + h * hd;
-            let k_off = l2.start_offset() + s * ks[0] + h * hd;
-            let v_off = l3.start_offset() + s * vs[0] + h * hd;
-            with_buffer(&SCORES, l * t, |scores| {
-                // SAFETY (both products): offsets and strides come from the
-                // operands' layouts, `sgemm_into` checks every extent, and each
-                // task writes only its own head's columns of its own sample.
-                unsafe {
-                    sgemm_into(
-                        (q, q_off, Matrix::row_major(l, hd, qs[1])),
-                        (k, k_off, Matrix::transposed(hd, t, ks[1])),
-                        (Output::new(scores), 0, t),
-                    )?;
-                }
-                scores.chunks_exact_mut(t).for_each(softmax_in_place);
-                unsafe {
-                    sgemm_into(
-                        (scores, 0, Matrix::row_major(l, t, t)),
-                        (v, v_off, Matrix::row_major(t, hd, vs[1])),
-                        (base, s * l * width + h * hd, width),
-                    )
-                }
+        let run = |base: Output| {
+            (0..b * heads).into_par_iter().try_for_each(|task| {
+                let (s, h) = (task / heads, task % heads);
+                let q_off = l1.start_offset() + s * qs[0] + h * hd;
+                let k_off = l2.start_offset() + s * ks[0] + h * hd;
+                let v_off = l3.start_offset() + s * vs[0] + h * hd;
+                with_buffer(&SCORES, l * t, |scores| {
+                    // SAFETY (both products): offsets and strides come from the
+                    // operands' layouts, `sgemm_into` checks every extent, and each
+                    // task writes only its own head's columns of its own sample.
+                    unsafe {
+                        sgemm_into(
+                            (q, q_off, Matrix::row_major(l, hd, qs[1])),
+                            (k, k_off, Matrix::transposed(hd, t, ks[1])),
+                            (Output::new(scores), 0, t),
+                        )?;
+                    }
+                    scores.chunks_exact_mut(t).for_each(softmax_in_place);
+                    unsafe {
+                        sgemm_into(
+                            (scores, 0, Matrix::row_major(l, t, t)),
+                            (v, v_off, Matrix::row_major(t, hd, vs[1])),
+                            (base, s * l * width + h * hd, width),
+                        )
+                    }
+                })
             })
-        })?;
+        };
+        // SAFETY: each task's second product writes all `l` rows of its head's `hd`
+        // columns of its sample (`t > 0` values are summed into each), and the
+        // `b * heads` tasks cover the `b * l * width` outputs between them.
+        let out = unsafe { filled(b * l * width, run)? };
         Ok((CpuStorage::F32(out), Shape::from((b, l, width))))
     }
 }

@@ -3,7 +3,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape};
 
-use super::gemm::{last_two, run, run_geglu, Task};
+use super::geglu::run_geglu;
+use super::gemm::{last_two, run, Task};
 
 fn f32_data<'a>(storage: &'a CpuStorage, op: &str) -> candle_core::Result<&'a [f32]> {
     match storage {

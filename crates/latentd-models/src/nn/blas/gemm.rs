@@ -1,9 +1,8 @@
 //! The GEMM calls (OpenBLAS, or oneDNN's matmul with the `onednn` feature): operand
-//! forms, GEMM tasks cut by shape and run in parallel (with a fused bias or GEGLU).
+//! forms, GEMM tasks cut by shape and run in parallel (with a fused bias; the GEGLU
+//! product's blocks are in [`super::geglu`]).
 
 use candle_core::{DType, Layout, Tensor};
-
-use crate::nn::scratch::with_buffer;
 
 #[link(name = "openblas")]
 extern "C" {
@@ -28,7 +27,7 @@ extern "C" {
 }
 
 /// Keeps OpenBLAS on the calling thread (set once, before the first product).
-fn single_threaded() {
+pub(super) fn single_threaded() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     // SAFETY: a plain setter of the library's thread count.
     ONCE.call_once(|| unsafe { openblas_set_num_threads(1) });
@@ -60,11 +59,11 @@ impl Task {
     }
 
     /// This product cut into blocks of whole output rows, by its shape alone.
-    fn row_blocks(self) -> Vec<Task> {
+    pub(super) fn row_blocks(self) -> Vec<Task> {
         self.cut(true)
     }
 
-    fn cut(self, by_rows: bool) -> Vec<Task> {
+    pub(super) fn cut(self, by_rows: bool) -> Vec<Task> {
         let (m, k, n) = (self.a.rows, self.a.cols, self.b.cols);
         let parts = (2 * m * n * k / BLOCK_FLOPS).clamp(1, MAX_BLOCKS);
         if parts == 1 {
@@ -106,9 +105,10 @@ impl Task {
     }
 }
 
-/// Runs `tasks` (writing disjoint parts of an output of `len` elements) in
-/// parallel and returns the output; with `bias`, each block adds it to its rows
-/// while they are still in cache (see [`run_with_bias`]).
+/// Runs `tasks` (writing disjoint parts of an output of `len` elements, all of it
+/// between them) in parallel and returns the output; with `bias`, each block adds it
+/// to its rows while they are still in cache (see [`run_into`]). The output is not
+/// zeroed first: every value is written by a product.
 pub(super) fn run(
     tasks: Vec<Task>,
     a: &[f32],
@@ -116,51 +116,70 @@ pub(super) fn run(
     len: usize,
     bias: Option<&[f32]>,
 ) -> candle_core::Result<Vec<f32>> {
-    let mut out = vec![0f32; len];
-    run_with_bias(tasks, a, b, &mut out, bias)?;
+    let blocks: Vec<Task> = tasks.into_iter().flat_map(Task::blocks).collect();
+    let covered: usize = blocks.iter().map(|t| t.a.rows * t.b.cols).sum();
+    if covered != len {
+        candle_core::bail!("sgemm: the products write {covered} of {len} output values");
+    }
+    // SAFETY: the blocks write disjoint parts of the output (the caller's promise),
+    // inside it (`sgemm` checks) and `len` values between them, so all of them.
+    unsafe { filled(len, |out| run_blocks(&blocks, a, b, out, bias)) }
+}
+
+/// A fresh vector of `len` values, every one written through the [`Output`] that
+/// `fill` is given (no zeroing pass first).
+///
+/// # Safety
+/// When `fill` returns `Ok`, it must have written all `len` values.
+pub(super) unsafe fn filled(
+    len: usize,
+    fill: impl FnOnce(Output) -> candle_core::Result<()>,
+) -> candle_core::Result<Vec<f32>> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    fill(Output(out.as_mut_ptr(), len))?;
+    // SAFETY: all `len` values are written (the caller's promise).
+    unsafe { out.set_len(len) };
     Ok(out)
 }
 
-/// Runs `tasks`, which write disjoint parts of `out`, in parallel.
+/// Runs `tasks`, which write disjoint parts of `out`, in parallel; with `bias`,
+/// `bias[j]` is added to column `j` of every output row by the block that wrote it
+/// (for tasks whose outputs start at a row boundary of `bias.len()`-wide rows).
 pub(super) fn run_into(
     tasks: Vec<Task>,
     a: &[f32],
     b: &[f32],
     out: &mut [f32],
 ) -> candle_core::Result<()> {
-    run_with_bias(tasks, a, b, out, None)
+    let blocks: Vec<Task> = tasks.into_iter().flat_map(Task::blocks).collect();
+    run_blocks(&blocks, a, b, Output::new(out), None)
 }
 
-/// [`run_into`], then `bias[j]` added to column `j` of every output row, by the block
-/// that wrote it: for tasks whose outputs start at a row boundary of `ldc`-wide rows
-/// and whose `ldc` is `bias.len()`.
-fn run_with_bias(
-    tasks: Vec<Task>,
+/// Runs `blocks` (disjoint parts of `out`) in parallel, each adding `bias` to the
+/// rows it wrote.
+fn run_blocks(
+    blocks: &[Task],
     a: &[f32],
     b: &[f32],
-    out: &mut [f32],
+    out: Output,
     bias: Option<&[f32]>,
 ) -> candle_core::Result<()> {
     use rayon::prelude::*;
     single_threaded();
-    let blocks: Vec<Task> = tasks.into_iter().flat_map(Task::blocks).collect();
     if let Some(bias) = bias {
         if blocks.iter().any(|t| t.ldc != bias.len()) {
             candle_core::bail!("sgemm: a bias of {} for rows of another width", bias.len());
         }
     }
-    let base = Output(out.as_mut_ptr(), out.len());
     blocks.par_iter().try_for_each(|t| {
         // SAFETY: every block writes its own rows or columns of `out`, which
         // outlives the loop; `sgemm` checks each operand's extent.
-        unsafe { sgemm((a, t.a_off, t.a), (b, t.b_off, t.b), (base, t.c_off, t.ldc))? };
+        unsafe { sgemm((a, t.a_off, t.a), (b, t.b_off, t.b), (out, t.c_off, t.ldc))? };
         if let Some(bias) = bias {
             let (first, width) = (t.c_off % t.ldc, t.b.cols);
             for row in 0..t.a.rows {
-                // SAFETY: the rows `sgemm` just wrote and checked, this block's alone.
-                let row = unsafe {
-                    std::slice::from_raw_parts_mut(base.0.add(t.c_off + row * t.ldc), width)
-                };
+                // SAFETY: values `sgemm` just wrote and checked, this block's alone.
+                let row = unsafe { out.slice(t.c_off + row * t.ldc, width)? };
                 for (y, b) in row.iter_mut().zip(&bias[first..first + width]) {
                     *y += b;
                 }
@@ -168,59 +187,6 @@ fn run_with_bias(
         }
         Ok(())
     })
-}
-
-thread_local! {
-    /// One GEGLU block's full-width product rows, kept between calls on each thread.
-    static GEGLU_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Runs `tasks` (whose outputs are whole rows of `[h | gate]`, `2 * inner` wide,
-/// with `bias` added) in parallel, each block of rows through a per-thread buffer,
-/// and returns `h * gelu(gate)` in rows `inner` wide: the full-width product is
-/// never written out, and the activation reads each block while it is in cache.
-pub(super) fn run_geglu(
-    tasks: Vec<Task>,
-    a: &[f32],
-    b: &[f32],
-    bias: &[f32],
-    inner: usize,
-) -> candle_core::Result<Vec<f32>> {
-    use rayon::prelude::*;
-    single_threaded();
-    let width = 2 * inner;
-    let blocks: Vec<Task> = tasks.into_iter().flat_map(Task::row_blocks).collect();
-    if bias.len() != width || blocks.iter().any(|t| t.ldc != width || t.b.cols != width) {
-        candle_core::bail!("sgemm-geglu: rows of {width} with a bias of {}", bias.len());
-    }
-    let rows: usize = blocks.iter().map(|t| t.a.rows).sum();
-    let mut out = vec![0f32; rows * inner];
-    let base = Output::new(&mut out);
-    blocks.par_iter().try_for_each(|t| {
-        let first_row = t.c_off / width;
-        with_buffer(&GEGLU_ROWS, t.a.rows * width, |product| {
-            // SAFETY: the block's product goes to this thread's own buffer, which
-            // `sgemm` checks it fits.
-            unsafe {
-                sgemm(
-                    (a, t.a_off, t.a),
-                    (b, t.b_off, t.b),
-                    (Output::new(product), 0, width),
-                )?
-            };
-            for (i, row) in product.chunks_exact_mut(width).enumerate() {
-                for (y, b) in row.iter_mut().zip(bias) {
-                    *y += b;
-                }
-                let (h, gate) = row.split_at(inner);
-                // SAFETY: the rows of this block are its alone.
-                let dst = unsafe { base.slice((first_row + i) * inner, inner)? };
-                crate::nn::activations::geglu_row(dst, h, gate);
-            }
-            Ok::<(), candle_core::Error>(())
-        })
-    })?;
-    Ok(out)
 }
 
 /// The output buffer, shared by the blocks that write disjoint parts of it.
@@ -239,9 +205,10 @@ impl Output {
     /// `len` elements from `start`, checked against the buffer.
     ///
     /// # Safety
-    /// No other live slice or concurrent task may cover those elements.
+    /// Those elements must be written already, and no other live slice or concurrent
+    /// task may cover them.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, start: usize, len: usize) -> candle_core::Result<&mut [f32]> {
+    pub(super) unsafe fn slice(&self, start: usize, len: usize) -> candle_core::Result<&mut [f32]> {
         if start + len > self.1 {
             candle_core::bail!("sgemm: {len} elements at {start} lie outside the output");
         }
@@ -288,8 +255,8 @@ pub(super) fn applies(lhs: &Tensor, rhs: &Tensor) -> bool {
 pub(super) struct Matrix {
     pub(super) rows: usize,
     pub(super) cols: usize,
-    transposed: bool,
-    ld: usize,
+    pub(super) transposed: bool,
+    pub(super) ld: usize,
 }
 
 impl Matrix {
@@ -341,7 +308,7 @@ impl Matrix {
 ///
 /// # Safety
 /// `a`, `b` and `c` must hold the matrices their forms and offsets describe.
-unsafe fn sgemm(
+pub(super) unsafe fn sgemm(
     a: (&[f32], usize, Matrix),
     b: (&[f32], usize, Matrix),
     c: (Output, usize, usize),
@@ -366,6 +333,14 @@ unsafe fn sgemm(
     }
     if c_off + (m - 1) * ldc + n > c_len {
         candle_core::bail!("sgemm: the output lies outside its buffer");
+    }
+    if k == 0 {
+        // An empty sum: zeros, without asking a library what it does with k = 0.
+        for row in 0..m {
+            // SAFETY: inside the output, checked above.
+            unsafe { std::ptr::write_bytes(c_ptr.add(c_off + row * ldc), 0, n) };
+        }
+        return Ok(());
     }
     // SAFETY: every operand's extent was checked against its buffer above.
     unsafe {

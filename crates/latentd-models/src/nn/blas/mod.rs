@@ -48,13 +48,7 @@ pub(crate) fn matmul(lhs: &Tensor, rhs: &Tensor) -> Result<Tensor> {
 /// [`applies`] holds and the bias is an `f32` CPU vector; else [`matmul`] and an add.
 pub(crate) fn matmul_bias(lhs: &Tensor, rhs: &Tensor, bias: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "openblas")]
-    if gemm::applies(lhs, rhs)
-        && rhs.rank() == 2
-        && bias.dims() == [rhs.dim(1)?]
-        && bias.device().is_cpu()
-        && bias.dtype() == candle_core::DType::F32
-        && !bias.track_op()
-    {
+    if fused_bias_applies(lhs, rhs, bias) {
         return Ok(lhs.apply_op3_no_bwd(rhs, &bias.contiguous()?, &batched::BatchedBias)?);
     }
     Ok(matmul(lhs, rhs)?.broadcast_add(bias)?)
@@ -72,19 +66,24 @@ pub(crate) fn matmul_bias_geglu(
     inner: usize,
 ) -> Result<Tensor> {
     #[cfg(feature = "openblas")]
-    if gemm::applies(lhs, rhs)
-        && rhs.rank() == 2
-        && rhs.dim(1)? == 2 * inner
-        && inner > 0
-        && bias.dims() == [2 * inner]
-        && bias.device().is_cpu()
-        && bias.dtype() == candle_core::DType::F32
-        && !bias.track_op()
-    {
+    if inner > 0 && bias.dims() == [2 * inner] && fused_bias_applies(lhs, rhs, bias) {
         let op = batched::BatchedBiasGeglu { inner };
         return Ok(lhs.apply_op3_no_bwd(rhs, &bias.contiguous()?, &op)?);
     }
     super::activations::geglu(&matmul_bias(lhs, rhs, bias)?, inner)
+}
+
+/// Whether the products with a fused bias take these operands: [`applies`], a rank-2
+/// right-hand side, and a bias of its width that is an `f32` CPU vector tracking no
+/// gradient.
+#[cfg(feature = "openblas")]
+fn fused_bias_applies(lhs: &Tensor, rhs: &Tensor, bias: &Tensor) -> bool {
+    gemm::applies(lhs, rhs)
+        && rhs.rank() == 2
+        && bias.dims() == [rhs.dims()[1]]
+        && bias.device().is_cpu()
+        && bias.dtype() == candle_core::DType::F32
+        && !bias.track_op()
 }
 
 /// Whether [`matmul`] and [`conv_same`] take OpenBLAS for these operands.
@@ -152,6 +151,8 @@ mod attention;
 mod batched;
 #[cfg(feature = "openblas")]
 mod conv;
+#[cfg(feature = "openblas")]
+mod geglu;
 #[cfg(feature = "openblas")]
 mod gemm;
 
@@ -250,11 +251,12 @@ mod tests {
     }
 
     /// The GEGLU product equals the product with its bias followed by the
-    /// activation, uncut and cut into blocks of rows (also where the plain product
-    /// would cut by columns), and a sample's rows are the same bits alone as batched.
+    /// activation, uncut, cut into blocks of rows, and cut into blocks of the inner
+    /// width's columns (each block's h and gate columns as two products), and a
+    /// sample's rows are the same bits alone as batched.
     #[test]
     fn geglu_product_matches_product_then_activation() {
-        for (m, k, inner) in [(5, 7, 3), (1500, 64, 400), (96, 512, 1024)] {
+        for (m, k, inner) in [(5, 7, 3), (1500, 64, 400), (96, 512, 1024), (64, 512, 2048)] {
             let lhs = (random(&[3, m, k], 30) * 2.0).unwrap();
             let rhs = random(&[2 * inner, k], 31).t().unwrap();
             let bias = random(&[2 * inner], 32);
