@@ -23,22 +23,25 @@ pub(crate) fn release_free_memory() {
     }
 }
 
-/// Caps glibc's heap arenas at one per core, unless the environment already sets them
+/// Keeps glibc to one heap arena, unless the environment already sets a limit
 /// (`MALLOC_ARENA_MAX`, or `arena_max` in `GLIBC_TUNABLES`). Call it first in `main`,
 /// before other threads start.
 ///
 /// glibc's default is up to eight arenas per core, one for each thread that finds the
-/// others busy; a server's many short-lived allocations spread over them, and each keeps
-/// its own freed memory, so RSS climbs with every burst (BENCHMARKS.md, "Soak"). More
-/// arenas than cores buy little: no more threads than cores allocate at the same instant.
-/// Returns the cap it set, if any.
+/// others busy; a server's short-lived allocations spread over them and each keeps its
+/// own freed memory. [`release_free_memory`] cannot give all of it back either: glibc's
+/// trim returns the main arena's top but only the free-list pages of the others, whose
+/// tops stay as large as the trim threshold lets them, so RSS after a burst stays high
+/// (BENCHMARKS.md, "Soak"). With one arena the idle trim returns it all. Each thread
+/// still has its own cache of small blocks, and the models' large buffers are
+/// allocated by the one thread that runs the step, so the shared lock costs nothing
+/// measurable (BENCHMARKS.md). Returns the limit it set, if any.
 pub fn cap_heap_arenas() -> Option<usize> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let cap = arena_cap(
             std::env::var_os("MALLOC_ARENA_MAX").is_some(),
             &std::env::var("GLIBC_TUNABLES").unwrap_or_default(),
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
         )?;
         // SAFETY: a plain setting of the allocator, made before other threads allocate.
         let set = unsafe { libc::mallopt(libc::M_ARENA_MAX, cap as libc::c_int) };
@@ -50,13 +53,13 @@ pub fn cap_heap_arenas() -> Option<usize> {
     }
 }
 
-/// The arena cap for `cores` cores, or `None` where the environment sets one itself.
+/// The arena limit to set, or `None` where the environment sets one itself.
 #[cfg(any(test, all(target_os = "linux", target_env = "gnu")))]
-fn arena_cap(env_max_set: bool, glibc_tunables: &str, cores: usize) -> Option<usize> {
+fn arena_cap(env_max_set: bool, glibc_tunables: &str) -> Option<usize> {
     let tunable_set = glibc_tunables
         .split(':')
         .any(|t| t.starts_with("glibc.malloc.arena_max="));
-    (!env_max_set && !tunable_set).then_some(cores.clamp(2, 64))
+    (!env_max_set && !tunable_set).then_some(1)
 }
 
 /// What the heap allocator holds, in bytes (glibc's `mallinfo2`, over all arenas).
@@ -92,16 +95,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_arena_cap_is_one_per_core_unless_the_environment_sets_it() {
-        assert_eq!(arena_cap(false, "", 1), Some(2));
-        assert_eq!(arena_cap(false, "", 16), Some(16));
-        assert_eq!(arena_cap(false, "glibc.malloc.tcache_count=0", 8), Some(8));
-        assert_eq!(arena_cap(true, "", 8), None);
+    fn one_arena_unless_the_environment_sets_a_limit() {
+        assert_eq!(arena_cap(false, ""), Some(1));
+        assert_eq!(arena_cap(false, "glibc.malloc.tcache_count=0"), Some(1));
+        assert_eq!(arena_cap(true, ""), None);
         assert_eq!(
             arena_cap(
                 false,
-                "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=4",
-                8
+                "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=4"
             ),
             None
         );
