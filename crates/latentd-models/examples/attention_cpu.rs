@@ -8,12 +8,13 @@
 //! cargo run --release -p latentd-models --features openblas,onednn --example attention_cpu
 //! ```
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use latentd_models::nn::attention::{Attention, AttentionConfig, FeedForward};
+
+mod common;
 
 /// Loads a layer once to learn its variables, then again on plain random tensors of
 /// the same shapes (training variables would keep candle's differentiable path).
@@ -23,15 +24,7 @@ fn random_layer<T>(
 ) -> anyhow::Result<T> {
     let map = VarMap::new();
     load(VarBuilder::from_varmap(&map, DType::F32, dev))?;
-    let mut tensors = HashMap::new();
-    for (name, var) in map
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .iter()
-    {
-        tensors.insert(name.clone(), Tensor::randn(0f32, 0.05, var.shape(), dev)?);
-    }
+    let tensors = common::random_weights(&map, dev)?;
     Ok(load(VarBuilder::from_tensors(tensors, DType::F32, dev))?)
 }
 

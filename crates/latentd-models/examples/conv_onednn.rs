@@ -7,12 +7,13 @@
 //! cargo run --release -p latentd-models --features openblas,onednn --example conv_onednn
 //! ```
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use latentd_models::nn::Conv2d;
+
+mod common;
 
 fn best_of_3(conv: &Conv2d, xs: &Tensor) -> anyhow::Result<f64> {
     conv.forward(xs)?;
@@ -47,17 +48,7 @@ fn main() -> anyhow::Result<()> {
         let map = VarMap::new();
         let vb = VarBuilder::from_varmap(&map, DType::F32, &dev);
         let im2col = Conv2d::new(vb, cin, cout, 3, stride, 1)?;
-        let mut tensors = HashMap::new();
-        for (name, var) in map
-            .data()
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .iter()
-        {
-            let value = Tensor::randn(0f32, 0.05, var.shape(), &dev)?;
-            var.set(&value)?;
-            tensors.insert(name.clone(), value);
-        }
+        let tensors = common::random_weights(&map, &dev)?;
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
         let onednn = Conv2d::new(vb, cin, cout, 3, stride, 1)?;
         let xs = Tensor::randn(0f32, 1., (batch, cin, side, side), &dev)?;
