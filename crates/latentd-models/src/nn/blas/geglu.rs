@@ -1,7 +1,7 @@
 //! The GEGLU product: `[h | gate]` computed block by block into a per-thread buffer,
 //! each block leaving as `h * gelu(gate)`, so the full-width product is never written.
 
-use super::gemm::{sgemm, single_threaded, Matrix, Output, Task};
+use super::gemm::{sgemm, single_threaded, Output, Task};
 use crate::nn::scratch::with_buffer;
 
 thread_local! {
@@ -37,14 +37,8 @@ impl GegluBlock {
                 })
                 .collect();
         }
-        let half = Task {
-            b: Matrix {
-                cols: inner,
-                ..task.b
-            },
-            ..task
-        };
-        half.cut(false)
+        task.columns(0, inner)
+            .cut(false)
             .into_iter()
             .map(|block| GegluBlock {
                 task,
@@ -54,18 +48,10 @@ impl GegluBlock {
             .collect()
     }
 
-    /// The product's columns `offset + first_col..` (`cols` of them) as a task.
+    /// The product's columns `offset + first_col..` (`cols` of them) as a task (its
+    /// output offset is unused: the block writes into its own buffer).
     fn columns(&self, offset: usize) -> Task {
-        let t = self.task;
-        let step = if t.b.transposed { t.b.ld } else { 1 };
-        Task {
-            b: Matrix {
-                cols: self.cols,
-                ..t.b
-            },
-            b_off: t.b_off + (offset + self.first_col) * step,
-            ..t
-        }
+        self.task.columns(offset + self.first_col, self.cols)
     }
 }
 

@@ -78,16 +78,7 @@ impl Task {
             .map(|start| {
                 let len = width.min(extent - start);
                 if by_columns {
-                    let step = if self.b.transposed { self.b.ld } else { 1 };
-                    Task {
-                        b: Matrix {
-                            cols: len,
-                            ..self.b
-                        },
-                        b_off: self.b_off + start * step,
-                        c_off: self.c_off + start,
-                        ..self
-                    }
+                    self.columns(start, len)
                 } else {
                     let step = if self.a.transposed { 1 } else { self.a.ld };
                     Task {
@@ -103,11 +94,25 @@ impl Task {
             })
             .collect()
     }
+
+    /// The part of this product that writes output columns `start..start + len`.
+    pub(super) fn columns(self, start: usize, len: usize) -> Task {
+        let step = if self.b.transposed { self.b.ld } else { 1 };
+        Task {
+            b: Matrix {
+                cols: len,
+                ..self.b
+            },
+            b_off: self.b_off + start * step,
+            c_off: self.c_off + start,
+            ..self
+        }
+    }
 }
 
 /// Runs `tasks` (writing disjoint parts of an output of `len` elements, all of it
 /// between them) in parallel and returns the output; with `bias`, each block adds it
-/// to its rows while they are still in cache (see [`run_into`]). The output is not
+/// to its rows while they are still in cache (see [`run_blocks`]). The output is not
 /// zeroed first: every value is written by a product.
 pub(super) fn run(
     tasks: Vec<Task>,
@@ -142,9 +147,7 @@ pub(super) unsafe fn filled(
     Ok(out)
 }
 
-/// Runs `tasks`, which write disjoint parts of `out`, in parallel; with `bias`,
-/// `bias[j]` is added to column `j` of every output row by the block that wrote it
-/// (for tasks whose outputs start at a row boundary of `bias.len()`-wide rows).
+/// Runs `tasks`, which write disjoint parts of `out`, in parallel.
 pub(super) fn run_into(
     tasks: Vec<Task>,
     a: &[f32],
@@ -155,8 +158,10 @@ pub(super) fn run_into(
     run_blocks(&blocks, a, b, Output::new(out), None)
 }
 
-/// Runs `blocks` (disjoint parts of `out`) in parallel, each adding `bias` to the
-/// rows it wrote.
+/// Runs `blocks` (disjoint parts of `out`) in parallel; with `bias`, `bias[j]` is
+/// added to column `j` of every output row by the block that wrote it, while the rows
+/// are in cache (for blocks whose outputs start at a row boundary of `bias.len()`-wide
+/// rows).
 fn run_blocks(
     blocks: &[Task],
     a: &[f32],
