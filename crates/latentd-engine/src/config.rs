@@ -9,10 +9,11 @@ use latentd_models::pipeline::ModelInfo;
 pub struct EngineConfig {
     /// Jobs waiting to start before new ones are refused.
     pub max_queue: usize,
-    /// Most UNet rows in flight at once per worker (a guided job of n images takes 2n rows).
+    /// Most UNet rows in one call: in flight at once per worker and shape group (a
+    /// guided job of n images takes 2n rows).
     pub max_batch_rows: usize,
-    /// Most rows x latent pixels in flight at once per worker: large latents batch
-    /// fewer rows than `max_batch_rows` allows, small ones up to it.
+    /// Most rows x latent pixels in one call (per worker and shape group): large
+    /// latents batch fewer rows than `max_batch_rows` allows, small ones up to it.
     pub max_batch_latent_pixels: usize,
     /// Largest width accepted, in pixels (`None`: twice each model's native width).
     pub max_width: Option<usize>,

@@ -1,19 +1,21 @@
 //! The batch planner: a pure function from queue state to what the next tick does.
 //!
 //! Rules (kept simple so they are easy to reason about under load):
-//! - **Admission** is first-in, first-out. Waiting jobs join while what is in flight
-//!   stays within the [`Budget`]: rows, and rows x latent pixels (so small latents
-//!   batch more rows than large ones). The head of the queue is never overtaken, so a
-//!   big job cannot starve. A job larger than the budget on its own is admitted when
-//!   nothing else is in flight, and runs alone.
+//! - **Admission** is first-in, first-out. A waiting job joins while what its group
+//!   has in flight stays within the [`Budget`]: rows, and rows x latent pixels (so
+//!   small latents batch more rows than large ones). The budget bounds one call, and
+//!   groups run in separate calls, so a group that fills it never keeps another group
+//!   out: a 32x32 job joins beside a 1024x1024 one. The head of the queue is never
+//!   overtaken, so a big job cannot starve. A job larger than the budget on its own is
+//!   admitted when its group has nothing in flight, and runs alone in its calls.
 //! - **Running**: rows in one UNet call must share a group (model and latent shape). Groups
 //!   share the device by the time their calls took (a [`Ledger`] of each group's service):
 //!   the least-served group runs, with every active job of that group, so a 32x32 job
 //!   takes many quick steps for each 20-second step of a 1024x1024 job instead of one
 //!   (deficit round robin by cost; ties go to the group whose job waited longest). A group
 //!   that appears starts level with the least-served one, banking no credit while idle.
-//!   Since rows in flight never exceed the budget (except a lone oversized job), every job
-//!   of the chosen group fits.
+//!   Since a group's rows in flight never exceed the budget (except a lone oversized
+//!   job), every job of the chosen group fits in its call.
 
 use std::collections::HashMap;
 
@@ -57,7 +59,7 @@ pub struct WaitingJob {
 pub enum AdmitStop {
     /// Nobody was waiting (any more).
     QueueEmpty,
-    /// The head of the queue does not fit in the remaining row budget.
+    /// The head of the queue does not fit in its group's remaining budget.
     BudgetFull,
 }
 
@@ -200,33 +202,36 @@ impl Load {
 
 /// Plans one tick; `ledger` holds the groups' service.
 pub fn plan(active: &[ActiveJob], waiting: &[WaitingJob], budget: Budget, ledger: &Ledger) -> Plan {
-    let mut in_flight = active
-        .iter()
-        .fold(Load::default(), |load, j| load.plus(j.rows, j.group));
+    // What each group has in flight: groups run in separate calls, so the budget
+    // bounds each group's call, and a large group never keeps a small one out.
+    let mut in_flight: HashMap<GroupKey, Load> = HashMap::new();
+    for j in active {
+        let load = in_flight.entry(j.group).or_default();
+        *load = load.plus(j.rows, j.group);
+    }
     let mut jobs: Vec<ActiveJob> = active.to_vec();
     let mut admit = Vec::new();
     let mut admit_stop = AdmitStop::QueueEmpty;
     for w in waiting {
-        let fits = budget.holds(in_flight.plus(w.rows, w.group));
-        let alone = in_flight.rows == 0 && admit.is_empty();
-        if fits || alone {
-            admit.push(w.key);
-            in_flight = in_flight.plus(w.rows, w.group);
-            jobs.push(ActiveJob {
-                key: w.key,
-                rows: w.rows,
-                group: w.group,
-                // Never ran: it wins a tie on service against groups that have.
-                last_ran: 0,
-            });
-            if !fits {
-                admit_stop = AdmitStop::BudgetFull;
-                break;
-            }
-        } else {
+        let load = in_flight.get(&w.group).copied().unwrap_or_default();
+        let fits = budget.holds(load.plus(w.rows, w.group));
+        if !fits && load.rows > 0 {
+            // The head does not fit beside its group's jobs: it waits, and nobody
+            // behind it overtakes it.
             admit_stop = AdmitStop::BudgetFull;
             break;
         }
+        // It fits, or it is larger than the budget on its own and its group is
+        // empty: then it runs alone in its group's calls.
+        admit.push(w.key);
+        in_flight.insert(w.group, load.plus(w.rows, w.group));
+        jobs.push(ActiveJob {
+            key: w.key,
+            rows: w.rows,
+            group: w.group,
+            // Never ran: it wins a tie on service against groups that have.
+            last_ran: 0,
+        });
     }
 
     // The least-served group; ties go to the group whose most-starved job waited
@@ -450,5 +455,54 @@ mod tests {
         // The row budget still holds for the smallest latents.
         let many: Vec<WaitingJob> = (0..20).map(|k| w(k, 2, TINY)).collect();
         assert_eq!(plan(&[], &many, budget, &Ledger::default()).rows, 32);
+    }
+
+    #[test]
+    fn a_group_that_fills_the_budget_keeps_no_other_group_out() {
+        // BIG: 16x16 latents, two rows of them fill the latent-pixel budget.
+        const BIG: GroupKey = GroupKey {
+            model: 0,
+            height: 16,
+            width: 16,
+        };
+        let budget = Budget {
+            rows: 32,
+            latent_pixels: 2 * 16 * 16,
+        };
+        let active = [a(1, 2, BIG, 3)];
+        // A small job joins beside the full group and runs first (never served).
+        let p = plan(&active, &[w(2, 2, A)], budget, &Ledger::default());
+        assert_eq!(p.admit, vec![2]);
+        assert_eq!((p.group, p.run), (Some(A), vec![2]));
+        // A second big job waits for its group's room, and the small job behind it
+        // does not overtake it.
+        let p = plan(
+            &active,
+            &[w(3, 2, BIG), w(4, 2, A)],
+            budget,
+            &Ledger::default(),
+        );
+        assert_eq!((p.admit, p.admit_stop), (vec![], AdmitStop::BudgetFull));
+        // Each group's call stays within the budget: of three big jobs arriving
+        // together beside small ones, one is admitted.
+        let p = plan(
+            &[],
+            &[w(5, 2, A), w(6, 2, BIG), w(7, 2, B), w(8, 2, BIG)],
+            budget,
+            &Ledger::default(),
+        );
+        assert_eq!(
+            (p.admit, p.admit_stop),
+            (vec![5, 6, 7], AdmitStop::BudgetFull)
+        );
+        // A job larger than the budget runs alone in its group, beside the others.
+        let p = plan(
+            &[a(9, 2, A, 1)],
+            &[w(10, 4, BIG)],
+            budget,
+            &Ledger::default(),
+        );
+        assert_eq!(p.admit, vec![10]);
+        assert_eq!((p.group, p.run), (Some(BIG), vec![10]));
     }
 }

@@ -503,7 +503,8 @@ async fn cancelling_the_only_job_of_a_long_call_stops_it_mid_call() {
 }
 
 /// Shape groups share the device by time: a small job submitted while a big one runs
-/// finishes all its steps before the big one makes many more.
+/// finishes all its steps before the big one makes many more, even when the big job
+/// fills the batch budget on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_job_is_not_held_behind_a_big_one_step_by_step() {
     let model = FakeModel::new("text", ConditioningKind::Text);
@@ -511,6 +512,8 @@ async fn a_small_job_is_not_held_behind_a_big_one_step_by_step() {
     let config = EngineConfig {
         max_width: Some(64),
         max_height: Some(64),
+        // The big job's two guided rows of 16x16 latents, exactly.
+        max_batch_latent_pixels: 2 * 16 * 16,
         ..EngineConfig::default()
     };
     let models: Vec<Arc<dyn DiffusionModel>> = vec![model.clone()];

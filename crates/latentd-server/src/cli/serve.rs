@@ -67,11 +67,13 @@ pub struct ServeArgs {
     /// Jobs waiting before new ones are refused with 429.
     #[arg(long, env = "LATENTD_MAX_QUEUE", default_value_t = 64)]
     pub max_queue: usize,
-    /// UNet rows in flight per worker (a guided image takes 2 rows).
+    /// UNet rows in one call: in flight per worker and image size (a guided image
+    /// takes 2 rows).
     #[arg(long, env = "LATENTD_MAX_BATCH_ROWS", default_value_t = latentd_engine::config::DEFAULT_MAX_BATCH_ROWS)]
     pub max_batch_rows: usize,
-    /// Rows x latent pixels in flight per worker (default: 8 rows of 64x64 latents,
-    /// Stable Diffusion at 512x512), so that small images batch more rows than large ones.
+    /// Rows x latent pixels in one call, per worker and image size (default: 8 rows of
+    /// 64x64 latents, Stable Diffusion at 512x512), so that small images batch more rows
+    /// than large ones.
     #[arg(long, env = "LATENTD_MAX_BATCH_LATENT_PIXELS", default_value_t = latentd_engine::config::DEFAULT_MAX_BATCH_LATENT_PIXELS)]
     pub max_batch_latent_pixels: usize,
     /// Require this key (`Authorization: Bearer KEY` or `x-api-key`) on /v1/*.
