@@ -3,6 +3,7 @@
 //!
 //! No HTTP here: the server crate maps these types onto routes.
 
+mod call;
 pub mod config;
 mod decoder;
 mod encoder;

@@ -200,8 +200,16 @@ impl Load {
     }
 }
 
-/// Plans one tick; `ledger` holds the groups' service.
-pub fn plan(active: &[ActiveJob], waiting: &[WaitingJob], budget: Budget, ledger: &Ledger) -> Plan {
+/// Plans one tick; `ledger` holds the groups' service. Groups in `blocked` are
+/// admitted to as usual but do not run this tick (a long call of theirs, or one beside
+/// which they would be too long, is in progress).
+pub fn plan(
+    active: &[ActiveJob],
+    waiting: &[WaitingJob],
+    budget: Budget,
+    ledger: &Ledger,
+    blocked: &[GroupKey],
+) -> Plan {
     // What each group has in flight: groups run in separate calls, so the budget
     // bounds each group's call, and a large group never keeps a small one out.
     let mut in_flight: HashMap<GroupKey, Load> = HashMap::new();
@@ -239,6 +247,7 @@ pub fn plan(active: &[ActiveJob], waiting: &[WaitingJob], budget: Budget, ledger
     let group = jobs
         .iter()
         .enumerate()
+        .filter(|(_, j)| !blocked.contains(&j.group))
         .min_by_key(|(i, j)| (ledger.served(j.group), j.last_ran, *i))
         .map(|(_, j)| j.group);
     let run: Vec<u64> = jobs
@@ -295,7 +304,7 @@ mod tests {
 
     #[test]
     fn idle_engine_plans_nothing() {
-        let p = plan(&[], &[], Budget::rows(8), &Ledger::default());
+        let p = plan(&[], &[], Budget::rows(8), &Ledger::default(), &[]);
         assert!(p.admit.is_empty() && p.run.is_empty());
         assert_eq!(
             (p.group, p.rows, p.admit_stop),
@@ -306,7 +315,7 @@ mod tests {
     #[test]
     fn admits_fifo_up_to_the_budget_and_never_overtakes_the_head() {
         let waiting = [w(1, 2, A), w(2, 4, A), w(3, 4, A), w(4, 1, A)];
-        let p = plan(&[], &waiting, Budget::rows(8), &Ledger::default());
+        let p = plan(&[], &waiting, Budget::rows(8), &Ledger::default(), &[]);
         // 2 + 4 = 6; job 3 (4 rows) does not fit, and job 4 may not overtake it.
         assert_eq!(p.admit, vec![1, 2]);
         assert_eq!(p.run, vec![1, 2]);
@@ -317,7 +326,13 @@ mod tests {
     #[test]
     fn newcomers_join_a_running_batch() {
         let active = [a(1, 2, A, 5)];
-        let p = plan(&active, &[w(2, 2, A)], Budget::rows(8), &Ledger::default());
+        let p = plan(
+            &active,
+            &[w(2, 2, A)],
+            Budget::rows(8),
+            &Ledger::default(),
+            &[],
+        );
         assert_eq!(p.admit, vec![2]);
         assert_eq!(p.run, vec![1, 2]);
         assert_eq!(p.rows, 4);
@@ -330,6 +345,7 @@ mod tests {
             &[w(1, 16, A), w(2, 1, A)],
             Budget::rows(8),
             &Ledger::default(),
+            &[],
         );
         assert_eq!(p.admit, vec![1]);
         assert_eq!(p.run, vec![1]);
@@ -339,6 +355,7 @@ mod tests {
             &[w(1, 16, A), w(2, 1, A)],
             Budget::rows(8),
             &Ledger::default(),
+            &[],
         );
         assert!(p.admit.is_empty());
         assert_eq!(p.run, vec![9]);
@@ -347,11 +364,11 @@ mod tests {
     #[test]
     fn groups_take_turns_by_longest_wait() {
         let active = [a(1, 2, A, 4), a(2, 2, B, 3), a(3, 2, A, 4)];
-        let p = plan(&active, &[], Budget::rows(8), &Ledger::default());
+        let p = plan(&active, &[], Budget::rows(8), &Ledger::default(), &[]);
         assert_eq!(p.group, Some(B));
         assert_eq!(p.run, vec![2]);
         let active = [a(1, 2, A, 4), a(2, 2, B, 5), a(3, 2, A, 4)];
-        let p = plan(&active, &[], Budget::rows(8), &Ledger::default());
+        let p = plan(&active, &[], Budget::rows(8), &Ledger::default(), &[]);
         assert_eq!(p.group, Some(A));
         assert_eq!(p.run, vec![1, 3]);
         assert_eq!(p.rows, 4);
@@ -360,10 +377,10 @@ mod tests {
     #[test]
     fn models_never_share_a_call() {
         let active = [a(1, 2, A, 4), a(2, 2, C, 4), a(3, 2, A, 4)];
-        let p = plan(&active, &[], Budget::rows(8), &Ledger::default());
+        let p = plan(&active, &[], Budget::rows(8), &Ledger::default(), &[]);
         assert_eq!((p.group, p.run.clone()), (Some(A), vec![1, 3]));
         let active = [a(1, 2, A, 5), a(2, 2, C, 4), a(3, 2, A, 5)];
-        let p = plan(&active, &[], Budget::rows(8), &Ledger::default());
+        let p = plan(&active, &[], Budget::rows(8), &Ledger::default(), &[]);
         assert_eq!((p.group, p.run), (Some(C), vec![2]));
     }
 
@@ -378,7 +395,7 @@ mod tests {
         let mut active = vec![a(1, 2, big, 0), a(2, 2, A, 0)];
         let mut runs = Vec::new();
         for tick in 1..=12 {
-            let p = plan(&active, &[], Budget::rows(8), &ledger);
+            let p = plan(&active, &[], Budget::rows(8), &ledger, &[]);
             ledger.sync(&[big, A]);
             let group = p.group.unwrap();
             // A big step costs 100 times a small one.
@@ -396,21 +413,43 @@ mod tests {
         let late = B;
         assert_eq!(ledger.served(late), 0);
         active.push(a(3, 1, late, 0));
-        let p = plan(&active, &[], Budget::rows(8), &ledger);
+        let p = plan(&active, &[], Budget::rows(8), &ledger, &[]);
         assert_eq!(p.group, Some(late));
         ledger.sync(&[big, A, late]);
         ledger.charge(late, 2000);
         // Now late (2000) is served most; A (110) and big (1000) come first.
-        assert_eq!(plan(&active, &[], Budget::rows(8), &ledger).group, Some(A));
+        assert_eq!(
+            plan(&active, &[], Budget::rows(8), &ledger, &[]).group,
+            Some(A)
+        );
         // When late's jobs leave and come back, it keeps what it had: no fresh credit
         // for a client that sends one small job after another.
         active.pop();
         ledger.sync(&[big, A]);
         assert_eq!(ledger.served(late), 2000);
         // A newcomer that never ran wins a tie on service.
-        let p = plan(&active, &[w(4, 1, C)], Budget::rows(8), &ledger);
+        let p = plan(&active, &[w(4, 1, C)], Budget::rows(8), &ledger, &[]);
         assert_eq!(ledger.served(C), 0);
         assert_eq!(p.group, Some(C));
+    }
+
+    #[test]
+    fn blocked_groups_are_admitted_to_but_do_not_run() {
+        let active = [a(1, 2, A, 1), a(2, 2, B, 4)];
+        // A is the least served (it waited longest) but blocked: B runs.
+        let p = plan(
+            &active,
+            &[w(3, 2, A)],
+            Budget::rows(8),
+            &Ledger::default(),
+            &[A],
+        );
+        assert_eq!(p.admit, vec![3]);
+        assert_eq!((p.group, p.run, p.rows), (Some(B), vec![2], 2));
+        // Every group blocked: nothing runs.
+        let p = plan(&active, &[], Budget::rows(8), &Ledger::default(), &[A, B]);
+        assert_eq!((p.group, p.rows), (None, 0));
+        assert!(p.run.is_empty());
     }
 
     #[test]
@@ -420,6 +459,7 @@ mod tests {
             &[w(1, 2, A), w(2, 1, A)],
             Budget::rows(0),
             &Ledger::default(),
+            &[],
         );
         assert_eq!(p.admit, vec![1]);
     }
@@ -446,15 +486,16 @@ mod tests {
             &[w(1, 4, C), w(2, 4, C), w(3, 2, C)],
             budget,
             &Ledger::default(),
+            &[],
         );
         assert_eq!((p.admit, p.admit_stop), (vec![1, 2], AdmitStop::BudgetFull));
         let small: Vec<WaitingJob> = (0..17).map(|k| w(k, 2, SMALL)).collect();
-        let p = plan(&[], &small, budget, &Ledger::default());
+        let p = plan(&[], &small, budget, &Ledger::default(), &[]);
         assert_eq!(p.admit.len(), 16);
         assert_eq!(p.rows, 32);
         // The row budget still holds for the smallest latents.
         let many: Vec<WaitingJob> = (0..20).map(|k| w(k, 2, TINY)).collect();
-        assert_eq!(plan(&[], &many, budget, &Ledger::default()).rows, 32);
+        assert_eq!(plan(&[], &many, budget, &Ledger::default(), &[]).rows, 32);
     }
 
     #[test]
@@ -471,7 +512,7 @@ mod tests {
         };
         let active = [a(1, 2, BIG, 3)];
         // A small job joins beside the full group and runs first (never served).
-        let p = plan(&active, &[w(2, 2, A)], budget, &Ledger::default());
+        let p = plan(&active, &[w(2, 2, A)], budget, &Ledger::default(), &[]);
         assert_eq!(p.admit, vec![2]);
         assert_eq!((p.group, p.run), (Some(A), vec![2]));
         // A second big job waits for its group's room, and the small job behind it
@@ -481,6 +522,7 @@ mod tests {
             &[w(3, 2, BIG), w(4, 2, A)],
             budget,
             &Ledger::default(),
+            &[],
         );
         assert_eq!((p.admit, p.admit_stop), (vec![], AdmitStop::BudgetFull));
         // Each group's call stays within the budget: of three big jobs arriving
@@ -490,6 +532,7 @@ mod tests {
             &[w(5, 2, A), w(6, 2, BIG), w(7, 2, B), w(8, 2, BIG)],
             budget,
             &Ledger::default(),
+            &[],
         );
         assert_eq!(
             (p.admit, p.admit_stop),
@@ -501,6 +544,7 @@ mod tests {
             &[w(10, 4, BIG)],
             budget,
             &Ledger::default(),
+            &[],
         );
         assert_eq!(p.admit, vec![10]);
         assert_eq!((p.group, p.run), (Some(BIG), vec![10]));

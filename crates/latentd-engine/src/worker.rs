@@ -1,11 +1,14 @@
 //! The denoising worker: one dedicated OS thread per device, running engine ticks.
 //!
-//! Each tick: drop cancelled jobs, plan (admit from the shared queue, pick the rows
-//! to run), encode the newcomers' conditioning in one call per model, run ONE denoiser
-//! call over the chosen rows (one model, per-row timesteps and conditioning), let each
-//! job apply its own guidance and scheduler update, publish progress, and retire
-//! finished jobs (handed to the worker's decoder thread, which decodes them batched per
-//! shape and passes the images to the PNG encoder thread).
+//! Each tick: take a finished call from the lane, drop cancelled jobs, plan (admit from
+//! the shared queue, pick the rows to run), encode the newcomers' conditioning in one
+//! call per model, run ONE denoiser call over the chosen rows (one model, per-row
+//! timesteps and conditioning), let each job apply its own guidance and scheduler
+//! update, publish progress, and retire finished jobs (handed to the worker's decoder
+//! thread, which decodes them batched per shape and passes the images to the PNG
+//! encoder thread). A long call runs on the worker's lane thread instead
+//! ([`crate::call`]), and the ticks go on beside it with the other groups' calls that
+//! are much shorter.
 //!
 //! The worker knows models only through [`DiffusionModel`]; it holds every served
 //! model for its device.
@@ -15,18 +18,18 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use candle_core::Tensor;
-use latentd_models::interrupt::with_interrupt;
 use latentd_models::pipeline::{ConditionInput, Conditioning, Denoiser, DiffusionModel};
 
+use crate::call::{CallCosts, Lane};
 use crate::config::EngineConfig;
 use crate::decoder::DecodeTask;
 use crate::encoder::EncodeTask;
 use crate::error::Code;
-use crate::failure::check_finite;
 pub(crate) use crate::failure::{fail, guarded, panic_message};
 use crate::job::{Event, Job};
 use crate::planner::{self, ActiveJob, GroupKey, Ledger, WaitingJob};
+
+mod calls;
 
 /// State shared by the engine handle and its workers.
 pub(crate) struct Shared {
@@ -131,6 +134,10 @@ pub(crate) struct Worker {
     tick: u64,
     /// Each shape group's share of the device so far, for fair turns between groups.
     ledger: Ledger,
+    /// What each group's calls cost, to tell long calls from short ones.
+    costs: CallCosts,
+    /// The thread that runs long calls (started with the first one).
+    lane: Option<Lane>,
     /// Work was done since the worker last handed free memory back.
     worked_since_trim: bool,
     /// Since when the worker has had no work (`None` while busy).
@@ -155,6 +162,8 @@ impl Worker {
             admitting: Vec::new(),
             tick: 0,
             ledger: Ledger::default(),
+            costs: CallCosts::default(),
+            lane: None,
             worked_since_trim: false,
             idle_since: None,
         }
@@ -169,12 +178,17 @@ impl Worker {
         for a in self.active.drain(..) {
             fail(&a.job, Code::Internal, message);
         }
+        // A call still on the lane ends unseen: its jobs have just failed.
+        self.lane = None;
         self.publish_load();
     }
 
     /// One engine tick; false when the worker should exit.
     pub(crate) fn tick_once(&mut self) -> bool {
         self.tick += 1;
+        if let Some(result) = self.lane.as_mut().and_then(Lane::finished) {
+            self.finish(result);
+        }
         self.drop_cancelled();
         self.publish_load();
         let Some((admitted, run)) = self.plan() else {
@@ -194,7 +208,9 @@ impl Worker {
             .iter()
             .filter_map(|seq| self.active.iter().position(|a| a.job.seq() == *seq))
             .collect();
-        if !run.is_empty() {
+        if run.is_empty() {
+            self.wait_for_lane();
+        } else {
             self.step(&run);
         }
         self.retire();
@@ -293,7 +309,14 @@ impl Worker {
                 }
             })
             .collect();
-        let plan = planner::plan(&active, &waiting, self.shared.config.budget(), &self.ledger);
+        let blocked = self.blocked_groups(&active, &waiting);
+        let plan = planner::plan(
+            &active,
+            &waiting,
+            self.shared.config.budget(),
+            &self.ledger,
+            &blocked,
+        );
         let admitted: Vec<Arc<Job>> = queue.waiting.drain(..plan.admit.len()).collect();
         metrics::gauge!("latentd_queue_depth").set(queue.waiting.len() as f64);
         tracing::trace!(?plan, "planned tick");
@@ -395,129 +418,11 @@ impl Worker {
         }
     }
 
-    /// Runs one UNet call over the given active jobs and advances each of them.
-    fn step(&mut self, run: &[usize]) {
-        let started = Instant::now();
-        let outputs = self.predict_batch(run);
-        if self.all_cancelled(run) {
-            // Interrupted or not, the next tick drops them as cancelled.
-            return;
-        }
-        let rows: usize = run.iter().map(|&i| self.active[i].rows).sum();
-        let elapsed = started.elapsed();
-        self.shared.record_tick(rows, elapsed);
-        if let Some(&first) = run.first() {
-            let cost = u64::try_from(elapsed.as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            self.ledger.charge(self.active[first].group, cost);
-        }
-        metrics::histogram!("latentd_batch_rows").record(rows as f64);
-        metrics::histogram!("latentd_step_seconds").record(elapsed.as_secs_f64());
-
-        for (&i, output) in run.iter().zip(outputs) {
-            let tick = self.tick;
-            let a = &mut self.active[i];
-            a.last_ran = tick;
-            let result = output.and_then(|out| {
-                guarded(|| {
-                    a.denoiser.advance(&out)?;
-                    check_finite(a.denoiser.latents())
-                })
-            });
-            match result {
-                Ok(()) => {
-                    let done = a.denoiser.steps_done();
-                    let total = a.denoiser.total_steps();
-                    let per_step = a.started.elapsed().as_secs_f64() * 1000.0 / done.max(1) as f64;
-                    a.job.push(Event::Progress {
-                        step: done,
-                        total,
-                        eta_ms: (per_step * (total - done.min(total)) as f64) as u64,
-                    });
-                }
-                Err(message) => {
-                    // Mark it; `retire` removes it with the rest of the finished jobs.
-                    fail(&a.job, Code::GenerationFailed, &message);
-                }
-            }
-        }
-    }
-
     /// The model of an active job.
     fn model_of(&self, active: &Active) -> latentd_models::Result<&Arc<dyn DiffusionModel>> {
         self.models.get(active.group.model).ok_or_else(|| {
             latentd_models::Error::InvalidArgument("the job's model is not loaded".into())
         })
-    }
-
-    /// One batched model call (the planner gives rows of one model); when it fails,
-    /// each job is retried alone so that a failure stays with the job that caused it.
-    fn predict_batch(&self, run: &[usize]) -> Vec<Result<Tensor, String>> {
-        let batch = guarded(|| {
-            let first = run
-                .first()
-                .map(|&i| &self.active[i])
-                .ok_or_else(|| latentd_models::Error::InvalidArgument("nothing to run".into()))?;
-            let model = self.model_of(first)?;
-            let mut latents = Vec::with_capacity(run.len());
-            let mut contexts = Vec::with_capacity(run.len());
-            let mut timesteps = Vec::new();
-            for &i in run {
-                let d = &self.active[i].denoiser;
-                let input = d.model_input()?;
-                latents.push(input.latents);
-                contexts.extend(d.context().cloned());
-                timesteps.extend(input.timesteps);
-            }
-            let latents = Tensor::cat(&latents, 0)?;
-            let contexts = if contexts.is_empty() {
-                None
-            } else {
-                Some(Tensor::cat(&contexts, 0)?)
-            };
-            // A call whose every job is cancelled stops between blocks, mid-forward.
-            let jobs: Vec<Arc<Job>> = run.iter().map(|&i| self.active[i].job.clone()).collect();
-            let all_cancelled = Arc::new(move || jobs.iter().all(|j| j.is_cancelled()));
-            let out = with_interrupt(all_cancelled, || {
-                model.predict(&latents, &timesteps, contexts.as_ref())
-            })?;
-            let mut offset = 0;
-            let mut split = Vec::with_capacity(run.len());
-            for &i in run {
-                let rows = self.active[i].rows;
-                split.push(out.narrow(0, offset, rows)?);
-                offset += rows;
-            }
-            Ok(split)
-        });
-        match batch {
-            Ok(split) => split.into_iter().map(Ok).collect(),
-            Err(message) if run.len() == 1 || self.all_cancelled(run) => {
-                vec![Err(message); run.len()]
-            }
-            Err(message) => {
-                tracing::warn!(%message, "batched model call failed; retrying each job alone");
-                run.iter()
-                    .map(|&i| {
-                        let a = &self.active[i];
-                        guarded(|| {
-                            let input = a.denoiser.model_input()?;
-                            self.model_of(a)?.predict(
-                                &input.latents,
-                                &input.timesteps,
-                                a.denoiser.context(),
-                            )
-                        })
-                    })
-                    .collect()
-            }
-        }
-    }
-
-    /// Whether every job of a call was cancelled (its call may have been interrupted).
-    fn all_cancelled(&self, run: &[usize]) -> bool {
-        run.iter().all(|&i| self.active[i].job.is_cancelled())
     }
 
     /// Removes finished and failed jobs; hands the finished ones to the decoder, batched
@@ -601,7 +506,13 @@ impl Worker {
             *slot = latent_pixels;
         }
         if let Some(beat) = queue.heartbeats.get_mut(self.index) {
-            *beat = Instant::now();
+            // A call on the lane is progress only once it ends.
+            let lane_start = self
+                .lane
+                .as_ref()
+                .and_then(Lane::running)
+                .map(|r| r.started);
+            *beat = lane_start.unwrap_or_else(Instant::now);
         }
         let total: usize = queue.active_rows.iter().sum();
         drop(queue);

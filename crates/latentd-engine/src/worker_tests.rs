@@ -536,3 +536,58 @@ async fn a_small_job_is_not_held_behind_a_big_one_step_by_step() {
     big.cancel();
     let _ = wait(&big).await;
 }
+
+/// A small job that arrives while a big job's long call is in progress does not wait
+/// for that call: the long call runs on the worker's lane and the small job's short
+/// calls run beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_job_does_not_wait_for_a_long_call_in_progress() {
+    let model = FakeModel::new("text", ConditioningKind::Text);
+    model.ms_per_cell.store(10, Ordering::Relaxed);
+    let config = EngineConfig {
+        max_width: Some(64),
+        max_height: Some(64),
+        ..EngineConfig::default()
+    };
+    let models: Vec<Arc<dyn DiffusionModel>> = vec![model.clone()];
+    let engine = Engine::start(vec![models], config).unwrap();
+    // A first small job, so the model's calls are measured: 8x8 pixels are 4 latent
+    // cells, 40 ms a call.
+    let warm = engine.submit(&request(None, Some("warm"), 1, 2)).unwrap();
+    assert_eq!(wait(&warm).await, Ok(()));
+    // 64x64 pixels: 256 cells, 2.56 s a call.
+    let calls_before = model.calls().len();
+    let big = engine
+        .submit(&GenerateRequest {
+            width: Some(64),
+            height: Some(64),
+            ..request(None, Some("big"), 2, 3)
+        })
+        .unwrap();
+    for _ in 0..400 {
+        if model.calls().len() > calls_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        model.calls().len(),
+        calls_before + 1,
+        "the big call should be running"
+    );
+    let submitted = std::time::Instant::now();
+    let small = engine.submit(&request(None, Some("small"), 3, 5)).unwrap();
+    assert_eq!(wait(&small).await, Ok(()));
+    let took = submitted.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "the small job's 5 calls of 40 ms took {took:?} beside a 2.56 s call"
+    );
+    assert_eq!(
+        big.snapshot().step,
+        0,
+        "the big job's first call is still running"
+    );
+    big.cancel();
+    assert_eq!(wait(&big).await, Err("cancelled".to_string()));
+}
