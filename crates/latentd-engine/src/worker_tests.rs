@@ -579,14 +579,10 @@ async fn a_small_job_does_not_wait_for_a_long_call_in_progress() {
     let small = engine.submit(&request(None, Some("small"), 3, 5)).unwrap();
     assert_eq!(wait(&small).await, Ok(()));
     let took = submitted.elapsed();
-    assert!(
-        took < Duration::from_millis(1500),
-        "the small job's 5 calls of 40 ms took {took:?} beside a 2.56 s call"
-    );
     assert_eq!(
         big.snapshot().step,
         0,
-        "the big job's first call is still running"
+        "the small job's 5 calls of 40 ms took {took:?}: they waited for the big job's 2.56 s call"
     );
     big.cancel();
     assert_eq!(wait(&big).await, Err("cancelled".to_string()));
