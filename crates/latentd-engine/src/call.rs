@@ -270,21 +270,9 @@ impl CallCosts {
 mod tests {
     use super::*;
 
-    const SMALL: GroupKey = GroupKey {
-        model: 0,
-        height: 8,
-        width: 8,
-    };
-    const BIG: GroupKey = GroupKey {
-        model: 0,
-        height: 128,
-        width: 128,
-    };
-    const OTHER_MODEL: GroupKey = GroupKey {
-        model: 1,
-        height: 8,
-        width: 8,
-    };
+    const SMALL: GroupKey = GroupKey::new(0, 8, 8);
+    const BIG: GroupKey = GroupKey::new(0, 128, 128);
+    const OTHER_MODEL: GroupKey = GroupKey::new(1, 8, 8);
 
     #[test]
     fn costs_come_from_the_group_else_the_model_and_decide_the_lane() {
@@ -311,11 +299,7 @@ mod tests {
         assert!(!costs.fits_beside(BIG, 2, Some(Duration::from_secs(20))));
         // Past the table's bound it starts again.
         for side in 0..MAX_GROUPS {
-            let g = GroupKey {
-                model: 2,
-                height: 1,
-                width: side + 1,
-            };
+            let g = GroupKey::new(2, 1, side + 1);
             costs.record(g, 1, Duration::from_millis(1));
         }
         assert_eq!(costs.estimate(BIG, 2), None);

@@ -30,6 +30,17 @@ pub struct GroupKey {
     pub width: usize,
 }
 
+impl GroupKey {
+    /// The group of model `model`'s latents of `height` x `width`.
+    pub const fn new(model: usize, height: usize, width: usize) -> Self {
+        Self {
+            model,
+            height,
+            width,
+        }
+    }
+}
+
 /// An admitted job as the planner sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ActiveJob {
@@ -273,21 +284,9 @@ pub fn plan(
 mod tests {
     use super::*;
 
-    const A: GroupKey = GroupKey {
-        model: 0,
-        height: 8,
-        width: 8,
-    };
-    const B: GroupKey = GroupKey {
-        model: 0,
-        height: 8,
-        width: 12,
-    };
-    const C: GroupKey = GroupKey {
-        model: 1,
-        height: 8,
-        width: 8,
-    };
+    const A: GroupKey = GroupKey::new(0, 8, 8);
+    const B: GroupKey = GroupKey::new(0, 8, 12);
+    const C: GroupKey = GroupKey::new(1, 8, 8);
 
     fn w(key: u64, rows: usize, group: GroupKey) -> WaitingJob {
         WaitingJob { key, rows, group }
@@ -386,11 +385,7 @@ mod tests {
 
     #[test]
     fn the_least_served_group_runs_so_small_jobs_pass_big_ones() {
-        let big = GroupKey {
-            model: 0,
-            height: 128,
-            width: 128,
-        };
+        let big = GroupKey::new(0, 128, 128);
         let mut ledger = Ledger::default();
         let mut active = vec![a(1, 2, big, 0), a(2, 2, A, 0)];
         let mut runs = Vec::new();
@@ -467,16 +462,8 @@ mod tests {
     #[test]
     fn latent_pixels_bound_large_latents_and_let_small_ones_batch() {
         // C: 8x8 latents (64 pixels a row); SMALL: 4x4 (16); TINY: 2x2 (4).
-        const SMALL: GroupKey = GroupKey {
-            model: 0,
-            height: 4,
-            width: 4,
-        };
-        const TINY: GroupKey = GroupKey {
-            model: 0,
-            height: 2,
-            width: 2,
-        };
+        const SMALL: GroupKey = GroupKey::new(0, 4, 4);
+        const TINY: GroupKey = GroupKey::new(0, 2, 2);
         let budget = Budget {
             rows: 32,
             latent_pixels: 8 * 64,
@@ -501,11 +488,7 @@ mod tests {
     #[test]
     fn a_group_that_fills_the_budget_keeps_no_other_group_out() {
         // BIG: 16x16 latents, two rows of them fill the latent-pixel budget.
-        const BIG: GroupKey = GroupKey {
-            model: 0,
-            height: 16,
-            width: 16,
-        };
+        const BIG: GroupKey = GroupKey::new(0, 16, 16);
         let budget = Budget {
             rows: 32,
             latent_pixels: 2 * 16 * 16,

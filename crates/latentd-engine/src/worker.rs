@@ -99,11 +99,7 @@ impl Shared {
 pub(crate) fn job_shape(job: &Job) -> (usize, GroupKey) {
     let request = job.request();
     let (height, width) = request.latent_size;
-    let group = GroupKey {
-        model: request.model_index,
-        height,
-        width,
-    };
+    let group = GroupKey::new(request.model_index, height, width);
     (request.rows, group)
 }
 

@@ -502,30 +502,39 @@ async fn cancelling_the_only_job_of_a_long_call_stops_it_mid_call() {
     assert_eq!(model.calls().len(), 1, "no further call after the cancel");
 }
 
+/// An engine on a text model whose calls take `ms_per_cell` per latent cell, taking
+/// requests up to 64x64 pixels, with a budget of `latent_pixels`.
+fn sized_engine(ms_per_cell: u64, latent_pixels: usize) -> (Arc<FakeModel>, Engine) {
+    let model = FakeModel::new("text", ConditioningKind::Text);
+    model.ms_per_cell.store(ms_per_cell, Ordering::Relaxed);
+    let config = EngineConfig {
+        max_width: Some(64),
+        max_height: Some(64),
+        max_batch_latent_pixels: latent_pixels,
+        ..EngineConfig::default()
+    };
+    let models: Vec<Arc<dyn DiffusionModel>> = vec![model.clone()];
+    (model, Engine::start(vec![models], config).unwrap())
+}
+
+/// A 64x64 request (16x16 latents, two guided rows).
+fn big_request(seed: u64, steps: usize) -> GenerateRequest {
+    GenerateRequest {
+        width: Some(64),
+        height: Some(64),
+        ..request(None, Some("big"), seed, steps)
+    }
+}
+
 /// Shape groups share the device by time: a small job submitted while a big one runs
 /// finishes all its steps before the big one makes many more, even when the big job
 /// fills the batch budget on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_job_is_not_held_behind_a_big_one_step_by_step() {
-    let model = FakeModel::new("text", ConditioningKind::Text);
-    model.ms_per_cell.store(2, Ordering::Relaxed);
-    let config = EngineConfig {
-        max_width: Some(64),
-        max_height: Some(64),
-        // The big job's two guided rows of 16x16 latents, exactly.
-        max_batch_latent_pixels: 2 * 16 * 16,
-        ..EngineConfig::default()
-    };
-    let models: Vec<Arc<dyn DiffusionModel>> = vec![model.clone()];
-    let engine = Engine::start(vec![models], config).unwrap();
+    // The budget: the big job's two guided rows of 16x16 latents, exactly.
+    let (_model, engine) = sized_engine(2, 2 * 16 * 16);
     // 64x64 pixels: 256 latent cells, ~0.5 s a call; 8x8: 4 cells, ~8 ms.
-    let big = engine
-        .submit(&GenerateRequest {
-            width: Some(64),
-            height: Some(64),
-            ..request(None, Some("big"), 1, 30)
-        })
-        .unwrap();
+    let big = engine.submit(&big_request(1, 30)).unwrap();
     let small = engine.submit(&request(None, Some("small"), 2, 10)).unwrap();
     assert_eq!(wait(&small).await, Ok(()));
     let big_steps = big.snapshot().step;
@@ -542,28 +551,14 @@ async fn a_small_job_is_not_held_behind_a_big_one_step_by_step() {
 /// calls run beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_job_does_not_wait_for_a_long_call_in_progress() {
-    let model = FakeModel::new("text", ConditioningKind::Text);
-    model.ms_per_cell.store(10, Ordering::Relaxed);
-    let config = EngineConfig {
-        max_width: Some(64),
-        max_height: Some(64),
-        ..EngineConfig::default()
-    };
-    let models: Vec<Arc<dyn DiffusionModel>> = vec![model.clone()];
-    let engine = Engine::start(vec![models], config).unwrap();
+    let (model, engine) = sized_engine(10, crate::config::DEFAULT_MAX_BATCH_LATENT_PIXELS);
     // A first small job, so the model's calls are measured: 8x8 pixels are 4 latent
     // cells, 40 ms a call.
     let warm = engine.submit(&request(None, Some("warm"), 1, 2)).unwrap();
     assert_eq!(wait(&warm).await, Ok(()));
     // 64x64 pixels: 256 cells, 2.56 s a call.
     let calls_before = model.calls().len();
-    let big = engine
-        .submit(&GenerateRequest {
-            width: Some(64),
-            height: Some(64),
-            ..request(None, Some("big"), 2, 3)
-        })
-        .unwrap();
+    let big = engine.submit(&big_request(2, 3)).unwrap();
     for _ in 0..400 {
         if model.calls().len() > calls_before {
             break;
