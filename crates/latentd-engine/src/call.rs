@@ -24,7 +24,8 @@ use crate::worker::Shared;
 pub(crate) const LONG_CALL: Duration = Duration::from_millis(250);
 
 /// While the lane runs a call, the worker runs another group's call beside it only when
-/// that call is expected to take at most this fraction of the lane's call.
+/// that call is short (under [`LONG_CALL`]) or expected to take at most one
+/// `BESIDE_FRACTION`-th of the lane's call.
 const BESIDE_FRACTION: u32 = 4;
 
 /// One job's rows of a call.
