@@ -8,18 +8,18 @@
 #   LATENTD=target/release/latentd bench/mixed-sizes.sh
 #
 # Settings (environment, defaults in brackets): MODEL_DIR [/tmp/latentd-sd15, written
-# by bench/sd15_diffusers.py --write-only], LATENTD [target/release/latentd], PORT
-# [8091], STEPS [4], DELAY [15].
+# by bench/sd15_diffusers.py --write-only], LATENTD [target/release/latentd], STEPS [4],
+# DELAY [15].
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 model_dir="${MODEL_DIR:-/tmp/latentd-sd15}"
 latentd="${LATENTD:-target/release/latentd}"
-port="${PORT:-8091}"
 steps="${STEPS:-4}"
 delay="${DELAY:-15}"
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+source bench/server.sh
+trap 'stop_server; rm -rf "$work"' EXIT
 
 # generate NAME SIDE SEED: one PNG request, its status and time printed.
 generate() {
@@ -30,12 +30,9 @@ generate() {
 
 # serve MODE: starts a server, runs MODE's requests, prints its peak RSS, stops it.
 serve() {
-  "$latentd" serve --model "$model_dir" --port "$port" > "$work/$1.log" 2>&1 &
-  local pid=$!
-  for _ in $(seq 1 300); do
-    curl -sf "http://127.0.0.1:$port/ready" > /dev/null && break
-    sleep 1
-  done
+  "$latentd" serve --model "$model_dir" --port 0 >"$work/$1.log" 2>"$work/$1.log.err" &
+  pid=$!
+  port="$(wait_for_port "$work/$1.log")"
   case "$1" in
     alone)
       generate big-alone 512 1
@@ -50,8 +47,7 @@ serve() {
       ;;
   esac
   echo "$1: server peak RSS $(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$pid/status") MiB"
-  kill "$pid"
-  wait "$pid" 2>/dev/null || true
+  stop_server
 }
 
 serve alone

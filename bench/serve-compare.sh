@@ -53,36 +53,8 @@ fi
 loadtest="$target_dir/release/examples/loadtest"
 
 work="$(mktemp -d)"
-pid=""
-stop_server() {
-  if [[ -n "$pid" ]]; then
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    pid=""
-  fi
-}
+source bench/server.sh
 trap 'stop_server; rm -rf "$work"' EXIT
-
-# Waits for "listening on http://127.0.0.1:PORT" in $1 from the server $pid; prints PORT.
-wait_for_port() {
-  local log="$1" port=""
-  for _ in $(seq 1 1200); do
-    port="$(sed -n 's#.*listening on http://127\.0\.0\.1:\([0-9]*\).*#\1#p' "$log" | head -n1)"
-    if [[ -n "$port" ]]; then
-      echo "$port"
-      return 0
-    fi
-    if ! kill -0 "$pid" 2>/dev/null; then
-      cat "$log" "$log.err" >&2
-      echo "serve-compare: the server exited before listening" >&2
-      return 1
-    fi
-    sleep 0.1
-  done
-  cat "$log" "$log.err" >&2
-  echo "serve-compare: no port logged in 120 s" >&2
-  return 1
-}
 
 load=(--requests "$requests" --concurrency "$concurrency" --steps "$steps"
   --scheduler "$scheduler" --guidance "$guidance" --width "$width" --height "$height")
